@@ -1,0 +1,40 @@
+# tunekit: the two commands a newcomer needs are `make demo` and `make test`.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONDONTWRITEBYTECODE ?= 1
+
+.PHONY: help setup setup-gpu demo test test-fast lab lint sync-notebooks bench clean browser-deps
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup:  ## build .venv from environment.yml (idempotent, fast when nothing changed)
+	@bash tools/setup_venv.sh
+
+setup-gpu: setup  ## add the GPU extras of environment.gpu.yml (ABCI GPU nodes only)
+	$(PY) -m pip install -r <(python3 tools/env_requirements.py environment.gpu.yml)
+
+demo: setup  ## run the whole pipeline on the tiny CPU model and sample data into runs/
+	$(VENV)/bin/tunekit demo
+
+test: setup  ## run the whole test suite (unit, integration, nbval notebook regression)
+	$(PY) -m pytest
+
+test-fast: setup  ## the tests not marked slow
+	$(PY) -m pytest -m "not slow"
+
+lab: setup  ## JupyterLab on localhost with the tunekit kernel, opened on notebooks/
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir . notebooks/
+
+sync-notebooks: setup  ## regenerate each .ipynb from its py:percent twin (the reviewed source)
+	$(VENV)/bin/tunekit notebooks sync
+
+bench: setup  ## run the benchmarks (print figures; never part of make test)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:  ## remove runs/, caches and the venv
+	rm -rf runs .cache $(VENV)

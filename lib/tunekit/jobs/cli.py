@@ -1,0 +1,5 @@
+"""CLI subcommands of tunekit.jobs (none yet)."""
+
+
+def register(subparsers) -> None:
+    """Add this area's subcommands to the `tunekit` parser."""

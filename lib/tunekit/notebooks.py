@@ -1,0 +1,301 @@
+"""The kit's notebooks: registry, parameter checks, headless execution, and py:percent pairing.
+
+Every notebook lives in `notebooks/` as a py:percent file (the reviewed source) and its paired
+`.ipynb` (what JupyterLab opens and nbval checks). The `.ipynb` carries no outputs except the
+final `# NBVAL_CHECK_OUTPUT` summary cell(s), whose stored output is the regression reference.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UserError
+from .paths import repo_root, runs_root, resolve
+
+CHECK_MARK = "NBVAL_CHECK_OUTPUT"
+KERNEL = "tunekit"
+KERNELSPEC = {"name": KERNEL, "display_name": "tunekit (Python 3.11)", "language": "python"}
+
+
+@dataclass(frozen=True)
+class NotebookSpec:
+    """One notebook: file stem, run stage (folder under runs/) and its parameters model."""
+
+    name: str
+    stage: str
+    params_class: str  # "module:Class"
+
+    @property
+    def ipynb(self) -> Path:
+        return repo_root() / "notebooks" / f"{self.name}.ipynb"
+
+    @property
+    def py(self) -> Path:
+        return repo_root() / "notebooks" / f"{self.name}.py"
+
+    def params_model(self):
+        """Import and return the notebook's NotebookParams subclass."""
+        module, cls = self.params_class.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def exists(self) -> bool:
+        return self.ipynb.exists()
+
+
+NOTEBOOKS = [
+    NotebookSpec("10_inspect_data", "inspect_data", "tunekit.data.params:InspectParams"),
+    NotebookSpec("20_convert_nemo_to_hf", "convert_nemo_to_hf", "tunekit.convert.params:NemoToHFParams"),
+    NotebookSpec("21_convert_hf_to_nemo", "convert_hf_to_nemo", "tunekit.convert.params:HFToNemoParams"),
+    NotebookSpec("30_sft", "sft", "tunekit.train.params:SFTParams"),
+    NotebookSpec("40_dpo", "dpo", "tunekit.train.params:DPOParams"),
+    NotebookSpec("50_evaluate", "evaluate", "tunekit.evaluate.params:EvalParams"),
+]
+
+
+def spec(name_or_path: str | os.PathLike) -> NotebookSpec:
+    """Find a notebook by name (`30_sft`), stage (`sft`) or path (`notebooks/30_sft.ipynb`)."""
+    key = Path(str(name_or_path)).stem
+    for s in NOTEBOOKS:
+        if key in (s.name, s.stage):
+            return s
+    names = ", ".join(s.name for s in NOTEBOOKS)
+    raise UserError(f"unknown notebook {str(name_or_path)!r} (known: {names})")
+
+
+def declared_parameters(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The names, types, defaults and help of a notebook's `parameters` cell (papermill's view)."""
+    import papermill as pm
+
+    return dict(pm.inspect_notebook(str(path)))
+
+
+def check_params(nb: NotebookSpec, params: Mapping[str, Any], source: str = "parameters"):
+    """Reject unknown names (papermill would only warn) and ill-typed values; returns the config."""
+    declared = declared_parameters(nb.ipynb)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise UserError(f"{source}: {nb.name} has no parameter(s) {', '.join(unknown)} "
+                        f"(declared: {', '.join(sorted(declared))})")
+    return nb.params_model().parse(dict(params), source=source)
+
+
+def ensure_kernel() -> str:
+    """The kernel name to run with: `tunekit` if registered, else a one-sentence fix."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL in KernelSpecManager().find_kernel_specs():
+        return KERNEL
+    raise UserError(f"no Jupyter kernel named '{KERNEL}' (run `make setup`, or "
+                    f"`python -m ipykernel install --user --name {KERNEL}` inside the environment)")
+
+
+def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: str = "parameters",
+                 kernel: str | None = None) -> Path:
+    """Execute a notebook headless with papermill into its run directory; returns that directory.
+
+    The executed notebook is saved as `runs/<stage>/<run_name>/<name>.ipynb`, after every cell and
+    every 60 s inside long cells, so a killed job keeps its partial notebook.
+    """
+    import papermill as pm
+
+    nb = spec(name)
+    params = dict(params or {})
+    cfg = check_params(nb, params, source=source)
+    from .runs import default_run_name
+
+    run_name = params.get("run_name") or default_run_name(nb.stage, cfg.fingerprint())
+    params["run_name"] = run_name
+    root = resolve(params["runs_dir"]) if params.get("runs_dir") else runs_root()
+    out_dir = root / nb.stage / run_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{nb.name}.ipynb"
+    os.environ["TUNEKIT_HEADLESS"] = "1"  # the kernel inherits it: progress bars become log lines
+    try:
+        pm.execute_notebook(str(nb.ipynb), str(out), parameters=params,
+                            kernel_name=kernel or ensure_kernel(), cwd=str(repo_root()),
+                            log_output=True, progress_bar=False,
+                            request_save_on_cell_execute=True, autosave_cell_every=60)
+    except pm.PapermillExecutionError as exc:
+        raise UserError(f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
+                        f"(the executed notebook up to the failure is {out})") from None
+    return out_dir
+
+
+# ---------------------------------------------------------------- py:percent pairing and outputs
+def _is_check_cell(cell) -> bool:
+    return cell.get("cell_type") == "code" and CHECK_MARK in cell.get("source", "")
+
+
+def _read_py(path: Path):
+    import jupytext
+
+    return jupytext.read(path, fmt="py:percent")
+
+
+def strip_outputs(nb) -> None:
+    """Drop outputs and execution counts except on the nbval check cells; normalise metadata."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.execution_count = None
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
+        if not _is_check_cell(cell):
+            cell.outputs = []
+        else:
+            for out in cell.outputs:
+                if "execution_count" in out:
+                    out["execution_count"] = None
+    nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+
+
+def sync(nb: NotebookSpec) -> bool:
+    """Rewrite the .ipynb from its .py twin, keeping the check cells' stored outputs; True if changed."""
+    import jupytext
+    import nbformat
+
+    new = _read_py(nb.py)
+    if nb.ipynb.exists():
+        old = nbformat.read(nb.ipynb, as_version=4)
+        new = jupytext.combine.combine_inputs_with_outputs(new, old, fmt="py:percent")
+    strip_outputs(new)
+    text = nbformat.writes(new) + "\n"
+    if nb.ipynb.exists() and nb.ipynb.read_text(encoding="utf-8") == text:
+        return False
+    from .atomic import write_text
+
+    write_text(nb.ipynb, text)
+    return True
+
+
+def check(nb: NotebookSpec) -> list[str]:
+    """Problems with a committed notebook pair: drift from the .py, stray outputs, missing reference."""
+    import nbformat
+
+    problems = []
+    if not nb.py.exists() or not nb.ipynb.exists():
+        return [f"{nb.name}: both {nb.py.name} and {nb.ipynb.name} must exist (run `make sync-notebooks`)"]
+    want = [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ())))
+            for c in _read_py(nb.py).cells]
+    have_nb = nbformat.read(nb.ipynb, as_version=4)
+    have = [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ()))) for c in have_nb.cells]
+    if want != have:
+        first = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+        problems.append(f"{nb.ipynb.name}: cell {first + 1} differs from {nb.py.name} "
+                        "(edit the .py, then run `make sync-notebooks`)")
+    code = [c for c in have_nb.cells if c.cell_type == "code"]
+    if not code or "parameters" not in code[0].metadata.get("tags", []):
+        problems.append(f"{nb.ipynb.name}: the first code cell must be tagged `parameters`")
+    for i, c in enumerate(have_nb.cells, 1):
+        if c.cell_type == "code" and c.get("outputs") and not _is_check_cell(c):
+            problems.append(f"{nb.ipynb.name}: cell {i} carries outputs (only {CHECK_MARK} cells may)")
+    checks = [c for c in code if _is_check_cell(c)]
+    if not checks:
+        problems.append(f"{nb.ipynb.name}: no `# {CHECK_MARK}` summary cell")
+    elif not all(c.get("outputs") for c in checks):
+        problems.append(f"{nb.ipynb.name}: a {CHECK_MARK} cell has no stored output, so nbval would "
+                        f"check nothing (run `tunekit notebooks refresh {nb.name}`)")
+    return problems
+
+
+def refresh(nb: NotebookSpec, params: Mapping[str, Any] | None = None) -> Path:
+    """Execute the notebook with its defaults and store the check cells' outputs as the reference."""
+    import tempfile
+
+    import nbformat
+
+    sync(nb)
+    with tempfile.TemporaryDirectory(prefix="tunekit-refresh-") as tmp:
+        old_runs = os.environ.get("TUNEKIT_RUNS_DIR")
+        os.environ["TUNEKIT_RUNS_DIR"] = tmp
+        try:
+            out_dir = run_notebook(nb.name, {**(params or {}), "run_name": "refresh"})
+            executed = nbformat.read(out_dir / f"{nb.name}.ipynb", as_version=4)
+        finally:
+            if old_runs is None:
+                os.environ.pop("TUNEKIT_RUNS_DIR", None)
+            else:
+                os.environ["TUNEKIT_RUNS_DIR"] = old_runs
+    committed = nbformat.read(nb.ipynb, as_version=4)
+    executed_checks = [c for c in executed.cells if _is_check_cell(c)]
+    committed_checks = [c for c in committed.cells if _is_check_cell(c)]
+    for mine, ran in zip(committed_checks, executed_checks):
+        mine.outputs = ran.outputs
+    strip_outputs(committed)
+    from .atomic import write_text
+
+    write_text(nb.ipynb, nbformat.writes(committed) + "\n")
+    return nb.ipynb
+
+
+# ---------------------------------------------------------------- CLI
+def _parse_kv(pairs: list[list[str]] | None) -> dict[str, Any]:
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (pairs or [])}
+
+
+def _load_params_file(path: str | None) -> dict[str, Any]:
+    import yaml
+
+    if not path:
+        return {}
+    p = resolve(path, Path.cwd())
+    if not p.exists():
+        raise UserError(f"{path}: params file not found")
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a params file must be a YAML mapping of parameter: value")
+    return data
+
+
+def _cmd_run(args) -> int:
+    params = {**_load_params_file(args.file), **_parse_kv(args.param)}
+    out = run_notebook(args.notebook, params, source=args.file or "-p")
+    print(f"run directory: {out}")
+    return 0
+
+
+def _cmd_sync(args) -> int:
+    for nb in NOTEBOOKS:
+        if nb.py.exists():
+            print(f"{nb.name}: {'updated' if sync(nb) else 'in sync'}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    problems = [p for nb in NOTEBOOKS if nb.py.exists() or nb.ipynb.exists() for p in check(nb)]
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def _cmd_refresh(args) -> int:
+    for name in args.notebooks:
+        print(f"refreshed {refresh(spec(name))}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `tunekit notebooks ...`."""
+    p = subparsers.add_parser("notebooks", help="run, sync and check the kit's notebooks")
+    sub = p.add_subparsers(dest="nb_command", metavar="ACTION", required=True)
+    r = sub.add_parser("run", help="execute one notebook headless into its run directory")
+    r.add_argument("notebook", help="name (30_sft), stage (sft) or path")
+    r.add_argument("-f", "--file", help="YAML params file (papermill -f style)")
+    r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="one parameter (YAML value), repeatable; overrides -f")
+    r.set_defaults(func=_cmd_run)
+    s = sub.add_parser("sync", help="regenerate each .ipynb from its .py twin (keeps reference outputs)")
+    s.set_defaults(func=_cmd_sync)
+    c = sub.add_parser("check", help="check pairing, stray outputs and reference outputs")
+    c.set_defaults(func=_cmd_check)
+    f = sub.add_parser("refresh", help="re-execute and store new reference outputs for nbval")
+    f.add_argument("notebooks", nargs="+")
+    f.set_defaults(func=_cmd_refresh)

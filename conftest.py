@@ -17,7 +17,7 @@ os.environ.setdefault("TUNEKIT_RUNS_DIR", str(_SESSION_TMP / "runs"))
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 
 
 def pytest_collectstart(collector):

@@ -1,0 +1,59 @@
+"""Notebook conventions, enforced: pairing, outputs, typed parameters that match their model.
+
+nbval (run on notebooks/*.ipynb by `make test`) checks what notebooks print; these tests check how
+they are built, so that a drifted .ipynb, a stray output or a parameter the validation cell does
+not know can never be committed.
+"""
+from __future__ import annotations
+
+import ast
+import typing
+
+import pytest
+
+from tunekit.notebooks import NOTEBOOKS, check, declared_parameters
+
+BUILT = [nb for nb in NOTEBOOKS if nb.py.exists() or nb.ipynb.exists()]
+ids = [nb.name for nb in BUILT]
+
+
+def test_at_least_one_notebook_is_built():
+    assert BUILT, "no notebook exists yet"
+
+
+@pytest.mark.parametrize("nb", BUILT, ids=ids)
+def test_pairing_outputs_and_reference(nb):
+    assert check(nb) == []
+
+
+def _type_name(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    return (origin or annotation).__name__
+
+
+@pytest.mark.parametrize("nb", BUILT, ids=ids)
+def test_parameters_cell_matches_params_model(nb):
+    declared = declared_parameters(nb.ipynb)
+    fields = nb.params_model().model_fields
+    assert set(declared) == set(fields), "parameters cell and params model declare different names"
+    for name, info in declared.items():
+        field = fields[name]
+        assert ast.literal_eval(info["default"]) == field.default, f"{name}: defaults differ"
+        declared_type = info["inferred_type_name"].split("[")[0]
+        assert declared_type == _type_name(field.annotation), f"{name}: types differ"
+        assert info["help"].strip(), f"{name}: parameter has no `# help` comment"
+    assert {"run_name", "runs_dir"} <= set(declared)
+
+
+@pytest.mark.parametrize("nb", BUILT, ids=ids)
+def test_notebook_source_stays_thin(nb):
+    """Logic belongs in lib/: no classes, no long functions, no branching on the environment."""
+    tree = ast.parse(nb.py.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        assert not isinstance(node, ast.ClassDef), f"line {node.lineno}: class in a notebook"
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            assert length <= 10, f"line {node.lineno}: {node.name} is {length} lines (move it to lib/)"
+    src = nb.py.read_text(encoding="utf-8")
+    for banned in ("os.environ[", "torch.cuda.is_available()", "get_ipython"):
+        assert banned not in src, f"{banned} in a notebook: environment decisions belong in lib/"

@@ -21,7 +21,8 @@ setup-gpu: setup  ## add the GPU extras of environment.gpu.yml (ABCI GPU nodes o
 demo: setup  ## run the whole pipeline on the tiny CPU model and sample data into runs/
 	$(VENV)/bin/tunekit demo
 
-test: setup  ## run the whole test suite (unit, integration, nbval notebook regression)
+test: setup  ## run the whole test suite (unit, integration, nbval notebook regression, browser)
+	@bash tools/browser_deps.sh
 	$(PY) -m pytest
 
 test-fast: setup  ## the tests not marked slow

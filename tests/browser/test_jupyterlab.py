@@ -1,0 +1,63 @@
+"""The kit as a person sees it: notebooks run in a real JupyterLab in headless Chromium.
+
+For each notebook: open it with the `tunekit` kernel, Run All, wait, then assert that no cell
+failed (in the page and in the saved notebook), that tables and plots rendered, and keep a
+screenshot in tests/_output/ (the README's Tour image comes from here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .lab import browser_available, chromium, jupyterlab, run_notebook_in_lab
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT = REPO / "tests" / "_output"
+
+if not browser_available():
+    reason = "Debian chromium/chromium-driver or selenium missing (run `bash tools/browser_deps.sh` as root)"
+    if os.environ.get("CI"):
+        pytest.fail(f"browser test cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab serving a scratch copy of notebooks/ (saving never touches the committed files)."""
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    settings = root / ".lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    # No "get Jupyter news?" popup over the screenshot (and no outbound request for it).
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    env = {**os.environ, "TUNEKIT_RUNS_DIR": str(root / "runs"), "TUNEKIT_HEADLESS": "0",
+           "JUPYTER_CONFIG_DIR": str(root / ".jupyter"), "HF_HUB_OFFLINE": "1",
+           "JUPYTERLAB_SETTINGS_DIR": str(root / ".lab-settings")}
+    with jupyterlab(root, env) as (base, token), chromium() as driver:
+        yield root, base, token, driver
+
+
+@pytest.mark.parametrize("name, min_tables, min_images", [
+    ("10_inspect_data", 1, 1),
+    ("30_sft", 1, 1),
+])
+def test_notebook_runs_in_jupyterlab(lab, name, min_tables, min_images):
+    root, base, token, driver = lab
+    if not (root / "notebooks" / f"{name}.ipynb").exists():
+        pytest.fail(f"notebooks/{name}.ipynb does not exist")
+    seen = run_notebook_in_lab(driver, base, token, f"notebooks/{name}.ipynb")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(OUTPUT / f"lab-{name}.png"))
+    assert seen["kernel"] == "tunekit"
+    assert seen["errors"] == [], seen["errors"]
+    saved = json.loads((root / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8"))
+    failed = [o for c in saved["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert failed == [], failed[:1]
+    assert seen["tables"] >= min_tables, seen
+    assert seen["images"] >= min_images, seen

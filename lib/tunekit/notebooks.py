@@ -50,7 +50,7 @@ NOTEBOOKS = [
     NotebookSpec("20_convert_nemo_to_hf", "convert_nemo_to_hf", "tunekit.convert.params:NemoToHFParams"),
     NotebookSpec("21_convert_hf_to_nemo", "convert_hf_to_nemo", "tunekit.convert.params:HFToNemoParams"),
     NotebookSpec("30_sft", "sft", "tunekit.train.params:SFTParams"),
-    NotebookSpec("40_dpo", "dpo", "tunekit.train.params:DPOParams"),
+    NotebookSpec("40_dpo", "dpo", "tunekit.train.dpo_params:DPOParams"),
     NotebookSpec("50_evaluate", "evaluate", "tunekit.evaluate.params:EvalParams"),
 ]
 

@@ -6,9 +6,10 @@
 
 Every problem is produced by a template with small numbers, so that a tiny random LLaMA trained for
 a few minutes on a CPU can learn the answer format and part of the arithmetic. Responses are short
-("work" line + final answer in \\boxed{}), because the evaluation scorer extracts boxed answers and
-the submission path generates only 64 tokens. The eval problems come from the same templates with
-numbers held out of the training files (their problem texts never occur in tuning/ or preference/).
+(a line of working, then the answer in \\boxed{}; the answer alone for the evaluator's answer-only
+prompt), because the scorer extracts boxed answers and evaluation generates only 32-64 tokens. The
+eval problems come from the same templates with numbers held out of the training files (their
+problem texts never occur in tuning/ or preference/). datasets/README.md explains the design.
 
 Nothing is copied from anywhere: all text is written by the templates below. Licence: Apache-2.0.
 """
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Callable
 
 SEED = 20260105
-GENERATOR_VERSION = 1
 
 # The official kit's fixed system sentence; most lines use it so that training matches inference.
 DEFAULT_SYSTEM = "以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。"
@@ -35,6 +35,34 @@ OTHER_SYSTEMS = [
     "次の数学の問題に答えてください。答えは \\boxed{} の中に書きます。",
 ]
 FOLLOW_UP_PREFIXES = ["続けて、次の問題です。", "もう一問お願いします。", "では、これはどうですか。"]
+
+# The evaluation prompt styles (tunekit.evaluate.prompts, kept equal by tests/test_sample_data.py):
+# the evaluator wraps each eval problem in one of these, without a system message. Training lines
+# use the same wrappers so that a tiny model sees at evaluation the prompt it was trained on.
+# "official" asks for the answer only (the submission generates few tokens), so its replies are
+# just `$\boxed{N}$`; "cot_boxed" asks for working, then one \boxed{}.
+PROMPT_WRAPPERS = {
+    "official": (
+        "以下は数学の問題です。\n"
+        "問題に対する解答のみを出力してください。\n"
+        "推論過程は出力しないでください。\n"
+        "\n"
+        "# 問題\n"
+        "{question}\n"
+        "\n"
+        "# 解答\n"
+    ),
+    "cot_boxed": (
+        "以下は数学の問題です。\n"
+        "順を追って考え、途中の計算も書いてください。\n"
+        "最後に、最終的な答えだけを \\boxed{{}} の中に一度だけ書いてください。\n"
+        "\n"
+        "# 問題\n"
+        "{question}\n"
+        "\n"
+        "# 解答\n"
+    ),
+}
 
 
 @dataclass
@@ -51,10 +79,23 @@ class Problem:
     difficulty: int       # 1 easy (copy-like) .. 3 harder
     method: str | None = None  # eval `evaluation_method` when not the default (soft)
 
-    def response(self, answer: str | None = None) -> str:
-        """The assistant's reply: the work line with `answer` (default: the correct one), then \\boxed{}."""
+    def __post_init__(self):
+        # A "wrong" answer equal to the right one would teach DPO nothing (or the opposite).
+        assert self.wrong != self.answer, (self.template, self.problem)
+
+    def response(self, answer: str | None = None, style: str = "bare") -> str:
+        """The assistant's reply with `answer` (default: the correct one) for a prompt `style`.
+
+        "official" gets the answer only; "bare" and "cot_boxed" get the work line, then \\boxed{}.
+        """
         ans = self.answer if answer is None else answer
+        if style == "official":
+            return f"$\\boxed{{{ans}}}$"
         return f"{self.work}{ans}\nよって、答えは $\\boxed{{{ans}}}$ です。"
+
+    def user(self, style: str = "bare") -> str:
+        """The user message: the bare problem, or the problem inside an evaluation prompt wrapper."""
+        return self.problem if style == "bare" else PROMPT_WRAPPERS[style].format(question=self.problem)
 
     def gold(self) -> str | list[str]:
         """The eval `solution`: plain integers stay plain, LaTeX goes inside $$...$$ like the real data."""
@@ -180,11 +221,11 @@ def t_linear_func(r):
 def t_slope(r):
     a, b = r.randint(2, 20), r.randint(1, 20)
     return Problem("slope", f"一次関数 y = {a}x + {b} のグラフの傾きを答えなさい。", f"y = {a}x + {b} の傾きは ",
-                   str(a), str(b), "中2", "一次関数", 1)
+                   str(a), str(b if b != a else a + 1), "中2", "一次関数", 1)
 
 
 def t_angle_sum(r):
-    n = r.randint(3, 12)
+    n = r.randint(3, 20)
     v = 180 * (n - 2)
     return Problem("angle_sum", f"{n}角形の内角の和は何度ですか。", f"180 × ({n} - 2) = ",
                    str(v), str(180 * n), "中2", "図形の性質", 2)
@@ -193,21 +234,27 @@ def t_angle_sum(r):
 def t_sqrt(r):
     a = r.randint(2, 15)
     return Problem("sqrt", f"$\\sqrt{{{a * a}}}$ を簡単にしなさい。", f"\\sqrt{{{a * a}}} = \\sqrt{{{a}^2}} = ",
-                   str(a), str(a * a // 2), "中3", "平方根", 1)
+                   str(a), str(a * a), "中3", "平方根", 1)
+
+
+def t_root_square(r):
+    a = r.choice([n for n in range(2, 40) if int(n ** 0.5) ** 2 != n])
+    return Problem("root_square", f"$(\\sqrt{{{a}}})^2$ を計算しなさい。", f"(\\sqrt{{{a}}})^2 = ",
+                   str(a), str(2 * a), "中3", "平方根", 1)
 
 
 def t_square(r):
-    a = r.randint(2, 9)
+    a = r.randint(2, 12)
     return Problem("square", f"次の計算をしなさい。\n$(-{a})^2$", f"(-{a}) × (-{a}) = ",
                    str(a * a), str(-a * a), "中3", "式の計算", 2)
 
 
 def t_expand(r):
-    a = r.randint(1, 9)
-    ans = f"x^2 + {2 * a}x + {a * a}"
-    wrong = f"x^2 + {a * a}"
-    return Problem("expand", f"$(x + {a})^2$ を展開しなさい。", f"(x + {a})^2 = x^2 + 2 × {a} × x + {a}^2 = ",
-                   ans, wrong, "中3", "式の展開", 3)
+    a, sign = r.randint(1, 12), r.choice("+-")
+    ans = f"x^2 {sign} {2 * a}x + {a * a}"
+    wrong = f"x^2 + {a * a}"  # the classic mistake: forgetting the middle term
+    return Problem("expand", f"$(x {sign} {a})^2$ を展開しなさい。",
+                   f"(x {sign} {a})^2 = x^2 {sign} 2 × {a} × x + {a}^2 = ", ans, wrong, "中3", "式の展開", 3)
 
 
 def t_quad_root(r):
@@ -228,11 +275,17 @@ def t_comb(r):
                    str(n * (n - 1) // 2), str(n * (n - 1)), "IA", "場合の数", 2)
 
 
-def t_dice(r):
-    k = r.randint(1, 5)
-    q = Fraction(k, 6)
-    return Problem("dice", f"1 個のさいころを投げるとき、{k} 以下の目が出る確率を求めなさい。",
-                   f"\\frac{{{k}}}{{6}} = ", _frac(q), _frac(Fraction(6 - k, 6)), "IA", "確率", 3)
+def t_comb1(r):
+    n = r.randint(2, 40)
+    return Problem("comb1", f"$_{{{n}}}\\mathrm{{C}}_{{1}}$ の値を求めなさい。", f"_{{{n}}}\\mathrm{{C}}_{{1}} = ",
+                   str(n), "1", "IA", "場合の数", 1)
+
+
+def t_balls(r):
+    a, b = r.randint(1, 6), r.randint(1, 6)
+    q = Fraction(a, a + b)
+    return Problem("balls", f"袋の中に赤玉が {a} 個、白玉が {b} 個入っている。1 個取り出すとき、赤玉である確率を求めなさい。",
+                   f"\\frac{{{a}}}{{{a} + {b}}} = ", _frac(q), _frac(Fraction(a, b)), "IA", "確率", 3)
 
 
 def t_gcd(r):
@@ -259,11 +312,17 @@ def t_deriv(r):
                    "IIB", "微分法", 2)
 
 
+def t_deriv_linear(r):
+    a, b = r.randint(2, 30), r.randint(1, 9)
+    return Problem("deriv_linear", f"f(x) = {a}x + {b} のとき、f'(x) を求めなさい。", f"f'(x) = ",
+                   str(a), str(b if b != a else a + 1), "IIB", "微分法", 1)
+
+
 def t_log(r):
     base = r.choice([2, 3, 10])
     k = r.randint(1, {2: 6, 3: 4, 10: 4}[base])
     return Problem("log", f"$\\log_{{{base}}} {base ** k}$ の値を求めなさい。", f"{base ** k} = {base}^{{{k}}} より ",
-                   str(k), str(base ** k // base), "IIB", "指数・対数関数", 2)
+                   str(k), str(k + 1), "IIB", "指数・対数関数", 2)
 
 
 def t_complex_add(r):
@@ -276,24 +335,40 @@ def t_complex_add(r):
                    f"({a} + {c}) + ({b} + {d})i = ", ans, wrong, "IIIC", "複素数平面", 2, "complex")
 
 
+def t_imag_part(r):
+    a, b = r.randint(1, 30), r.randint(1, 30)
+    return Problem("imag_part", f"複素数 {a} + {b}i の虚部を答えなさい。", f"{a} + {b}i の虚部は ",
+                   str(b), str(a if a != b else b + 1), "IIIC", "複素数平面", 1)
+
+
 def t_limit(r):
-    a = r.randint(2, 9)
+    a = r.randint(2, 20)
     return Problem("limit", f"$\\lim_{{x \\to 0}} \\frac{{\\sin {a}x}}{{x}}$ を求めなさい。",
                    f"\\lim_{{x \\to 0}} {a} × \\frac{{\\sin {a}x}}{{{a}x}} = ", str(a), "1", "IIIC", "極限", 1)
 
 
 def t_integral(r):
-    a = r.randint(1, 9)
-    return Problem("integral", f"$\\int_0^{{{a}}} 2x \\, dx$ を求めなさい。", f"[x^2]_0^{{{a}}} = ",
-                   str(a * a), str(2 * a), "IIIC", "積分法", 2)
+    if r.random() < 0.6:
+        a, f, F = r.randint(1, 12), "2x", "x^2"
+        v = a * a
+    else:
+        a, f, F = r.randint(1, 5), "3x^2", "x^3"
+        v = a ** 3
+    return Problem("integral", f"$\\int_0^{{{a}}} {f} \\, dx$ を求めなさい。", f"[{F}]_0^{{{a}}} = ",
+                   str(v), str(2 * v), "IIIC", "積分法", 2)
 
 
 TEMPLATES: list[Callable[[random.Random], Problem]] = [
     t_add_signed, t_sub_signed, t_mul_signed, t_abs, t_linear_add, t_linear_mul, t_expr_value,
-    t_frac_add, t_percent, t_simul_x, t_linear_func, t_slope, t_angle_sum, t_sqrt, t_square,
-    t_expand, t_quad_root, t_perm, t_comb, t_dice, t_gcd, t_arith_seq, t_deriv, t_log,
-    t_complex_add, t_limit, t_integral,
+    t_frac_add, t_percent, t_simul_x, t_linear_func, t_slope, t_angle_sum, t_sqrt, t_root_square,
+    t_square, t_expand, t_quad_root, t_perm, t_comb, t_comb1, t_balls, t_gcd, t_arith_seq, t_deriv,
+    t_deriv_linear, t_log, t_complex_add, t_imag_part, t_limit, t_integral,
 ]
+# Templates whose answer is a number copied from the problem: a tiny model learns these first, so
+# every category has one and training draws them more often (the eval still has them at their
+# natural share). The other templates need arithmetic; a tiny model gets only some of them.
+COPY_TEMPLATES = {t_abs, t_slope, t_root_square, t_comb1, t_deriv_linear, t_imag_part, t_limit}
+TRAIN_WEIGHTS = [3 if t in COPY_TEMPLATES else 1 for t in TEMPLATES]
 CATEGORIES = ["中1", "中2", "中3", "IA", "IIB", "IIIC"]
 
 # --------------------------------------------------------------------------------------------
@@ -301,15 +376,15 @@ CATEGORIES = ["中1", "中2", "中3", "IA", "IIB", "IIIC"]
 # --------------------------------------------------------------------------------------------
 
 EVAL_PER_CATEGORY = 15      # 6 categories -> 90 eval problems
-N_DRILL = 400               # tuning/train/math_drill.jsonl
+N_DRILL = 1200              # tuning/train/math_drill.jsonl
 N_CHAT = 200                # tuning/train/math_chat.jsonl
 N_PREF = 300                # preference/train/math_pref.jsonl
 
 
-def make_eval(r: random.Random) -> list[dict]:
-    """90 gold-format problems, 15 per category, cycling through each category's templates."""
+def make_eval_problems(r: random.Random) -> list[Problem]:
+    """90 distinct eval problems, 15 per category, cycling through each category's templates."""
     by_cat = {c: [t for t in TEMPLATES if t(random.Random(0)).category == c] for c in CATEGORIES}
-    rows, seen = [], set()
+    problems, seen = [], set()
     for cat in CATEGORIES:
         i = 0
         while i < EVAL_PER_CATEGORY:
@@ -317,31 +392,45 @@ def make_eval(r: random.Random) -> list[dict]:
             if p.problem in seen:
                 continue  # redraw until each eval problem is distinct
             seen.add(p.problem)
-            row = {"id": f"sample-{len(rows) + 1:03d}", "problem": p.problem, "solution": p.gold(),
-                   "category": p.category, "unit": p.unit, "difficulty": p.difficulty}
-            if p.method:
-                row["evaluation_method"] = p.method
-            rows.append(row)
+            problems.append(p)
             i += 1
-    return rows
+    return problems
+
+
+def eval_row(n: int, p: Problem) -> dict:
+    """The competition gold line of eval problem number `n` (1-based)."""
+    row = {"id": f"sample-{n:03d}", "problem": p.problem, "solution": p.gold(),
+           "category": p.category, "unit": p.unit, "difficulty": p.difficulty}
+    if p.method:
+        row["evaluation_method"] = p.method
+    return row
 
 
 def _draw(r: random.Random, held_out: set[str]) -> Problem:
-    """A training problem from a uniformly chosen template whose text is not an eval problem."""
+    """A training problem (template drawn by TRAIN_WEIGHTS) whose text is not an eval problem."""
     while True:
-        p = r.choice(TEMPLATES)(r)
+        p = r.choices(TEMPLATES, weights=TRAIN_WEIGHTS)[0](r)
         if p.problem not in held_out:
             return p
 
 
+def _style(r: random.Random, weights: dict[str, int]) -> str:
+    return r.choices(list(weights), weights=list(weights.values()))[0]
+
+
+# Half of the single-turn lines use the evaluator's default ("official") wrapper.
+DRILL_STYLES = {"official": 2, "bare": 1, "cot_boxed": 1}
+PREF_STYLES = {"official": 1, "bare": 1}
+
+
 def make_drill(r: random.Random, held_out: set[str]) -> list[dict]:
-    """Single-turn SFT lines with the official system sentence."""
+    """Single-turn SFT lines with the official system sentence, in the three prompt styles."""
     rows = []
     for _ in range(N_DRILL):
-        p = _draw(r, held_out)
+        p, style = _draw(r, held_out), _style(r, DRILL_STYLES)
         rows.append({"messages": [{"role": "system", "content": DEFAULT_SYSTEM},
-                                  {"role": "user", "content": p.problem},
-                                  {"role": "assistant", "content": p.response()}]})
+                                  {"role": "user", "content": p.user(style)},
+                                  {"role": "assistant", "content": p.response(style=style)}]})
     return rows
 
 
@@ -369,6 +458,8 @@ def make_chat(r: random.Random, held_out: set[str]) -> list[dict]:
 def make_pref(r: random.Random, held_out: set[str]) -> list[dict]:
     """DPO pairs: chosen = the correct response, rejected = the same shape with a wrong answer.
 
+    Half use the "official" wrapper (answer-only replies), half the bare problem.
+
     One line in ten carries an earlier answered turn (messages = system, user, assistant, user).
     """
     rows = []
@@ -377,10 +468,10 @@ def make_pref(r: random.Random, held_out: set[str]) -> list[dict]:
         if i % 10 == 9:
             prev = _draw(r, held_out)
             msgs += [{"role": "user", "content": prev.problem}, {"role": "assistant", "content": prev.response()}]
-        p = _draw(r, held_out)
-        msgs.append({"role": "user", "content": p.problem})
-        rows.append({"messages": msgs, "chosen_response": p.response(),
-                     "rejected_response": p.response(p.wrong)})
+        p, style = _draw(r, held_out), _style(r, PREF_STYLES)
+        msgs.append({"role": "user", "content": p.user(style)})
+        rows.append({"messages": msgs, "chosen_response": p.response(style=style),
+                     "rejected_response": p.response(p.wrong, style=style)})
     return rows
 
 
@@ -395,7 +486,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def generate(out: Path, seed: int = SEED) -> dict[str, int]:
     """Write every sample file under `out` (the data_version folder); returns {relative path: lines}."""
     # Separate RNG streams per file so that changing one file's size leaves the others unchanged.
-    eval_rows = make_eval(random.Random(f"{seed}-eval"))
+    eval_rows = [eval_row(n, p) for n, p in enumerate(make_eval_problems(random.Random(f"{seed}-eval")), 1)]
     held_out = {row["problem"] for row in eval_rows}
     files = {
         "tuning/train/math_drill.jsonl": make_drill(random.Random(f"{seed}-drill"), held_out),

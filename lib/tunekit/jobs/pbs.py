@@ -1,0 +1,127 @@
+"""Thin wrappers over PBS Professional's qsub, qstat and qdel (always argv lists, never a shell).
+
+Because no shell is involved, a value with spaces or `$()` reaches qsub as one literal argument;
+`format_command` shows the exact equivalent shell line (for --dry-run and the run record).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import UserError
+
+_JOBID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.-]+)?$")
+
+
+def format_command(argv: Sequence[str], cwd: Path | None = None) -> str:
+    """The shell line that runs `argv` (in `cwd`), every word quoted."""
+    line = shlex.join([str(a) for a in argv])
+    return f"cd {shlex.quote(str(cwd))} && {line}" if cwd else line
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        raise UserError(f"{name}: command not found (run this on an ABCI login node or inside a "
+                        "job, where PBS is installed; --dry-run shows the job without submitting)")
+    return path
+
+
+def qsub_argv(script: Path, *, depend_on: str | None = None, variables: Sequence[str] = (),
+              output: Path | None = None) -> list[str]:
+    """The qsub command for `script`; resources come from the script's #PBS lines."""
+    argv = ["qsub"]
+    if depend_on:
+        argv += ["-W", f"depend=afterany:{depend_on}"]
+    if variables:
+        argv += ["-v", ",".join(variables)]
+    if output is not None:
+        argv += ["-o", str(output)]
+    argv.append(str(script))
+    return argv
+
+
+def submit(argv: Sequence[str], cwd: Path) -> str:
+    """Run a qsub command line (from `qsub_argv`) in `cwd`; returns the job id it printed."""
+    exe = _tool("qsub")
+    proc = subprocess.run([exe, *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise UserError(f"qsub refused the job: {msg[-1] if msg else f'exit code {proc.returncode}'} "
+                        f"(command: {format_command(argv, cwd)})")
+    jobid = proc.stdout.strip().splitlines()[-1].strip() if proc.stdout.strip() else ""
+    if not _JOBID.match(jobid):
+        raise UserError(f"qsub printed {proc.stdout.strip()!r}, not a job id (command: "
+                        f"{format_command(argv, cwd)})")
+    return jobid
+
+
+@dataclass(frozen=True)
+class PBSJob:
+    """What qstat says about one job."""
+
+    job_id: str
+    state: str  # PBS letters: Q queued, H held, R running, E exiting, F finished, ...
+    exit_status: int | None = None
+    comment: str = ""
+    start_time: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "F"
+
+
+def _parse_json(text: str) -> dict[str, PBSJob]:
+    data = json.loads(text) if text.strip() else {}
+    out = {}
+    for jid, info in (data.get("Jobs") or {}).items():
+        status = info.get("Exit_status")
+        out[jid] = PBSJob(jid, str(info.get("job_state", "?")),
+                          int(status) if status is not None else None,
+                          str(info.get("comment", "")), str(info.get("stime", "")))
+    return out
+
+
+def query(job_ids: Sequence[str]) -> dict[str, PBSJob]:
+    """qstat -x -f -F json for these ids (finished jobs included); ids PBS forgot are absent."""
+    if not job_ids:
+        return {}
+    exe = _tool("qstat")
+    proc = subprocess.run([exe, "-x", "-f", "-F", "json", *job_ids], capture_output=True,
+                          text=True, timeout=120)
+    try:
+        found = _parse_json(proc.stdout)
+    except json.JSONDecodeError:
+        found = {}
+    if proc.returncode != 0 and not found and len(job_ids) > 1:
+        # One unknown id can make qstat print nothing useful: ask one by one.
+        for jid in job_ids:
+            found.update(query([jid]))
+    return _match_ids(found, job_ids)
+
+
+def _match_ids(found: dict[str, PBSJob], job_ids: Sequence[str]) -> dict[str, PBSJob]:
+    """Key results by the ids we asked for (PBS may answer with the full server suffix)."""
+    out = {}
+    for jid in job_ids:
+        num = jid.split(".")[0]
+        hit = found.get(jid) or next((j for k, j in found.items() if k.split(".")[0] == num), None)
+        if hit is not None:
+            out[jid] = hit
+    return out
+
+
+def delete(job_ids: Sequence[str]) -> dict[str, str]:
+    """qdel each id; returns {id: "deleted" | qdel's complaint}."""
+    exe = _tool("qdel")
+    out: dict[str, Any] = {}
+    for jid in job_ids:
+        proc = subprocess.run([exe, jid], capture_output=True, text=True, timeout=120)
+        out[jid] = "deleted" if proc.returncode == 0 else (proc.stderr or proc.stdout).strip()
+    return out

@@ -1,0 +1,447 @@
+"""A fake PBS Professional for tests (never shipped): qsub, qstat, qdel and an mpirun look-alike.
+
+`qsub` reads the script's `#PBS` directives and its own options like the real one, queues the job
+in $FAKE_PBS_HOME and starts a detached runner that waits for `-W depend=afterany:ID`, then
+executes the script with bash in a simulated PBS environment:
+
+    PBS_JOBID=<n>.fakepbs  PBS_JOBNAME  PBS_O_WORKDIR (qsub's cwd)  PBS_O_PATH  PBS_QUEUE
+    PBS_NODEFILE  listing `select` hosts 127.0.0.1, 127.0.0.2, ... (all this machine)
+    PBS_LOCALDIR  a private folder under $FAKE_PBS_HOME
+
+The job environment starts nearly empty, like a real batch job: HOME, USER, LANG, PATH (qsub's),
+the PBS variables, `-v` variables (a bare `-v NAME` takes NAME's value from qsub's environment)
+and the names listed in $FAKE_PBS_PASS_ENV. A job running longer than walltime x
+$FAKE_PBS_TIME_SCALE seconds is killed (SIGTERM, then SIGKILL), as PBS does at its walltime.
+With FAKE_PBS_SYNC=1, qsub runs the job to completion before it returns.
+
+`mpirun` starts every rank on this machine with OpenMPI's OMPI_COMM_WORLD_* variables, so a
+"multi-node" launch runs here as it would across nodes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SUFFIX = "fakepbs"
+
+
+def _home() -> Path:
+    home = os.environ.get("FAKE_PBS_HOME")
+    if not home:
+        sys.exit("fake PBS: set FAKE_PBS_HOME")
+    path = Path(home)
+    (path / "jobs").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _job_file(home: Path, num: int) -> Path:
+    return home / "jobs" / f"{num}.json"
+
+
+def _load(home: Path, num: int) -> dict:
+    return json.loads(_job_file(home, num).read_text())
+
+
+def _save(home: Path, job: dict) -> None:
+    path = _job_file(home, job["num"])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(job, indent=1))
+    os.replace(tmp, path)
+
+
+def _update(home: Path, num: int, **changes) -> dict:
+    with open(home / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        job = _load(home, num)
+        job.update(changes)
+        _save(home, job)
+        return job
+
+
+def _next_num(home: Path) -> int:
+    with open(home / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        counter = home / "counter"
+        num = int(counter.read_text()) + 1 if counter.exists() else 1001
+        counter.write_text(str(num))
+        return num
+
+
+def _num(jobid: str) -> int:
+    m = re.match(r"^(\d+)(\.\S+)?$", jobid.strip())
+    if not m:
+        raise SystemExit(f"qstat: illegally formed job identifier: {jobid}")
+    return int(m.group(1))
+
+
+def _hms(seconds: int) -> str:
+    h, rest = divmod(int(seconds), 3600)
+    return f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _seconds(hms: str) -> int:
+    total = 0
+    for part in hms.split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
+# ------------------------------------------------------------------------------------ qsub
+def _directives(script: str) -> list[str]:
+    """Options from the leading `#PBS` lines (until the first command), split like a shell would."""
+    import shlex
+
+    args: list[str] = []
+    for line in script.splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#PBS"):
+            args += shlex.split(stripped[4:])
+        elif stripped and not stripped.startswith("#"):
+            break
+    return args
+
+
+def _parse_options(args: list[str], opts: dict) -> list[str]:
+    rest = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-P", "-q", "-N", "-j", "-o", "-e", "-W", "-v", "-l"):
+            value = args[i + 1]
+            i += 2
+            if a == "-l":
+                key, _, val = value.partition("=")
+                opts.setdefault("resources", {})[key] = val
+            elif a == "-W":
+                key, _, val = value.partition("=")
+                if key == "depend":
+                    kind, _, ids = val.partition(":")
+                    if kind != "afterany":
+                        raise SystemExit(f"qsub: fake PBS supports only depend=afterany (got {kind})")
+                    opts["depend"] = ids.split(":")
+            elif a == "-v":
+                opts.setdefault("vars", []).extend(v for v in value.split(",") if v)
+            else:
+                opts[a] = value
+        else:
+            rest.append(a)
+            i += 1
+    return rest
+
+
+def qsub(argv: list[str]) -> int:
+    home = _home()
+    cli: dict = {}
+    rest = _parse_options(argv, cli)
+    if len(rest) != 1:
+        print("usage: qsub [options] script", file=sys.stderr)
+        return 2
+    script = Path(rest[0]).resolve()
+    if not script.is_file():
+        print(f"qsub: script file:: No such file or directory: {rest[0]}", file=sys.stderr)
+        return 2
+    opts: dict = {}
+    _parse_options(_directives(script.read_text()), opts)
+    for key, value in cli.items():  # command-line options win over directives
+        if key == "resources":
+            opts.setdefault("resources", {}).update(value)
+        elif key == "vars":
+            opts.setdefault("vars", []).extend(value)
+        else:
+            opts[key] = value
+    res = opts.get("resources", {})
+    queue = opts.get("-q", "")
+    if not opts.get("-P"):
+        print("qsub: a group must be given with -P (ABCI)", file=sys.stderr)
+        return 2
+    if queue not in ("rt_HF", "rt_HG", "rt_HC"):
+        print(f"qsub: Unknown queue {queue!r}", file=sys.stderr)
+        return 2
+    select = int(res.get("select", "1"))
+    if select > 1 and queue != "rt_HF":
+        print(f"qsub: {queue} allows select=1 only", file=sys.stderr)
+        return 2
+    variables = {}
+    for item in opts.get("vars", []):
+        name, eq, value = item.partition("=")
+        if eq:
+            variables[name] = value
+        elif name in os.environ:
+            variables[name] = os.environ[name]
+    for dep in opts.get("depend", []):
+        if not _job_file(home, _num(dep)).exists():
+            print(f"qsub: Unknown Job Id {dep}", file=sys.stderr)
+            return 2
+    num = _next_num(home)
+    job = {
+        "num": num, "id": f"{num}.{SUFFIX}", "name": opts.get("-N", script.name)[:236],
+        "group": opts["-P"], "queue": queue, "select": select,
+        "walltime": res.get("walltime", "01:00:00"), "depend": [str(_num(d)) for d in opts.get("depend", [])],
+        "vars": variables, "script": str(script), "workdir": os.getcwd(), "argv": argv,
+        "output": opts.get("-o", ""), "path": os.environ.get("PATH", ""),
+        "pass_env": {k: os.environ[k] for k in os.environ.get("FAKE_PBS_PASS_ENV", "").split(",")
+                     if k and k in os.environ},
+        "state": "Q", "exit_status": None, "qtime": time.time(), "stime": None, "etime": None,
+        "runner_pid": None, "deleted": False,
+    }
+    _save(home, job)
+    if os.environ.get("FAKE_PBS_SYNC") == "1":
+        _run(home, num)
+    else:
+        log = open(home / "jobs" / f"{num}.runner.log", "w")
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_run", str(num)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, env={**os.environ})
+        _update(home, num, runner_pid=proc.pid)
+    print(job["id"])
+    return 0
+
+
+# ------------------------------------------------------------------------------------ runner
+def _job_env(home: Path, job: dict) -> dict:
+    nodefile = home / "nodefiles" / str(job["num"])
+    nodefile.parent.mkdir(exist_ok=True)
+    nodefile.write_text("".join(f"127.0.0.{i + 1}\n" for i in range(job["select"])))
+    local = home / "local" / str(job["num"])
+    local.mkdir(parents=True, exist_ok=True)
+    env = {k: os.environ[k] for k in ("HOME", "USER", "LOGNAME", "LANG", "TZ") if k in os.environ}
+    env.update(job["pass_env"])
+    env.update({
+        "PATH": job["path"], "PBS_JOBID": job["id"], "PBS_JOBNAME": job["name"],
+        "PBS_O_WORKDIR": job["workdir"], "PBS_O_PATH": job["path"], "PBS_O_HOME": env.get("HOME", ""),
+        "PBS_QUEUE": job["queue"], "PBS_NODEFILE": str(nodefile), "PBS_LOCALDIR": str(local),
+        "PBS_ENVIRONMENT": "PBS_BATCH", "ENVIRONMENT": "BATCH",
+    })
+    env.update(job["vars"])
+    return env
+
+
+def _run(home: Path, num: int) -> None:
+    job = _load(home, num)
+    while True:  # afterany: wait until every dependency has finished, whatever its exit status
+        pending = [d for d in job["depend"] if _load(home, int(d))["state"] != "F"]
+        if not pending:
+            break
+        time.sleep(0.2)
+        job = _load(home, num)
+        if job["deleted"]:
+            return
+    if _load(home, num)["deleted"]:
+        return
+    scale = float(os.environ.get("FAKE_PBS_TIME_SCALE", "1"))
+    limit = _seconds(job["walltime"]) * scale
+    out = Path(job["output"]) if job["output"] else Path(job["workdir"]) / f"{job['name']}.o{num}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as log:
+        proc = subprocess.Popen(["bash", job["script"]], cwd=os.environ.get("HOME", "/"),
+                                env=_job_env(home, job), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        _update(home, num, state="R", stime=time.time(), pid=proc.pid)
+        try:
+            rc = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            log.write(f"=>> PBS: job killed: walltime {int(limit)} exceeded limit\n")
+            log.flush()
+            _kill_group(proc)
+            rc = 271
+    job = _load(home, num)
+    _update(home, num, state="F", etime=time.time(), exit_status=271 if job["deleted"] else rc)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (PBS kills a job's whole tree, kernels in own sessions included)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGTERM the process tree, then SIGKILL what is left after 5 s (as PBS at walltime/qdel)."""
+    tree = [pid, *_descendants(pid)]  # before killing: orphans are re-parented and lost to us
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        for target in tree:
+            try:
+                os.kill(target, sig)
+            except ProcessLookupError:
+                pass
+        end = time.time() + wait
+        while time.time() < end and any(_alive(t) for t in tree):
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    _kill_tree(proc.pid)
+    proc.wait()
+
+
+# ------------------------------------------------------------------------------------ qstat/qdel
+def _state_json(job: dict) -> dict:
+    info = {
+        "Job_Name": job["name"], "job_state": job["state"], "queue": job["queue"],
+        "project": job["group"],
+        "Resource_List": {"select": str(job["select"]), "walltime": job["walltime"]},
+        "qtime": _stamp(job["qtime"]),
+    }
+    if job["stime"]:
+        info["stime"] = _stamp(job["stime"])
+    if job["state"] == "F":
+        info["Exit_status"] = job["exit_status"]
+    if job["depend"]:
+        info["depend"] = "afterany:" + ":".join(f"{d}.{SUFFIX}" for d in job["depend"])
+    return info
+
+
+def _stamp(epoch: float) -> str:
+    return _dt.datetime.fromtimestamp(epoch).strftime("%a %b %d %H:%M:%S %Y")
+
+
+def qstat(argv: list[str]) -> int:
+    home = _home()
+    flags = [a for a in argv if a.startswith("-")]
+    ids = [a for a in argv if not a.startswith("-") and a != "json"]
+    history = "-x" in flags
+    rc = 0
+    found = {}
+    for jobid in ids:
+        path = _job_file(home, _num(jobid))
+        job = json.loads(path.read_text()) if path.exists() else None
+        if job is None:
+            print(f"qstat: Unknown Job Id {jobid}", file=sys.stderr)
+            rc = 153
+        elif job["state"] == "F" and not history:
+            print(f"qstat: {jobid} Job has finished, use -x or -H to obtain historical job information",
+                  file=sys.stderr)
+            rc = 35
+        else:
+            found[job["id"]] = job
+    if "-F" in flags:
+        print(json.dumps({"timestamp": int(time.time()), "pbs_version": "fake",
+                          "Jobs": {jid: _state_json(job) for jid, job in found.items()}}, indent=4))
+    elif "-f" in flags:
+        for jid, job in found.items():
+            info = _state_json(job)
+            print(f"Job Id: {jid}")
+            print(f"    Job_Name = {info['Job_Name']}")
+            print(f"    job_state = {info['job_state']}")
+            print(f"    Resource_List.walltime = {job['walltime']}")
+            if "stime" in info:
+                print(f"    stime = {info['stime']}")
+            print()
+    else:
+        for jid, job in found.items():
+            print(f"{jid:<20} {job['name'][:16]:<16} {job['state']}")
+    return rc
+
+
+def qdel(argv: list[str]) -> int:
+    home = _home()
+    rc = 0
+    for jobid in (a for a in argv if not a.startswith("-")):
+        num = _num(jobid)
+        if not _job_file(home, num).exists():
+            print(f"qdel: Unknown Job Id {jobid}", file=sys.stderr)
+            rc = 153
+            continue
+        job = _update(home, num, deleted=True)
+        if job["state"] == "F":
+            print(f"qdel: Job has finished {jobid}", file=sys.stderr)
+            rc = 35
+        elif job["state"] == "Q":
+            _update(home, num, state="F", exit_status=-1, etime=time.time())
+        elif job.get("pid"):
+            _kill_tree(job["pid"])
+    return rc
+
+
+# ------------------------------------------------------------------------------------ mpirun
+def mpirun(argv: list[str]) -> int:
+    """OpenMPI-style `mpirun -np N [--npernode K] [-hostfile F | --host h1:K,h2:K] [-x VAR]... cmd`."""
+    np_, per_node, hostfile, hostlist = None, None, None, None
+    i = 0
+    takes_value = {"-np", "-n", "--np", "-npernode", "--npernode", "-hostfile", "--hostfile",
+                   "-host", "--host", "-H",
+                   "-x", "-bind-to", "--bind-to", "-map-by", "--map-by", "-mca", "--mca"}
+    while i < len(argv) and argv[i].startswith("-"):
+        a = argv[i]
+        if a in ("-mca", "--mca"):
+            i += 3
+            continue
+        if a in takes_value:
+            value = argv[i + 1]
+            if a in ("-np", "-n", "--np"):
+                np_ = int(value)
+            elif a in ("-npernode", "--npernode"):
+                per_node = int(value)
+            elif a in ("-hostfile", "--hostfile"):
+                hostfile = value
+            elif a in ("-host", "--host", "-H"):
+                hostlist = [h.split(":")[0] for h in value.split(",") if h]
+            i += 2
+        else:
+            i += 1  # flags such as --oversubscribe
+    cmd = argv[i:]
+    hosts = hostlist or (Path(hostfile).read_text().split() if hostfile else ["127.0.0.1"])
+    np_ = np_ or len(hosts) * (per_node or 1)
+    per_node = per_node or max(1, np_ // len(hosts))
+    if not cmd or np_ > len(hosts) * per_node:
+        print(f"mpirun: cannot place {np_} ranks on {len(hosts)} hosts x {per_node}", file=sys.stderr)
+        return 2
+    procs = []
+    for rank in range(np_):
+        env = {**os.environ, "OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(np_),
+               "OMPI_COMM_WORLD_LOCAL_RANK": str(rank % per_node),
+               "OMPI_COMM_WORLD_LOCAL_SIZE": str(per_node),
+               "OMPI_COMM_WORLD_NODE_RANK": str(rank // per_node),
+               "FAKE_MPI_HOST": hosts[rank // per_node]}
+        procs.append(subprocess.Popen(cmd, env=env))
+    rc = 0
+    while procs:
+        for p in list(procs):
+            code = p.poll()
+            if code is None:
+                continue
+            procs.remove(p)
+            if code != 0 and rc == 0:
+                rc = code
+                for other in procs:  # like mpirun: one failed rank ends the job
+                    other.terminate()
+        time.sleep(0.1)
+    return rc
+
+
+def main(tool: str, argv: list[str]) -> int:
+    if tool == "_run":
+        _run(_home(), int(argv[0]))
+        return 0
+    return {"qsub": qsub, "qstat": qstat, "qdel": qdel, "mpirun": mpirun}[tool](argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2:]))

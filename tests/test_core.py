@@ -124,3 +124,12 @@ def test_cli_user_error_is_one_line_exit_2(repo):
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: unknown notebook 'no_such_nb'")
     assert "Traceback" not in out.stderr
+
+
+def test_atomic_files_respect_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644

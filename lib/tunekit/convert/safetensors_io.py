@@ -1,0 +1,183 @@
+"""Streaming safetensors: read one tensor at a time, write shards tensor by tensor.
+
+The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
+data_offsets}}, then the raw bytes. Reading with plain file reads (no mmap) keeps the process's
+resident memory at one tensor, which is what the conversion promises; `safetensors.safe_open`
+maps whole files and makes RSS grow with every tensor touched. Headers are checked against the
+file size first, so a truncated download or copy is reported by name instead of failing deep
+inside a read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+          "U8": torch.uint8, "BOOL": torch.bool}
+CODES = {v: k for k, v in DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one tensor lives: file, dtype, shape, absolute byte range."""
+
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def read_header(path: Path) -> dict[str, Entry]:
+    """Parse a safetensors file's header; UserError if it is not one or is truncated."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise UserError(f"{path}: truncated safetensors file ({size} bytes) (copy it again)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or 8 + n > size:
+            raise UserError(f"{path}: truncated or not a safetensors file (header of {n} bytes "
+                            f"in a {size}-byte file) (copy it again)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{path}: corrupt safetensors header (copy it again)") from None
+    header.pop("__metadata__", None)
+    out: dict[str, Entry] = {}
+    end_max = 0
+    for name, info in header.items():
+        if info.get("dtype") not in DTYPES:
+            raise UserError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+        a, b = info["data_offsets"]
+        out[name] = Entry(path, DTYPES[info["dtype"]], tuple(info["shape"]), 8 + n + a, 8 + n + b)
+        end_max = max(end_max, 8 + n + b)
+    if end_max > size:
+        raise UserError(f"{path}: truncated: the header needs {end_max} bytes, the file has {size} "
+                        "(the copy or download did not finish; copy it again)")
+    return out
+
+
+def read_tensor(entry: Entry) -> torch.Tensor:
+    """Read one tensor from its file into fresh memory (no mmap)."""
+    nbytes = entry.end - entry.start
+    buf = bytearray(nbytes)
+    with open(entry.path, "rb") as f:
+        f.seek(entry.start)
+        got = f.readinto(buf)
+    if got != nbytes:
+        raise UserError(f"{entry.path}: truncated while reading (copy it again)")
+    if nbytes == 0:
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    return torch.frombuffer(buf, dtype=entry.dtype).reshape(entry.shape)
+
+
+def read_rows(entry: Entry, start: int, stop: int) -> torch.Tensor:
+    """Read rows [start, stop) of a tensor's first axis (bounded memory for huge tensors)."""
+    itemsize = torch.empty((), dtype=entry.dtype).element_size()
+    row = itemsize
+    for s in entry.shape[1:]:
+        row *= s
+    nbytes = (stop - start) * row
+    buf = bytearray(nbytes)
+    with open(entry.path, "rb") as f:
+        f.seek(entry.start + start * row)
+        got = f.readinto(buf)
+    if got != nbytes:
+        raise UserError(f"{entry.path}: truncated while reading (copy it again)")
+    shape = (stop - start, *entry.shape[1:])
+    return torch.frombuffer(buf, dtype=entry.dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=entry.dtype)
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a contiguous CPU tensor, without a copy."""
+    t = t.detach().contiguous()
+    return memoryview(t.view(torch.uint8).reshape(-1).numpy())
+
+
+class ShardWriter:
+    """Write tensors into safetensors shards in a planned order, one tensor in memory at a time.
+
+    The header of each shard is computed from the plan (names, shapes, dtype) before any data,
+    so tensors can be appended as they are produced; `write` checks each against the plan.
+    """
+
+    def __init__(self, out_dir: Path, plan: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype,
+                 max_shard_bytes: int):
+        self.out_dir = out_dir
+        self.dtype = dtype
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        shards: list[list[tuple[str, tuple[int, ...], int]]] = [[]]
+        used = 0
+        for name, shape in plan:
+            n = itemsize
+            for s in shape:
+                n *= s
+            if shards[-1] and used + n > max_shard_bytes:
+                shards.append([])
+                used = 0
+            shards[-1].append((name, shape, n))
+            used += n
+        self.shards = shards
+        total = len(shards)
+        self.files = (["model.safetensors"] if total == 1 else
+                      [f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)])
+        self.order = [(i, name, shape) for i, s in enumerate(shards) for name, shape, _ in s]
+        self.total_bytes = sum(n for s in shards for _, _, n in s)
+        self._pos = 0
+        self._file = None
+        self._shard = -1
+
+    def _open(self, i: int) -> None:
+        if self._file:
+            self._close_file()
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, shape, n in self.shards[i]:
+            header[name] = {"dtype": CODES[self.dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + n]}
+            offset += n
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes with spaces
+        self._file = open(self.out_dir / self.files[i], "wb")
+        self._file.write(struct.pack("<Q", len(blob)) + blob)
+        self._shard = i
+
+    def _close_file(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def write(self, name: str, tensor: torch.Tensor) -> int:
+        """Append the next planned tensor; returns its byte count."""
+        shard, want, shape = self.order[self._pos]
+        if name != want or tuple(tensor.shape) != tuple(shape):
+            raise RuntimeError(f"internal: wrote {name} {tuple(tensor.shape)}, planned {want} {shape}")
+        if shard != self._shard:
+            self._open(shard)
+        data = tensor_bytes(tensor.to(self.dtype))
+        self._file.write(data)
+        self._pos += 1
+        return data.nbytes
+
+    def close(self) -> None:
+        """Finish the last shard and write model.safetensors.index.json when sharded."""
+        if self._pos != len(self.order):
+            raise RuntimeError(f"internal: {len(self.order) - self._pos} planned tensors not written")
+        if self._file:
+            self._close_file()
+        if len(self.files) > 1:
+            index = {"metadata": {"total_size": self.total_bytes},
+                     "weight_map": {name: self.files[i] for i, name, _ in self.order}}
+            (self.out_dir / "model.safetensors.index.json").write_text(
+                json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,157 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: tunekit (Python 3.11)
+#     language: python
+#     name: tunekit
+# ---
+
+# %% [markdown]
+# # 40 Preference training (DPO)
+#
+# Direct preference optimisation of the SFT model (`init`: an SFT run directory, any HF model
+# directory, or the tiny base model when empty) on the official-layout preference data, with the
+# official kit's loss family (`dpo`, `ipo`, and the reward-aware `rpo_sq`, `rpo_bwd_kl`,
+# `rpo_fwd_kl`) and its parameter names. The reference model is the starting model; its
+# log-probabilities of every pair are computed once and cached on disk by content, so no second
+# model sits in memory during training and a sweep over beta or lr never recomputes them. Training
+# reuses the SFT engine (FSDP2, checkpoints with exact resume, `hf_model/` publishing); every step
+# records loss, reward accuracy, margins, rewards, log-probs and an implicit KL estimate.
+
+# %% tags=["parameters"]
+init: str = ""  # starting policy and reference: an SFT run dir, an HF model dir or tiny; empty: the tiny base model
+data_dir: str = "datasets"  # folder holding <data_version>/preference/train/*.jsonl
+data_version: str = "sample"  # data version subfolder (competition: tuning_data20251105)
+datasets: dict = {"math_pref": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}}  # datasets map with the official knobs; {} for every file
+max_dev_samples: int = 100  # at most this many dev pairs per dataset (official)
+max_dev_ratio: float = 0.2  # at most this share of each dataset goes to dev (official: 0.1)
+dev_split: str = "head"  # head: the first lines of each file (official) | hash: by content hash
+upsample_dev: bool = False  # True: also repeat dev pairs by upsampling_factor (official kit)
+dpo_overlong: str = "drop"  # pairs longer than max_seq_length: drop | truncate_prompt (both counted)
+template_style: str = "kit"  # kit | official (use the same as the SFT run)
+on_error: str = "raise"  # raise: stop on bad data lines | skip: train without them (counted)
+max_seq_length: int = 256  # longest prompt + response, per chosen/rejected sequence (llm-jp-4-8b: 4096)
+global_batch_size: int = 16  # pairs per optimizer step, all processes together (official: 256)
+micro_batch_size: int = 8  # pairs per forward/backward per process (official: 2)
+epochs: int = 6  # passes over the training pairs (official: 2)
+max_steps: int = -1  # -1: epochs decide; > 0: exactly this many optimizer steps
+lr: float = 0.003  # peak learning rate (official: 9e-7)
+min_lr: float = 0.0003  # final learning rate of the cosine (official: 5e-7)
+warmup_steps: int = 2  # linear warmup steps
+constant_steps: int = 0  # steps held at min_lr at the end
+weight_decay: float = 0.0  # AdamW weight decay on matrices
+adam_beta1: float = 0.9  # AdamW beta1
+adam_beta2: float = 0.98  # AdamW beta2
+grad_clip: float = 1.0  # gradient-norm clip, 0 turns it off
+ref_policy_kl_penalty: float = 0.5  # beta: strength of the KL anchor to the reference (official: 0.5)
+preference_loss: str = "dpo"  # dpo | ipo | rpo_sq | rpo_bwd_kl | rpo_fwd_kl (official names)
+gt_reward_scale: float = 1.0  # scale of the ground-truth reward gap in the rpo_* losses (official: 1.0)
+preference_loss_weight: float = 1.0  # weight of the preference loss (official: 1)
+sft_loss_weight: float = 0.0  # weight of the NLL of the chosen response (official: 0)
+preference_average_log_probs: bool = False  # per-token mean instead of sum of log-probs (official: false)
+label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels, dpo only (0: off)
+pack_pairs: bool = True  # True: all sequences of a micro-batch in one isolated row | False: one padded row each
+val_interval: int = 5  # validate every N steps, 0: only at checkpoints (official: 200)
+save_interval: int = 10  # checkpoint every N steps and at the end, 0: only at the end (official: 200)
+keep_top_k: int = 1  # keep the last checkpoint plus this many with the lowest val loss
+publish: str = "final"  # weights written to hf_model/: final | best (lowest dev DPO loss, the official top-1)
+delete_optimizer_state: bool = False  # drop optimizer state after training to save disk (official: yes)
+seed: int = 1234  # random seed (pair order is a function of seed and step)
+precision: str = "auto"  # auto: bf16 compute on GPU, fp32 on CPU | bf16 | fp32
+activation_checkpointing: bool = False  # recompute layers in backward: less memory, ~25% slower
+attn_implementation: str = "auto"  # auto: FlashAttention varlen on GPU if installed, else SDPA | sdpa | flash_attention_2 | eager
+loss_chunk_tokens: int = 1024  # tokens per chunk of the output layer (bounds logits memory)
+nproc_per_node: int = 1  # training processes per node (GPUs per node on ABCI: 8)
+max_train_minutes: float = 0.0  # stop (checkpointed) after this many minutes, 0: no own limit
+walltime_margin_minutes: float = 10.0  # in PBS: checkpoint and stop this long before the walltime
+wandb: str = "disabled"  # disabled | offline | online (key only from $WANDB_API_KEY)
+wandb_project: str = "tunekit"  # wandb project name
+run_name: str = ""  # run folder name (empty: automatic); the same name resumes that run
+runs_dir: str = ""  # runs root (empty: <repo>/runs)
+
+# %%
+from tunekit.runtime import notebook_setup, seed_everything
+notebook_setup()
+import pandas as pd
+from tunekit.runs import start_run
+from tunekit.train.dpo import check_summary, dpo_figure, dpo_history, prepare_dpo, run_dpo, summary_of
+from tunekit.train.dpo_params import DPOParams
+from tunekit.train.sft import published_files
+
+cfg = DPOParams.from_globals(globals())
+run = start_run("dpo", cfg, cfg.run_name, cfg.runs_dir)
+seed_everything(cfg.seed)
+run
+
+# %% [markdown]
+# ## 1. Starting model, pairs and plan
+# `init` is resolved to an HF model directory (an SFT run's `hf_model/`). The pairs are validated,
+# tokenised with that model's tokenizer (content-addressed cache) and split with the official
+# knobs. A pair whose prompt + longer response exceeds `max_seq_length` is dropped or gets its
+# prompt shortened from the front (`dpo_overlong`); either way it is counted below, never lost
+# silently. Batch sizes count pairs, as in the official config.
+
+# %%
+prep = prepare_dpo(cfg)
+print(f"starting model (policy and reference): {prep.model_dir}")
+prep.sources()
+
+# %%
+prep.overlong()
+
+# %%
+prep.preview(3)
+
+# %%
+prep.plan_table()
+
+# %% [markdown]
+# ## 2. Train
+# First the reference log-probabilities: loaded from the cache, or computed once with the starting
+# model (a progress bar) and stored. Then training: each micro-batch puts every chosen and rejected
+# sequence through one forward pass, packed with isolated documents; only response tokens are
+# scored. Re-running with the same `run_name` resumes from the latest complete checkpoint.
+
+# %%
+result = run_dpo(cfg, run, prep)
+pd.Series({k: result[k] for k in ("status", "step", "total_steps", "resumed_from", "final_loss",
+                                  "initial_val_loss", "best_val_loss", "best_step", "tokens_per_s",
+                                  "world_size", "attn_implementation", "compute_dtype")}, name="result").to_frame()
+
+# %%
+pd.Series(result["data"]["reference_cache"], name="reference log-probs").to_frame()
+
+# %% [markdown]
+# ## 3. Rewards, accuracy and margins
+# The implicit reward of a response is beta x (log pi - log ref). Reward accuracy is the share of
+# pairs whose chosen reward is strictly higher (ties, as at step 0 where policy = reference, count
+# as wrong); the margin is chosen minus rejected reward; `kl` estimates KL(policy || reference) on
+# the data's sequences.
+
+# %%
+fig = dpo_figure(run.metrics(), title=f"DPO {run.name}")
+png = run.save_figure(fig, "dpo_rewards")
+
+# %%
+train_hist, dev_hist = dpo_history(run.metrics())
+dev_hist[["step", "val_loss", "val_reward_accuracy", "val_reward_margin", "val_chosen_reward",
+          "val_rejected_reward", "val_chosen_logp", "val_rejected_logp", "val_kl"]].round(4)
+
+# %% [markdown]
+# ## 4. The trained model
+# `hf_model/` is a plain HF model directory (safetensors, config, tokenizer with the kit's chat
+# template). Use the run directory as a model in `50_evaluate`.
+
+# %%
+published_files(result)
+
+# %%
+summary = run.finish(summary_of(result, run.metrics()))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(check_summary(summary))

@@ -1,0 +1,395 @@
+"""Content-addressed cache of tokenised JSONL files: memory-mapped arrays plus a manifest.
+
+The key hashes everything that can change the arrays: the data file's bytes, the tokenizer's
+files, the template version, the source code of the builder (this module, `encode`, `schema`,
+`template`, `tokenizer`) and every option. Editing any of them gives a new key, so a stale cache
+can never be reused (the official kit reused `<name>.pkl` whenever it existed); unchanged inputs
+are never tokenised again. One directory per key, written atomically (`tunekit.atomic.atomic_dir`);
+a file lock makes concurrent ranks build it once while the others wait and then read it.
+
+Layout of `<cache_root>/data/<key24>/`:
+    manifest.json        key inputs, the validation report (counts + first problems), array list
+    lines.npy            source line number of each kept record (int32)
+    hashes.npy           content hash of each kept record (uint64; duplicates, hashed dev split)
+    SFT: tokens.npy (int32), mask.npy (uint8 loss mask), offsets.npy (int64, n+1),
+         loss_tokens.npy (int32, trained tokens per record)
+    DPO: prompt.npy / chosen.npy / rejected.npy (int32, responses without the prompt) with
+         prompt_off.npy / chosen_off.npy / rejected_off.npy (int64, n+1), plus bad_pairs in the report
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import atomic
+from ..errors import UserError
+from ..paths import cache_root
+from . import encode, schema, template, tokenizer
+from .schema import FileReport, Kind, Problem
+from .tokenizer import LightTokenizer, load_tokenizer  # noqa: F401  (re-exported)
+
+CACHE_FORMAT = 1
+# Files of an HF tokenizer directory that define its behaviour (a model dir also holds weights).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
+                    "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
+PARALLEL_MIN_RECORDS = 10_000   # below this, worker start-up costs more than it saves
+CHUNK_RECORDS = 2_000
+
+
+# --------------------------------------------------------------------------- key
+def file_digest(path: str | os.PathLike, h=None) -> str:
+    """sha256 of a file's bytes (streamed)."""
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_digest(tok_dir: str | os.PathLike) -> str:
+    """sha256 over the names and bytes of the tokenizer files in `tok_dir`."""
+    tok_dir = Path(tok_dir)
+    h = hashlib.sha256()
+    found = [n for n in _TOKENIZER_FILES if (tok_dir / n).is_file()]
+    if not found:
+        raise UserError(f"{tok_dir}: no tokenizer files here (expected tokenizer.json or "
+                        "tokenizer.model; pass an HF model or tokenizer directory)")
+    for name in found:
+        h.update(name.encode() + b"\0")
+        file_digest(tok_dir / name, h)
+    return h.hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 of the builder's source code: a code change invalidates every cache."""
+    h = hashlib.sha256(str(CACHE_FORMAT).encode())
+    for mod in (encode, schema, template, tokenizer):
+        h.update(Path(mod.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(path: str | os.PathLike, kind: Kind, tok_dir: str | os.PathLike,
+              options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(hex key, the inputs it hashes) for one data file tokenised with one tokenizer."""
+    inputs = {"format": CACHE_FORMAT, "kind": kind, "data_sha256": file_digest(path),
+              "tokenizer_sha256": tokenizer_digest(tok_dir), "template": template.TEMPLATE_VERSION,
+              "code_sha256": code_digest(), "options": dict(sorted(options.items()))}
+    blob = json.dumps(inputs, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest(), inputs
+
+
+# --------------------------------------------------------------------------- building
+def record_hash(obj: dict, kind: Kind) -> int:
+    """A 64-bit hash of the record's training content (roles, contents, responses; not extra keys)."""
+    parts = [m["role"] + "\x1e" + m["content"] for m in obj["messages"]]
+    if kind == "dpo":
+        parts += [obj["chosen_response"], obj["rejected_response"]]
+    blob = "\x1f".join(parts).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(tok_dir: str, info: encode.TokenizerInfo) -> None:
+    # One single-threaded tokenizer per worker process: the pool already uses every core, and
+    # the Rust thread pool on top would oversubscribe them. The parent's probe result is reused.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER.update(tok=load_tokenizer(tok_dir), info=info)
+
+
+def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options: dict[str, Any],
+                  tok=None, info=None) -> dict[str, Any]:
+    """Validate and tokenise a chunk of raw lines; returns arrays, counts and problems."""
+    tok = tok if tok is not None else _WORKER["tok"]
+    info = info if info is not None else _WORKER["info"]
+    report = FileReport(path, kind)
+    kept: list[tuple[int, dict]] = []
+    for n, raw in lines:
+        if not raw.strip():
+            report.blank += 1
+            continue
+        report.records += 1
+        obj, error = schema.parse_line(raw)
+        problems = [error] if error else schema.check_record(obj, kind)
+        for level, reason, message in problems:
+            report.add(Problem(path, n, level, message), reason)
+        if any(p[0] == "error" for p in problems):
+            report.skipped += 1
+        else:
+            kept.append((n, obj))
+    style = options["style"]
+    out: dict[str, Any] = {}
+    if kind == "sft":
+        enc = encode.encode_sft_records([o for _, o in kept], tok, info, style)
+        good = [rec for rec, _ in zip(kept, enc)]
+        _flat(out, "tokens", [ids for ids, _ in enc], np.int32)
+        # The mask from run lengths in one vectorised call (no per-token Python work).
+        runs = [r for _, rr in enc for r in rr]
+        values = np.fromiter((k % 2 for _, rr in enc for k in range(len(rr))), np.uint8, count=len(runs))
+        out["mask"] = np.repeat(values, np.asarray(runs, np.int64))
+    else:
+        enc = encode.encode_dpo_records([o for _, o in kept], tok, info, style,
+                                        options["dpo_append_eos"])
+        good, parts = [], []
+        for (n, obj), e in zip(kept, enc):
+            if isinstance(e, str):  # official style only: the prompt is not a prefix
+                report.add(Problem(path, n, "error", f"tokenised prompt is not a prefix of the "
+                                   f"response ids ({e})"), "prompt not a prefix")
+                report.skipped += 1
+                continue
+            good.append((n, obj))
+            parts.append(e)
+        for j, name in enumerate(("prompt", "chosen", "rejected")):
+            _flat(out, name, [e[j] for e in parts], np.int32)
+    report.kept = len(good)
+    out["lines"] = np.asarray([n for n, _ in good], np.int32)
+    out["hashes"] = np.asarray([record_hash(o, kind) for _, o in good], np.uint64)
+    out["report"] = report
+    return out
+
+
+def _flat(out: dict[str, Any], name: str, seqs: list[list[int]], dtype) -> None:
+    """Store ragged lists as one flat array + lengths: cheap to pickle back from a worker."""
+    out[name] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype)
+    out[f"{name}_len"] = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+
+
+def _merge_reports(path: str, kind: Kind, reports: list[FileReport]) -> FileReport:
+    total = FileReport(path, kind)
+    for r in reports:
+        for attr in ("records", "kept", "skipped", "blank", "warnings"):
+            setattr(total, attr, getattr(total, attr) + getattr(r, attr))
+        for attr in ("skipped_by_reason", "warnings_by_reason"):
+            bucket = getattr(total, attr)
+            for k, v in getattr(r, attr).items():
+                bucket[k] = bucket.get(k, 0) + v
+        room = schema.MAX_REPORTED - len(total.problems)
+        total.problems.extend(r.problems[:max(room, 0)])
+    return total
+
+
+def default_workers() -> int:
+    """Worker processes for large files: all cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: Path,
+           workers: int, show_progress: bool) -> tuple[FileReport, dict[str, Any], dict[str, Any]]:
+    from ..runtime import progress
+
+    t0 = time.perf_counter()
+    # Workers read their own byte ranges: only offsets travel between processes.
+    ranges = schema.line_ranges(path, CHUNK_RECORDS)
+    n_lines = sum(r[3] for r in ranges)
+    workers = workers or default_workers()
+    tok = load_tokenizer(tok_dir)
+    info = encode.probe(tok)
+    bar = progress(total=n_lines, desc=f"tokenise {path.name}", unit="line",
+                   disable=not show_progress)
+    jobs = [(str(path), r[0], r[1], r[2], kind, options) for r in ranges]
+    results: list[dict[str, Any]] = []
+    processes = 1
+    if workers > 1 and n_lines >= PARALLEL_MIN_RECORDS and _can_spawn():
+        processes = min(workers, len(jobs))
+        results = _run_pool(jobs, processes, tok_dir, info, bar)
+    if not results:
+        processes = 1
+        for job in jobs:
+            res = _range_job(job, tok, info)
+            results.append(res)
+            bar.update(res["report"].records + res["report"].blank)
+    bar.close()
+    report = _merge_reports(str(path), kind, [r["report"] for r in results])
+    arrays: dict[str, np.ndarray] = {}
+    names = ("tokens", "mask") if kind == "sft" else ("prompt", "chosen", "rejected")
+    for name in names:
+        arrays[name] = np.concatenate([r[name] for r in results]) if results else \
+            np.zeros(0, np.uint8 if name == "mask" else np.int32)
+        if name != "mask":
+            lens = np.concatenate([r[f"{name}_len"] for r in results]) if results else np.zeros(0, np.int64)
+            off = np.zeros(len(lens) + 1, np.int64)
+            np.cumsum(lens, out=off[1:])
+            arrays["offsets" if name == "tokens" else f"{name}_off"] = off
+    if kind == "sft":
+        off = arrays["offsets"]
+        csum = np.concatenate([[0], np.cumsum(arrays["mask"], dtype=np.int64)])
+        arrays["loss_tokens"] = (csum[off[1:]] - csum[off[:-1]]).astype(np.int32)
+    arrays["lines"] = np.concatenate([r["lines"] for r in results]) if results else np.zeros(0, np.int32)
+    arrays["hashes"] = np.concatenate([r["hashes"] for r in results]) if results else np.zeros(0, np.uint64)
+    for name, arr in arrays.items():
+        np.save(out / f"{name}.npy", arr)
+    peaks = [r["peak_rss_mb"] for r in results if r.get("peak_rss_mb") is not None]
+    build = {"seconds": round(time.perf_counter() - t0, 3), "lines": n_lines, "chunks": len(jobs),
+             "processes": processes, "peak_rss_mb": round(max(peaks), 1) if peaks else None}
+    return report, asdict(info), build
+
+
+def _range_job(job, tok=None, info=None):
+    path, start, end, first, kind, options = job
+    out = process_chunk(schema.lines_in_range(path, start, end, first), path, kind, options, tok, info)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's own peak resident memory (VmHWM: unlike ru_maxrss, not inherited at spawn)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _can_spawn() -> bool:
+    """Spawned workers re-import the main script; impossible when it is not a file (stdin)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
+
+
+def _run_pool(jobs: list[tuple], workers: int, tok_dir: Path, info: encode.TokenizerInfo,
+              bar) -> list[dict[str, Any]]:
+    """Run the range jobs in spawned worker processes, results in file order; [] if the workers
+    could not run (the caller then tokenises in this process)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn: a fresh interpreter per worker, safe after torch/threads were started (fork is not),
+    # and each worker's tokenizer runs single-threaded so cores are not oversubscribed. Unlike
+    # multiprocessing.Pool, the executor fails instead of respawning workers that die at start
+    # (e.g. a script without an `if __name__ == "__main__":` guard).
+    results = []
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(str(tok_dir), info)) as ex:
+            for res in ex.map(_range_job, jobs):
+                results.append(res)
+                bar.update(res["report"].records + res["report"].blank)
+    except BrokenProcessPool:
+        print("tunekit.data: worker processes could not start (guard the script's entry point with "
+              "`if __name__ == \"__main__\":`); tokenising in this process instead", file=sys.stderr)
+        return []
+    return results
+
+
+# --------------------------------------------------------------------------- loading
+@dataclass
+class TokenizedFile:
+    """One cached, tokenised data file; arrays are memory-mapped (read lazily)."""
+
+    path: Path
+    kind: Kind
+    dir: Path
+    manifest: dict[str, Any]
+    report: FileReport
+    built: bool  # True if this call tokenised it, False if it came from the cache
+
+    def array(self, name: str) -> np.ndarray:
+        """A cached array, memory-mapped."""
+        return np.load(self.dir / f"{name}.npy", mmap_mode="r")
+
+    def __len__(self) -> int:
+        return int(self.manifest["records"])
+
+    @property
+    def info(self) -> encode.TokenizerInfo:
+        """The tokenizer facts (bos/eos/pad ids, prefix) recorded when the file was tokenised."""
+        d = self.manifest["tokenizer_info"]
+        return encode.TokenizerInfo(**{**d, "prefix_ids": tuple(d["prefix_ids"]),
+                                       "newline_ids": tuple(d["newline_ids"])})
+
+    def sft(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, loss_mask) of record i."""
+        off = self.array("offsets")
+        a, b = int(off[i]), int(off[i + 1])
+        return np.asarray(self.array("tokens")[a:b]), np.asarray(self.array("mask")[a:b])
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prompt, chosen response, rejected response) ids of record i (responses without prompt)."""
+        out = []
+        for name in ("prompt", "chosen", "rejected"):
+            off = self.array(f"{name}_off")
+            out.append(np.asarray(self.array(name)[int(off[i]):int(off[i + 1])]))
+        return out[0], out[1], out[2]
+
+    def record(self, i: int) -> dict:
+        """The source JSON record of kept record i (re-read from its line in the file)."""
+        line = int(self.array("lines")[i])
+        for n, raw in schema.iter_lines(self.path):
+            if n == line:
+                return json.loads(raw.decode("utf-8"))
+        raise UserError(f"{self.path}:{line}: line no longer exists (the file changed; re-run)")
+
+    def lengths(self, name: str = "tokens") -> np.ndarray:
+        """Per-record lengths of an array (tokens for SFT; prompt/chosen/rejected for DPO)."""
+        off = self.array("offsets" if name == "tokens" else f"{name}_off")
+        return np.diff(off)
+
+
+def tokenize_file(path: str | os.PathLike, kind: Kind, tok_dir: str | os.PathLike, *,
+                  style: str = "kit", dpo_append_eos: bool = False, workers: int = 0,
+                  show_progress: bool = True) -> TokenizedFile:
+    """Tokenise a JSONL file into the content-addressed cache (or reuse it) and open it.
+
+    Args:
+        path: the .jsonl file. kind: "sft" or "dpo". tok_dir: HF tokenizer or model directory.
+        style: "kit" (default) or "official" token semantics (see tunekit.data.encode).
+        dpo_append_eos: append eos to DPO responses (the official kit does not).
+        workers: processes for large files (0 = all cores).
+    """
+    from filelock import FileLock
+
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A spawned worker is re-importing an unguarded main script that calls us: fail fast so
+        # the parent notices (it would otherwise wait on the cache lock the parent holds).
+        raise RuntimeError("tunekit.data: tokenisation started while a worker process imports the "
+                           "main script (guard it with `if __name__ == \"__main__\":`)")
+    path, tok_dir = Path(path), Path(tok_dir)
+    if not path.is_file():
+        raise UserError(f"{path}: data file not found")
+    encode.check_style(style)
+    options = {"style": style}
+    if kind == "dpo":
+        options["dpo_append_eos"] = bool(dpo_append_eos)
+    key, inputs = cache_key(path, kind, tok_dir, options)
+    root = cache_root() / "data"
+    final = root / key[:24]  # content only: a renamed copy of the same bytes reuses it
+    built = False
+    if not (final / "manifest.json").is_file():
+        (root / ".locks").mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / ".locks" / f"{key[:32]}.lock")):
+            if not (final / "manifest.json").is_file():  # another process may have built it
+                with atomic.atomic_dir(final, overwrite=True) as tmp:
+                    report, info, build = _build(path, kind, tok_dir, options, tmp, workers, show_progress)
+                    manifest = {"key": key, "inputs": inputs, "source": str(path.resolve()),
+                                "tokenizer_info": info, "build": build,
+                                "records": report.kept, "report": report.summary(),
+                                "problems": [vars(p) for p in report.problems]}
+                    atomic.write_json(tmp / "manifest.json", manifest)
+                built = True
+    manifest = json.loads((final / "manifest.json").read_text(encoding="utf-8"))
+    # The key is content-only: the same bytes under another name reuse the cache, so messages
+    # must name the file the caller asked for.
+    summary = {**manifest["report"], "path": str(path)}
+    report = FileReport.from_summary(summary, [{**p, "path": str(path)} for p in manifest["problems"]])
+    return TokenizedFile(path, kind, final, manifest, report, built)

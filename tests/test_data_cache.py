@@ -1,0 +1,216 @@
+"""Content-addressed cache: every key input invalidates, nothing else does; concurrent builders
+build once; multi-process tokenisation gives the same arrays; a failed build leaves nothing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tunekit.data import cache, template
+from tunekit.model import tiny_tokenizer_dir
+
+
+def sft_line(i: int) -> str:
+    msgs = [{"role": "system", "content": "以下は指示です。"},
+            {"role": "user", "content": f"{i} + {i} は？"},
+            {"role": "assistant", "content": f"{i} + {i} = {2 * i}\nよって、答えは $\\boxed{{{2 * i}}}$ です。"}]
+    return json.dumps({"messages": msgs}, ensure_ascii=False)
+
+
+def dpo_line(i: int) -> str:
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": f"{i} の2倍は？"}]
+    return json.dumps({"messages": msgs, "chosen_response": f"{2 * i}", "rejected_response": f"{i}"},
+                      ensure_ascii=False)
+
+
+@pytest.fixture(scope="module")
+def tok_dir():
+    return tiny_tokenizer_dir()   # resolved before the tests point the cache elsewhere
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(sft_line(i) for i in range(40)) + "\n", encoding="utf-8")
+    return path
+
+
+def arrays(tf):
+    return {n: np.asarray(tf.array(n)) for n in ("tokens", "mask", "offsets", "lines", "hashes", "loss_tokens")}
+
+
+def same(a, b):
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_unchanged_inputs_reuse_the_cache(data, tok_dir):
+    first = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    again = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    assert first.built and not again.built and first.dir == again.dir
+    assert len(again) == 40 and same(arrays(first), arrays(again))
+    copy = data.with_name("renamed.jsonl")      # content-addressed: same bytes, other name
+    shutil.copy(data, copy)
+    moved = cache.tokenize_file(copy, "sft", tok_dir, show_progress=False)
+    assert not moved.built and moved.report.path == str(copy)
+
+
+def test_data_byte_change_invalidates(data, tok_dir):
+    a = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    data.write_text(data.read_text(encoding="utf-8").replace("1 + 1 = 2", "1 + 1 = 3", 1), encoding="utf-8")
+    b = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    assert b.built and b.dir != a.dir
+
+
+def test_tokenizer_change_invalidates(data, tok_dir, tmp_path):
+    a = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    other = tmp_path / "tok2"
+    shutil.copytree(tok_dir, other)
+    cfg = json.loads((other / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["model_max_length"] = 77
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    b = cache.tokenize_file(data, "sft", other, show_progress=False)
+    assert b.built and b.dir != a.dir
+    same_copy = tmp_path / "tok3"     # a byte-identical copy elsewhere is the same tokenizer
+    shutil.copytree(tok_dir, same_copy)
+    assert not cache.tokenize_file(data, "sft", same_copy, show_progress=False).built
+
+
+def test_template_change_invalidates(data, tok_dir, monkeypatch):
+    a = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    monkeypatch.setattr(template, "TEMPLATE_VERSION", template.TEMPLATE_VERSION + "-edited")
+    b = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    assert b.built and b.dir != a.dir
+
+
+def test_builder_code_change_invalidates(data, tok_dir, monkeypatch):
+    a = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    monkeypatch.setattr(cache, "CACHE_FORMAT", cache.CACHE_FORMAT + 1)   # part of code_digest
+    b = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    assert b.built and b.dir != a.dir
+
+
+def test_parameter_change_invalidates(data, tok_dir, tmp_path):
+    a = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    b = cache.tokenize_file(data, "sft", tok_dir, style="official", show_progress=False)
+    assert b.built and b.dir != a.dir
+    pref = tmp_path / "p.jsonl"
+    pref.write_text("\n".join(dpo_line(i) for i in range(10)) + "\n", encoding="utf-8")
+    c = cache.tokenize_file(pref, "dpo", tok_dir, show_progress=False)
+    d = cache.tokenize_file(pref, "dpo", tok_dir, dpo_append_eos=True, show_progress=False)
+    assert c.built and d.built and c.dir != d.dir
+    assert d.pair(0)[1][-1] == 2 and c.pair(0)[1][-1] != 2
+
+
+def test_failed_build_leaves_nothing(data, tok_dir, monkeypatch, tmp_path):
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-build")
+
+    monkeypatch.setattr(cache, "_build", boom)
+    with pytest.raises(RuntimeError):
+        cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    root = tmp_path / "cache" / "data"
+    assert [p.name for p in root.iterdir() if p.name != ".locks"] == []
+    monkeypatch.undo()
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    assert cache.tokenize_file(data, "sft", tok_dir, show_progress=False).built
+
+
+def test_multiprocess_tokenisation_equals_serial(data, tok_dir, monkeypatch, tmp_path):
+    serial = cache.tokenize_file(data, "sft", tok_dir, workers=1, show_progress=False)
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "cache2"))
+    monkeypatch.setattr(cache, "PARALLEL_MIN_RECORDS", 1)
+    monkeypatch.setattr(cache, "CHUNK_RECORDS", 7)    # several chunks, merged in order
+    parallel = cache.tokenize_file(data, "sft", tok_dir, workers=2, show_progress=False)
+    assert parallel.built and serial.dir != parallel.dir
+    assert same(arrays(serial), arrays(parallel))
+    assert parallel.report.summary() == {**serial.report.summary(), "path": parallel.report.path}
+
+
+CHILD = """
+import sys, time, pathlib
+from tunekit.data import cache
+ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+tf = cache.tokenize_file(sys.argv[3], "sft", sys.argv[4], show_progress=False)
+print(tf.built, tf.dir, len(tf))
+"""
+
+
+def test_concurrent_builders_build_once(data, tok_dir, tmp_path):
+    env = {**os.environ, "TUNEKIT_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    go = tmp_path / "go"
+    procs, readies = [], []
+    for k in range(3):
+        ready = tmp_path / f"ready{k}"
+        readies.append(ready)
+        procs.append(subprocess.Popen([sys.executable, "-c", CHILD, str(ready), str(go), str(data), str(tok_dir)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    deadline = time.time() + 120
+    while not all(r.exists() for r in readies) and time.time() < deadline:
+        time.sleep(0.05)
+    go.touch()   # all three start tokenising at the same moment
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    results = [o[0].split() for o in outs]
+    assert sorted(r[0] for r in results) == ["False", "False", "True"]   # exactly one built
+    assert len({r[1] for r in results}) == 1 and {r[2] for r in results} == {"40"}
+
+
+@pytest.mark.parametrize("style", ["kit", "official"])
+def test_cached_arrays_equal_the_builders(tmp_path, monkeypatch, tok_dir, style):
+    """What the cache stores per record is exactly encode.sft_ids / encode.dpo_ids."""
+    from tunekit.data import encode
+
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    tok = cache.load_tokenizer(tok_dir, full=True)
+    recs = [json.loads(sft_line(i)) for i in range(5)]
+    recs.append({"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "a"},
+                              {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+                              {"role": "assistant", "content": ""}, {"role": "user", "content": "x"}]})
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n", encoding="utf-8")
+    tf = cache.tokenize_file(path, "sft", tok_dir, style=style, show_progress=False)
+    for i, r in enumerate(recs):
+        ids, mask = tf.sft(i)
+        assert (ids.tolist(), mask.tolist()) == encode.sft_ids(r["messages"], tok, style=style)
+        assert tf.array("loss_tokens")[i] == sum(mask)
+    pref = tmp_path / "p.jsonl"
+    drecs = [json.loads(dpo_line(i)) for i in range(3)]
+    pref.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in drecs) + "\n", encoding="utf-8")
+    tp = cache.tokenize_file(pref, "dpo", tok_dir, style=style, show_progress=False)
+    for i, r in enumerate(drecs):
+        p, c, rj = tp.pair(i)
+        prompt, chosen, rejected = encode.dpo_ids(r, tok, style=style)
+        assert (p.tolist(), p.tolist() + c.tolist(), p.tolist() + rj.tolist()) == (prompt, chosen, rejected)
+
+
+UNGUARDED = """
+import sys
+from tunekit.data import cache
+cache.PARALLEL_MIN_RECORDS = 1
+cache.CHUNK_RECORDS = 10
+tf = cache.tokenize_file(sys.argv[1], "sft", sys.argv[2], workers=2, show_progress=False)
+print("records", len(tf), "processes", tf.manifest["build"]["processes"])
+"""
+
+
+def test_unguarded_script_falls_back_instead_of_hanging(data, tok_dir, tmp_path):
+    """Spawned workers re-import the main script; without a __main__ guard they die at start.
+    The build must then finish in-process (with a hint), not respawn workers forever."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED, encoding="utf-8")
+    env = {**os.environ, "TUNEKIT_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, str(script), str(data), str(tok_dir)], env=env,
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "records 40 processes 1" in out.stdout
+    assert "guard the script's entry point" in out.stderr

@@ -1,0 +1,150 @@
+"""What a training run reports: metrics.jsonl records, the progress bar, wandb, the loss curve.
+
+Only rank 0 reports. Every optimiser step appends one record to the run's metrics.jsonl (flushed,
+so a killed job keeps it); validation appends `{"step", "val_loss", ...}` records. wandb is off
+unless asked: `offline` writes under the run dir for a later `wandb sync`, `online` needs
+WANDB_API_KEY in the environment (never in params or files).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .. import atomic
+from ..errors import UserError
+
+
+def check_wandb(mode: str) -> None:
+    """Fail before any work if wandb is requested but cannot run (missing package or key)."""
+    if mode == "disabled":
+        return
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise UserError(f"wandb={mode}: the wandb package is not installed "
+                        "(pip install wandb, or set wandb to 'disabled')") from None
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        raise UserError("wandb=online: WANDB_API_KEY is not set in the environment "
+                        "(export it in your shell or job; never put it in params)")
+
+
+class Monitor:
+    """Rank-0 reporting for one run: metrics.jsonl, progress bar, optional wandb."""
+
+    def __init__(self, run, *, is_main: bool, total_steps: int, start_step: int = 0,
+                 wandb_mode: str = "disabled", wandb_project: str = "tunekit",
+                 config: Mapping[str, Any] | None = None, desc: str = "train"):
+        self.run = run
+        self.is_main = is_main
+        self.bar = None
+        self.wandb = None
+        if not is_main:
+            return
+        from ..runtime import progress
+
+        self.bar = progress(total=total_steps, desc=desc, unit="step")
+        self.bar.update(start_step)
+        if wandb_mode != "disabled":
+            import wandb
+
+            # The run dir name doubles as the wandb id, so a resumed run continues the same chart.
+            self.wandb = wandb.init(project=wandb_project, name=run.name, id=_wandb_id(run),
+                                    dir=str(run.dir), mode=wandb_mode, resume="allow",
+                                    config=dict(config or {}))
+
+    def step(self, record: Mapping[str, Any]) -> None:
+        """Report one optimiser step."""
+        if not self.is_main:
+            return
+        self.run.log(**record)
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in record.items() if k != "step"},
+                           step=record["step"])
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+
+    def validation(self, record: Mapping[str, Any]) -> None:
+        """Report one validation pass."""
+        if not self.is_main:
+            return
+        self.run.log(**record)
+        if self.wandb is not None:
+            self.wandb.log({f"val/{k}": v for k, v in record.items() if k != "step"},
+                           step=record["step"])
+        self.print(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
+
+    def print(self, line: str) -> None:
+        """A log line that does not break the progress bar."""
+        if not self.is_main:
+            return
+        from ..runtime import is_headless
+
+        if self.bar is not None and not is_headless():
+            self.bar.write(line)  # keeps the live bar intact in a terminal / JupyterLab
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        """Close the bar and wandb."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_id(run) -> str:
+    return f"{run.stage}-{run.name}".replace("/", "-")[:64]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def truncate_metrics(run_dir: Path, after_step: int) -> int:
+    """Drop metrics records of steps > `after_step` (they are redone on resume); returns how many."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    import json
+
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1  # a line torn by the kill
+            continue
+        if isinstance(rec.get("step"), int) and rec["step"] > after_step:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        atomic.write_text(path, "".join(x + "\n" for x in kept))
+    return dropped
+
+
+def loss_curve_figure(records: Iterable[Mapping[str, Any]], title: str = "loss"):
+    """A matplotlib figure of train loss per step and validation loss at its steps."""
+    import matplotlib
+
+    if "ipykernel" not in __import__("sys").modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = list(records)
+    train = [(r["step"], r["loss"]) for r in recs if "loss" in r and "step" in r]
+    val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r and "step" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val loss", lw=1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

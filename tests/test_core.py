@@ -133,3 +133,11 @@ def test_atomic_files_respect_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_train_worker_entry_reports_missing_params_in_one_line(repo, stage):
+    out = subprocess.run([sys.executable, "-m", "tunekit.cli", "train", stage, "--params", "missing.yaml"],
+                         capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "missing.yaml" in out.stderr

@@ -121,12 +121,19 @@ def run_notebook_in_lab(driver, base: str, token: str, rel_path: str, timeout: f
     else:
         raise AssertionError(f"notebook/kernel never became ready: {state}")
     driver.execute_script("return window.jupyterapp.commands.execute('notebook:run-all-cells');")
-    started = time.time()
+    started, idle_since = time.time(), None
     while time.time() - started < timeout:
         time.sleep(2)
         state = driver.execute_script(_STATE_JS)
-        if state["status"] == "idle" and state["pending"] == 0 and all(c for c in state["counts"]):
-            break
+        if state["status"] == "idle" and state["pending"] == 0:
+            if all(c for c in state["counts"]):
+                break
+            # Run All stops at a failing cell: idle with unrun cells for a while means it stopped.
+            idle_since = idle_since or time.time()
+            if time.time() - idle_since > 20:
+                break
+        else:
+            idle_since = None
     else:
         raise AssertionError(f"notebook did not finish within {timeout} s: {state}")
     errors = driver.execute_script("""
@@ -138,5 +145,6 @@ def run_notebook_in_lab(driver, base: str, token: str, rel_path: str, timeout: f
         "return Array.from(document.querySelectorAll('.jp-RenderedImage img')).filter(i => i.naturalWidth > 50).length;")
     driver.execute_script("return window.jupyterapp.commands.execute('docmanager:save');")
     time.sleep(2)
-    return {"kernel": state["kernel"], "cells_run": len(state["counts"]), "errors": errors,
+    return {"kernel": state["kernel"], "cells_run": sum(1 for c in state["counts"] if c),
+            "cells": len(state["counts"]), "errors": errors,
             "tables": tables, "images": images, "elapsed_s": round(time.time() - started, 1)}

@@ -53,8 +53,12 @@ def test_notebook_runs_in_jupyterlab(lab, name, min_tables, min_images):
         pytest.fail(f"notebooks/{name}.ipynb does not exist")
     seen = run_notebook_in_lab(driver, base, token, f"notebooks/{name}.ipynb")
     OUTPUT.mkdir(parents=True, exist_ok=True)
+    # Show the first plot (what a person scrolls to), not just the last cell.
+    driver.execute_script("const i = document.querySelector('.jp-RenderedImage img');"
+                          "if (i) i.scrollIntoView({block: 'center'});")
     driver.save_screenshot(str(OUTPUT / f"lab-{name}.png"))
     assert seen["kernel"] == "tunekit"
+    assert seen["cells_run"] == seen["cells"], seen
     assert seen["errors"] == [], seen["errors"]
     saved = json.loads((root / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8"))
     failed = [o for c in saved["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]

@@ -18,7 +18,9 @@
 # cross entropy over the global batch, the learning-rate schedule is the official warmup + cosine +
 # hold, and every run keeps `metrics.jsonl`, a loss curve, atomic checkpoints (re-running the same
 # parameters on the same run resumes exactly) and the trained model as an HF directory in
-# `<run_dir>/hf_model/`, ready for DPO and evaluation. With `nproc_per_node` > 1, or in a multi-node
+# `<run_dir>/hf_model/`, ready for DPO and evaluation. With `peft: lora` only LoRA adapters train
+# (base frozen, one GPU is enough for 8B; see docs/lora.md): checkpoints hold the adapters, `hf_model/`
+# gets the merged model and `lora_adapter/` the adapter alone. With `nproc_per_node` > 1, or in a multi-node
 # PBS job, this same notebook launches the training processes (torchrun / mpirun) and waits for them.
 
 # %% tags=["parameters"]
@@ -47,6 +49,11 @@ weight_decay: float = 0.1  # AdamW weight decay on matrices (official: 0.1)
 adam_beta1: float = 0.9  # AdamW beta1 (official: 0.9)
 adam_beta2: float = 0.98  # AdamW beta2 (official: 0.98)
 grad_clip: float = 1.0  # gradient-norm clip, 0 turns it off (official: 1.0)
+peft: str = "none"  # none: full fine-tuning | lora: train LoRA adapters only, base frozen (official peft_scheme)
+lora_rank: int = 32  # LoRA rank r (official adapter_dim: 32)
+lora_alpha: float = 32.0  # LoRA alpha, updates are scaled by alpha / rank (official: alpha equals adapter_dim)
+lora_dropout: float = 0.0  # dropout on the adapter input (official adapter_dropout: 0.0)
+lora_target_modules: str = "attention_qkv"  # comma list: attention_qkv, attention_dense, mlp_fc1, mlp_fc2, attention, mlp, all, or HF names (q_proj, ..., down_proj)
 val_interval: int = 10  # validate every N steps, 0: only at checkpoints (official: 500)
 save_interval: int = 20  # checkpoint every N steps and at the end, 0: only at the end (official: 500)
 keep_top_k: int = 1  # keep the last checkpoint plus this many with the lowest val loss
@@ -111,7 +118,8 @@ prep.plan_table()
 result = run_sft(cfg, run, prep)
 pd.Series({k: result[k] for k in ("status", "step", "total_steps", "resumed_from", "final_loss",
                                   "initial_val_loss", "best_val_loss", "best_step", "tokens_per_s",
-                                  "world_size", "attn_implementation", "compute_dtype")}, name="result").to_frame()
+                                  "world_size", "attn_implementation", "compute_dtype", "peft",
+                                  "trainable_params")}, name="result").to_frame()
 
 # %% [markdown]
 # ## 3. Loss curve

@@ -20,7 +20,9 @@
 # log-probabilities of every pair are computed once and cached on disk by content, so no second
 # model sits in memory during training and a sweep over beta or lr never recomputes them. Training
 # reuses the SFT engine (FSDP2, checkpoints with exact resume, `hf_model/` publishing); every step
-# records loss, reward accuracy, margins, rewards, log-probs and an implicit KL estimate.
+# records loss, reward accuracy, margins, rewards, log-probs and an implicit KL estimate. With
+# `peft: lora` only LoRA adapters train (docs/lora.md); `lora_reference: base` then takes the
+# reference log-probs from the policy with its adapters switched off instead of the cache.
 
 # %% tags=["parameters"]
 init: str = ""  # starting policy and reference: an SFT run dir, an HF model dir or tiny; empty: the tiny base model
@@ -47,6 +49,12 @@ weight_decay: float = 0.0  # AdamW weight decay on matrices
 adam_beta1: float = 0.9  # AdamW beta1
 adam_beta2: float = 0.98  # AdamW beta2
 grad_clip: float = 1.0  # gradient-norm clip, 0 turns it off
+peft: str = "none"  # none: full fine-tuning | lora: train LoRA adapters only, base frozen (official peft_scheme)
+lora_rank: int = 32  # LoRA rank r (official adapter_dim: 32)
+lora_alpha: float = 32.0  # LoRA alpha, updates are scaled by alpha / rank (official: alpha equals adapter_dim)
+lora_dropout: float = 0.0  # dropout on the adapter input (official adapter_dropout: 0.0)
+lora_target_modules: str = "attention_qkv"  # comma list: attention_qkv, attention_dense, mlp_fc1, mlp_fc2, attention, mlp, all, or HF names (q_proj, ..., down_proj)
+lora_reference: str = "cache"  # with peft lora: cache (reference log-probs computed once) | base (policy with adapters off, no cache)
 ref_policy_kl_penalty: float = 0.5  # beta: strength of the KL anchor to the reference (official: 0.5)
 preference_loss: str = "dpo"  # dpo | ipo | rpo_sq | rpo_bwd_kl | rpo_fwd_kl (official names)
 gt_reward_scale: float = 1.0  # scale of the ground-truth reward gap in the rpo_* losses (official: 1.0)
@@ -120,7 +128,8 @@ prep.plan_table()
 result = run_dpo(cfg, run, prep)
 pd.Series({k: result[k] for k in ("status", "step", "total_steps", "resumed_from", "final_loss",
                                   "initial_val_loss", "best_val_loss", "best_step", "tokens_per_s",
-                                  "world_size", "attn_implementation", "compute_dtype")}, name="result").to_frame()
+                                  "world_size", "attn_implementation", "compute_dtype", "peft",
+                                  "trainable_params")}, name="result").to_frame()
 
 # %%
 pd.Series(result["data"]["reference_cache"], name="reference log-probs").to_frame()

@@ -70,4 +70,5 @@ def test_the_documented_submit_command_passes_validation(path, runs_dir, monkeyp
     plan = plan_job(request_from_args(args))
     assert plan.stage == nb.stage and plan.group == "gaa00000"
     if path.parts[-3] == "llm-jp-4-8b" and nb.stage in ("sft", "dpo"):
-        assert (plan.queue, plan.nodes, plan.world_size) == ("rt_HF", 2, 16)
+        want = ("rt_HG", 1, 1) if path.stem == "lora" else ("rt_HF", 2, 16)  # LoRA: one H200
+        assert (plan.queue, plan.nodes, plan.world_size) == want

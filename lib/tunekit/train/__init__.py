@@ -20,4 +20,9 @@ Kept import-light (the CLI imports this package): import the modules you need, e
     sft.py          SFTTask, run_sft (notebook), train_sft (one rank), worker entry point
     synthetic.py    contract-exact synthetic packed data for tests and benchmarks (+ a worker)
     memory.py       computed per-GPU memory estimate for FSDP2 full fine-tuning
+    lora.py         LoRA (peft): official target names, adapters inside FSDP2 units, adapter-only
+                    checkpoints, adapters-off switch
+    lora_publish.py merged hf_model/ + PEFT lora_adapter/ of a LoRA run
+    lora_dpo.py     DPO reference = the LoRA policy with adapters off (lora_reference: base)
+    lora_memory.py  computed per-GPU memory estimate for LoRA
 """

@@ -29,6 +29,7 @@ import torch
 
 from .. import atomic
 from .distributed import DistEnv, barrier, broadcast_object
+from .lora import checkpoint_options
 
 _NAME = re.compile(r"^step_(\d{8})$")
 STATE_FILE = "trainer_state.json"
@@ -146,7 +147,8 @@ class CheckpointManager:
             (tmp / "rng").mkdir()
         barrier(self.env)
         t0 = time.time()
-        msd, osd = get_state_dict(model, optimizer)
+        # Frozen weights (the LoRA base) are not saved: they are reloaded from the base model.
+        msd, osd = get_state_dict(model, optimizer, options=checkpoint_options(model))
         dcp.save({"model": msd}, checkpoint_id=str(tmp / "model"))
         dcp.save({"optim": osd}, checkpoint_id=str(tmp / "optim"))
         torch.save(_rng_state(), tmp / "rng" / f"rank_{self.env.rank:05d}.pt")
@@ -167,18 +169,19 @@ class CheckpointManager:
         from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict,
                                                              set_model_state_dict, set_state_dict)
 
+        opts = checkpoint_options(model)
         if optimizer is None:
-            msd = get_model_state_dict(model)
+            msd = get_model_state_dict(model, options=opts)
             box = {"model": msd}
             dcp.load(box, checkpoint_id=str(ckpt.path / "model"))
-            set_model_state_dict(model, box["model"])
+            set_model_state_dict(model, box["model"], options=opts)
         else:
-            msd, osd = get_state_dict(model, optimizer)
+            msd, osd = get_state_dict(model, optimizer, options=opts)
             mbox, obox = {"model": msd}, {"optim": osd}
             dcp.load(mbox, checkpoint_id=str(ckpt.path / "model"))
             dcp.load(obox, checkpoint_id=str(ckpt.path / "optim"))
             set_state_dict(model, optimizer, model_state_dict=mbox["model"],
-                           optim_state_dict=obox["optim"])
+                           optim_state_dict=obox["optim"], options=opts)
             rng = ckpt.path / "rng" / f"rank_{self.env.rank:05d}.pt"
             if rng.is_file() and ckpt.state.get("world_size") == self.env.world_size:
                 _set_rng_state(torch.load(rng, weights_only=False))

@@ -31,6 +31,7 @@ from .dpo_batch import Pair, PairBatch, build_pair_batch, make_pair, policy_logp
 from .dpo_losses import METRIC_KEYS, PreferenceLossConfig, pair_terms
 from .dpo_params import DPOParams
 from .layout import check_layout, make_plan
+from .lora import uses_base_reference
 
 WORKER = "tunekit.train.dpo"
 # DPO metrics reported next to the loss, per step and per validation (the loop adds "loss").
@@ -210,9 +211,15 @@ def train_dpo(cfg: DPOParams, run, *, env: DistEnv | None = None, datasets=None,
     plan = make_plan(cfg, env.world_size, len(train_ds), len(dev_ds))
     pad_id = _pad_id(model_dir)
     say = print if env.is_main else (lambda _m: None)
-    ref = reference_logps(cfg, env, model_dir, _all(train_ds), _all(dev_ds), varlen=varlen,
-                          pad_id=pad_id, log=say)
-    task = DPOTask(cfg.loss_config(), ref, packed=cfg.pack_pairs, varlen=varlen, pad_id=pad_id)
+    task_cls = DPOTask
+    if uses_base_reference(cfg):  # LoRA: the policy with adapters off is the reference, no cache
+        from .lora_dpo import AdaptersOffDPOTask, AdaptersOffReference
+
+        ref, task_cls = AdaptersOffReference(), AdaptersOffDPOTask
+    else:
+        ref = reference_logps(cfg, env, model_dir, _all(train_ds), _all(dev_ds), varlen=varlen,
+                              pad_id=pad_id, log=say)
+    task = task_cls(cfg.loss_config(), ref, packed=cfg.pack_pairs, varlen=varlen, pad_id=pad_id)
     report = dict(report or {}, reference_cache={k: ref.info.get(k) for k in
                                                  ("key", "hit", "unique_pairs", "seconds")})
     return train_session(cfg=cfg, run=run, env=env, task=task, train_ds=train_ds,

@@ -53,6 +53,12 @@ class DPOParams(TrainParams):
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     grad_clip: float = 1.0
+    peft: str = "none"
+    lora_rank: int = 32
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "attention_qkv"
+    lora_reference: str = "cache"
     ref_policy_kl_penalty: float = 0.5
     preference_loss: str = "dpo"
     gt_reward_scale: float = 1.0

@@ -247,7 +247,7 @@ def checkpoint_options(model, **extra):
     """DCP StateDictOptions for `model`: with frozen weights, only trainable ones are saved/loaded.
 
     The frozen base never changes, so it is reloaded from the base model dir instead of being
-    copied into every checkpoint (16 GB per checkpoint for llm-jp-4-8b). Loading is then
+    copied into every checkpoint (~17 GB of bf16 weights per checkpoint for llm-jp-4-8b). Loading is then
     non-strict on the module side; DCP itself still fails if the checkpoint lacks a requested key.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions

@@ -56,6 +56,7 @@ class ModelSetup:
     n_params: int
     max_position_embeddings: int
     vocab_size: int
+    n_trainable: int = 0  # < n_params with LoRA (adapters only)
 
 
 def resolve_precision(precision: str, env: DistEnv) -> torch.dtype:
@@ -131,8 +132,11 @@ def _reinit_rotary_buffers(model: nn.Module) -> None:
 
 def load_for_training(model_dir: Path, env: DistEnv, *, precision: str = "auto",
                       attn_implementation: str = "auto", activation_checkpointing: bool = False,
-                      chunk_tokens: int = 1024) -> tuple[CausalLMForTraining, ModelSetup]:
-    """Build the FSDP2-sharded training model from an HF model dir (collective: all ranks call)."""
+                      chunk_tokens: int = 1024, lora=None) -> tuple[CausalLMForTraining, ModelSetup]:
+    """Build the FSDP2-sharded training model from an HF model dir (collective: all ranks call).
+
+    `lora` (a tunekit.train.lora.LoraSpec) adds LoRA adapters and freezes everything else.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers import AutoModelForCausalLM
@@ -149,6 +153,11 @@ def load_for_training(model_dir: Path, env: DistEnv, *, precision: str = "auto",
     if activation_checkpointing:
         # Recompute each decoder layer in backward: activations drop from O(layers) to O(1) layers.
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        from .lora import attach_lora
+
+        # Before fully_shard: each adapter joins the FSDP unit of the frozen linear it adapts.
+        attach_lora(lm, lora, frozen_dtype=compute_dtype)
     model = CausalLMForTraining(lm, chunk_tokens)
     mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) \
         if compute_dtype != torch.float32 else MixedPrecisionPolicy()
@@ -167,6 +176,10 @@ def load_for_training(model_dir: Path, env: DistEnv, *, precision: str = "auto",
         if tied:
             full.pop("lm_head.weight", None)
         full = {WEIGHT_PREFIX + k: v for k, v in full.items()}
+        if lora is not None:  # base weights under peft's names + the adapters' initial values
+            from .lora import complete_state_dict
+
+            full = complete_state_dict(model, full, lora)
     result = set_model_state_dict(model, full, options=StateDictOptions(
         full_state_dict=True, broadcast_from_rank0=True, strict=not tied))
     missing = [k for k in (result.missing_keys or []) if not (tied and k.endswith("lm_head.weight"))]
@@ -177,5 +190,6 @@ def load_for_training(model_dir: Path, env: DistEnv, *, precision: str = "auto",
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     setup = ModelSetup(model_dir, attn, compute_dtype, n_params,
-                       int(getattr(config, "max_position_embeddings", 0) or 0), int(config.vocab_size))
+                       int(getattr(config, "max_position_embeddings", 0) or 0), int(config.vocab_size),
+                       sum(p.numel() for p in model.parameters() if p.requires_grad))
     return model, setup

@@ -16,6 +16,7 @@ from pydantic import model_validator
 
 from ..errors import UserError
 from ..params import NotebookParams
+from .lora import param_problems as _lora_problems
 
 WANDB_MODES = ("disabled", "offline", "online")
 PUBLISH_CHOICES = ("best", "final")
@@ -81,6 +82,7 @@ class TrainParams(NotebookParams):
                 p.append(f"{name} must be one of {'|'.join(choices)} (got {getattr(self, name)!r})")
         if not self.model.strip():
             p.append("model must name a model: 'tiny', an HF model dir or a run dir")
+        p.extend(_lora_problems(self))  # peft / lora_* fields (none: nothing to check)
         return p
 
     def check(self) -> None:
@@ -134,6 +136,11 @@ class SFTParams(TrainParams):
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     grad_clip: float = 1.0
+    peft: str = "none"
+    lora_rank: int = 32
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "attention_qkv"
     val_interval: int = 10
     save_interval: int = 20
     keep_top_k: int = 1

@@ -75,6 +75,10 @@ def publish_hf_model(model, env: DistEnv, base_model_dir: Path, out_dir: Path,
 
     sd = gather_full_state_dict(model)
     if env.is_main:
+        from .lora_publish import publish_hook
+
+        # LoRA: writes <run_dir>/lora_adapter/ and returns the merged weights (else a no-op).
+        sd, provenance = publish_hook(model, sd, out_dir, base_model_dir, provenance)
         config = json.loads((base_model_dir / "config.json").read_text(encoding="utf-8"))
         dtype = _base_dtype(config)
         # tied output weights are saved once, as transformers does

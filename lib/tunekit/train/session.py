@@ -19,6 +19,7 @@ from .deadline import make_deadline
 from .distributed import DistEnv, barrier, broadcast_object
 from .layout import TrainPlan
 from .loop import LoopSettings, Task, train_loop
+from .lora import spec_from_params
 from .modeling import load_for_training
 from .monitor import Monitor, truncate_metrics
 from .publish import PROVENANCE, publish_hf_model
@@ -63,15 +64,19 @@ def train_session(*, cfg, run, env: DistEnv, task: Task, train_ds, dev_ds, model
         # Steps after the checkpoint are redone; their old records would duplicate them.
         truncate_metrics(run.dir, latest.step)
     barrier(env)
+    lora = spec_from_params(cfg)  # None: full fine-tuning
     model, setup = load_for_training(model_dir, env, precision=cfg.precision,
                                      attn_implementation=cfg.attn_implementation,
                                      activation_checkpointing=cfg.activation_checkpointing,
-                                     chunk_tokens=cfg.loss_chunk_tokens)
+                                     chunk_tokens=cfg.loss_chunk_tokens, lora=lora)
     optimizer = build_optimizer(model, cfg)
     schedule = LRSchedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.constant_steps, plan.total_steps)
     order = DataOrder(plan.n_train, cfg.global_batch_size, cfg.seed)
     monitor = Monitor(run, is_main=env.is_main, total_steps=plan.total_steps, desc=cfg.stage,
                       wandb_mode=cfg.wandb, wandb_project=cfg.wandb_project, config=cfg.to_dict())
+    if lora is not None:
+        monitor.print(f"LoRA rank {lora.rank} (alpha {lora.alpha:g}) on {','.join(lora.targets)}: "
+                      f"{setup.n_trainable / 1e6:.3f}M trainable parameters, base frozen")
     monitor.print(f"{setup.n_params / 1e6:.2f}M parameters, {env.world_size} process(es) on "
                   f"{env.device.type}, {setup.attn_implementation} attention, compute "
                   f"{str(setup.compute_dtype).replace('torch.', '')}; {plan.total_steps} steps x "
@@ -107,6 +112,8 @@ def train_session(*, cfg, run, env: DistEnv, task: Task, train_ds, dev_ds, model
         "compute_dtype": str(setup.compute_dtype).replace("torch.", ""), "n_params": setup.n_params,
         "plan": plan.to_dict(), "data": data_report or {}, "model_dir": str(model_dir),
         "hf_model": str(published) if published else None, "published_step": published_step,
+        "peft": "lora" if lora is not None else "none", "trainable_params": setup.n_trainable,
+        "lora_adapter": str(run.path("lora_adapter")) if published and lora is not None else None,
         "attempt_seconds": round(time.time() - t_start, 1),
     }
     if env.is_main:

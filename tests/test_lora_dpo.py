@@ -1,0 +1,92 @@
+"""DPO with LoRA: the adapters-off reference equals the cached reference (refcache) and gives the
+same loss and gradients in a training step."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunekit.train.dpo import DPOTask
+from tunekit.train.dpo_batch import build_pair_batch, micro_batches, policy_logps
+from tunekit.train.dpo_losses import PreferenceLossConfig
+from tunekit.train.lora_dpo import AdaptersOffDPOTask, AdaptersOffReference
+from tunekit.train.refcache import ensure_reference_logps
+
+from test_dpo_batch import random_pairs
+from test_lora import SPEC, build_lora_model, model_dir, perturb_adapters  # noqa: F401
+
+PAD = 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return random_pairs(10, seed=11)
+
+
+@pytest.fixture(scope="module")
+def cached(model_dir, pairs, tmp_path_factory):  # noqa: F811
+    """Reference log-probs through the DPO stage's cache path: the init model without adapters."""
+    ref_model, env = build_lora_model(model_dir, None)
+    ref_model.eval()
+    return ensure_reference_logps(lambda pb: policy_logps(ref_model, pb), pairs, model_dir=model_dir,
+                                  template="t", max_seq_length=64, compute_dtype="float32",
+                                  micro_batch_size=4, pad_id=PAD, device=env.device,
+                                  cache_dir=tmp_path_factory.mktemp("cache"), log=lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def trained_lora(model_dir):  # noqa: F811
+    model, _ = build_lora_model(model_dir, SPEC)
+    perturb_adapters(model, seed=2, scale=0.2)  # as after some training: policy != reference
+    return model
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_adapters_off_reference_equals_the_cache(cached, trained_lora, pairs, packed):
+    assert cached.info["hit"] is False and len(cached) == len(pairs)
+    ref = AdaptersOffReference(trained_lora)
+    for group in micro_batches(pairs, 3):
+        pb = build_pair_batch(group, packed=packed, pad_id=PAD)
+        c_cache, r_cache = cached.for_batch(pb)
+        c_off, r_off = ref.for_batch(pb)
+        torch.testing.assert_close(c_off, c_cache, atol=2e-5, rtol=0)
+        torch.testing.assert_close(r_off, r_cache, atol=2e-5, rtol=0)
+        # and the policy itself (adapters on) is really different from it
+        c_pol, _ = policy_logps(trained_lora, pb)
+        assert (c_pol.detach() - c_cache).abs().max() > 1e-2
+
+
+def test_training_step_is_the_same_with_either_reference(cached, trained_lora, pairs):
+    cfg = PreferenceLossConfig(ref_policy_kl_penalty=0.5)
+    model = trained_lora.train()
+    pb = build_pair_batch(pairs[:4], packed=True, pad_id=PAD)
+    results = []
+    for task in (DPOTask(cfg, cached, pad_id=PAD),
+                 AdaptersOffDPOTask(cfg, AdaptersOffReference(), pad_id=PAD)):
+        model.zero_grad(set_to_none=True)
+        loss, extras = task.loss(model, pb)
+        loss.backward()
+        grads = {n: p.grad.full_tensor().clone() if hasattr(p.grad, "full_tensor") else p.grad.clone()
+                 for n, p in model.named_parameters() if p.requires_grad}
+        results.append((float(loss.detach()), {k: float(v) for k, v in extras.items()}, grads))
+    (l1, e1, g1), (l2, e2, g2) = results
+    assert l1 == pytest.approx(l2, abs=1e-5)
+    assert e1.keys() == e2.keys() and all(e1[k] == pytest.approx(e2[k], abs=1e-5) for k in e1)
+    assert g1.keys() == g2.keys() and any(g.abs().sum() > 0 for g in g1.values())
+    for n in g1:
+        torch.testing.assert_close(g2[n], g1[n], atol=1e-5, rtol=1e-4, msg=n)
+    # only adapters got gradients; the frozen base has none
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    model.zero_grad(set_to_none=True)
+
+
+def test_unbound_reference_fails_loudly(pairs):
+    with pytest.raises(RuntimeError, match="before a model was bound"):
+        AdaptersOffReference().for_batch(build_pair_batch(pairs[:1], pad_id=PAD))

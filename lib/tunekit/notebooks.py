@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -99,6 +100,8 @@ def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: 
     The executed notebook is saved as `runs/<stage>/<run_name>/<name>.ipynb`, after every cell and
     every 60 s inside long cells, so a killed job keeps its partial notebook.
     """
+    # papermill imports tqdm.autonotebook, which warns on every import; the kit never uses it.
+    warnings.filterwarnings("ignore", module="tqdm")
     import papermill as pm
 
     nb = spec(name)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .notebooks import spec, run_notebook
+from .runs import read_summary
 
 Params = dict[str, Any]
 
@@ -34,8 +35,14 @@ DEMO: list[Step] = [
     Step("10_inspect_data", lambda done, name: {}),
     Step("21_convert_hf_to_nemo", lambda done, name: {}),
     Step("20_convert_nemo_to_hf", lambda done, name: {"src": _stage_dir(done, "convert_hf_to_nemo")}),
-    Step("30_sft", lambda done, name: {}),
-    Step("40_dpo", lambda done, name: {"init": _stage_dir(done, "sft")}),
+    # The notebook's own default (40 steps) shows the loss falling; the demo trains ~16 epochs
+    # (about a minute on 2 cores) so that evaluation shows the SFT model beating the base model.
+    Step("30_sft", lambda done, name: {"epochs": 16, "val_interval": 50, "save_interval": 200}),
+    # From the SFT model, the notebook's default lr (tuned from the untrained base) unlearns the
+    # answers; a 10x lower lr plus the chosen-NLL term (sft_loss_weight) keeps generation intact
+    # while dev reward accuracy still rises (measured: 0 -> 0.65, eval accuracy ~ SFT's).
+    Step("40_dpo", lambda done, name: {"init": _stage_dir(done, "sft"), "lr": 3e-4, "min_lr": 3e-5,
+                                       "sft_loss_weight": 1.0, "epochs": 2}),
     Step("50_evaluate", lambda done, name: {
         "models": ["tiny"] + [str(done[s]) for s in ("sft", "dpo") if s in done]}),
 ]
@@ -60,10 +67,31 @@ def run_demo(stamp: str | None = None) -> dict[str, Path]:
     print(f"\n[demo] finished in {time.time() - t_all:.0f} s. Results:")
     for stage, path in done.items():
         print(f"  {stage:<20} {path}")
-        summary = path / "summary.json"
-        if summary.exists():
-            print(f"  {'':<20} summary: {summary}")
+        summary = read_summary(path)
+        if summary is not None:
+            print(f"  {'':<20} {headline(stage, summary)}")
     return done
+
+
+def headline(stage: str, s: dict[str, Any]) -> str:
+    """One line of the numbers that matter for a stage's summary.json."""
+    def f(x):
+        return "n/a" if x is None else f"{x:.3g}" if isinstance(x, float) else str(x)
+
+    if stage == "inspect_data":
+        return (f"{s.get('sft_train_examples')} SFT train / {s.get('sft_dev_examples')} dev examples, "
+                f"{s.get('validation_errors')} errors, packing {f(s.get('packing_utilisation'))}")
+    if stage.startswith("convert"):
+        return f"{s.get('direction')}: {s.get('parameters')} parameters, verified -> {s.get('output')}"
+    if stage == "sft":
+        return f"val loss {f(s.get('initial_val_loss'))} -> {f(s.get('best_val_loss'))} in {s.get('steps')} steps"
+    if stage == "dpo":
+        return (f"dev reward accuracy {f(s.get('initial_dev_reward_accuracy'))} -> "
+                f"{f(s.get('final_dev_reward_accuracy'))} in {s.get('step')} steps")
+    if stage == "evaluate":
+        rows = s.get("comparison") or []
+        return "accuracy: " + ", ".join(f"{r.get('model')} {f(r.get('accuracy'))}" for r in rows)
+    return "summary.json written"
 
 
 def _cmd_demo(args) -> int:

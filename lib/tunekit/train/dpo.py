@@ -29,6 +29,7 @@ from ..errors import UserError
 from .distributed import DistEnv, init_distributed
 from .dpo_batch import Pair, PairBatch, build_pair_batch, make_pair, policy_logps
 from .dpo_losses import METRIC_KEYS, PreferenceLossConfig, pair_terms
+from .prep import StagePrep
 from .dpo_params import DPOParams
 from .layout import check_layout, make_plan
 from .lora import uses_base_reference
@@ -232,34 +233,12 @@ def _all(ds) -> list[Pair]:
 
 
 @dataclass
-class DPOPrep:
-    """What the notebook shows before training: model dir, pairs, report and step plan."""
-
-    model_dir: Path
-    train: Any
-    dev: Any
-    report: dict[str, Any]
-    plan: Any
-    spawn: bool  # True: run_dpo will launch worker processes
-
-    def sources(self):
-        """Per-dataset table: records -> train/dev pairs, tokens, duplicates."""
-        import pandas as pd
-
-        return pd.DataFrame(self.report.get("sources", []))
+class DPOPrep(StagePrep):
+    """What the notebook shows before training: model dir, pairs, report and step plan (rows = pairs)."""
 
     def overlong(self):
         """Over-length handling of the train and dev pairs (pairs = kept + dropped), one row each."""
-        import pandas as pd
-
-        rows = [dict(split=k.split("_")[1], **v) for k, v in self.report.items() if k.startswith("pairs_")]
-        return pd.DataFrame(rows)
-
-    def plan_table(self):
-        """The step plan as a one-column table (sequences = pairs here)."""
-        import pandas as pd
-
-        return pd.Series(self.plan.to_dict(), name="plan").to_frame()
+        return self.split_rows("pairs_")
 
     def preview(self, n: int = 3):
         """The first `n` training pairs decoded: prompt end, chosen and rejected (scored tokens only)."""

@@ -22,7 +22,8 @@ from ..errors import UserError
 from .batches import IGNORE_INDEX, PackedBatch, collate_packed, real_token_count
 from .cli import add_worker_arguments  # noqa: F401  (re-exported: DPO's entry point uses it)
 from .distributed import DistEnv, barrier, broadcast_object, init_distributed
-from .layout import TrainPlan, check_layout, make_plan
+from .layout import check_layout, make_plan
+from .prep import StagePrep
 from .params import SFTParams
 
 WORKER = "tunekit.train.sft"
@@ -150,34 +151,12 @@ _on_main_first = on_main_first  # the name DPO imports
 
 
 @dataclass
-class SFTPrep:
+class SFTPrep(StagePrep):
     """What the notebook shows before training: model dir, packed data, report and step plan."""
-
-    model_dir: Path
-    train: Any
-    dev: Any
-    report: dict[str, Any]
-    plan: TrainPlan
-    spawn: bool  # True: run_sft will launch worker processes
-
-    def sources(self):
-        """Per-dataset table: records -> train/dev, tokens, shares, duplicates."""
-        import pandas as pd
-
-        return pd.DataFrame(self.report.get("sources", []))
 
     def packing(self):
         """Packing statistics of the train and dev splits, one row each."""
-        import pandas as pd
-
-        rows = [dict(split=k.split("_")[1], **v) for k, v in self.report.items() if k.startswith("packing_")]
-        return pd.DataFrame(rows)
-
-    def plan_table(self):
-        """The step plan as a one-column table."""
-        import pandas as pd
-
-        return pd.Series(self.plan.to_dict(), name="plan").to_frame()
+        return self.split_rows("packing_")
 
     def preview(self, n: int = 5):
         """The first `n` packed training sequences: documents, real and trained tokens."""

@@ -1,0 +1,37 @@
+"""What a training notebook shows before it trains: the shared part of SFT's and DPO's "prep"."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StagePrep:
+    """Model dir, datasets, data report and step plan, resolved and checked before any training."""
+
+    model_dir: Path
+    train: Any
+    dev: Any
+    report: dict[str, Any]
+    plan: Any
+    spawn: bool  # True: the run_* call will launch worker processes
+
+    def sources(self):
+        """Per-dataset table: records -> train/dev, tokens, shares, duplicates."""
+        import pandas as pd
+
+        return pd.DataFrame(self.report.get("sources", []))
+
+    def plan_table(self):
+        """The step plan as a one-column table."""
+        import pandas as pd
+
+        return pd.Series(self.plan.to_dict(), name="plan").to_frame()
+
+    def split_rows(self, prefix: str):
+        """One row per split from report entries named `<prefix><split>` (e.g. packing_train)."""
+        import pandas as pd
+
+        rows = [dict(split=k.split("_")[1], **v) for k, v in self.report.items() if k.startswith(prefix)]
+        return pd.DataFrame(rows)

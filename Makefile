@@ -28,8 +28,10 @@ test: setup  ## run the whole test suite (unit, integration, nbval notebook regr
 test-fast: setup  ## the tests not marked slow
 	$(PY) -m pytest -m "not slow"
 
-lab: setup  ## JupyterLab on localhost with the tunekit kernel, opened on notebooks/
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir . notebooks/
+LAB_PORT ?= 8888
+lab: setup  ## JupyterLab on localhost with the tunekit kernel, opened on notebooks/ (LAB_PORT=8888)
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --ServerApp.root_dir=$(CURDIR) \
+		$(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 sync-notebooks: setup  ## regenerate each .ipynb from its py:percent twin (the reviewed source)
 	$(VENV)/bin/tunekit notebooks sync

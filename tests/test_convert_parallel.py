@@ -43,6 +43,7 @@ def _resave_parallel(rank: int, world: int, tp: int, pp: int, store: str, src: s
         model.load_state_dict({k[len("model."):]: v for k, v in state.items()}, strict=False)
         dist_checkpointing.save(model.sharded_state_dict(prefix="model."), dst)
         parallel_state.destroy_model_parallel()
+    dist.barrier()  # tear down together: a gloo peer that leaves early can abort the other rank
     dist.destroy_process_group()
 
 

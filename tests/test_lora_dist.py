@@ -43,6 +43,7 @@ sd = gather_full_state_dict(model)
 if env.is_main:
     torch.save(sd, out)
 import torch.distributed as dist
+dist.barrier()  # tear down together (see tunekit.train.distributed.shutdown)
 dist.destroy_process_group()
 '''
 

@@ -167,4 +167,7 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized() and launched_world_size() > 1:
+        # Tear down together: a gloo rank that destroys its group while a peer is still busy
+        # (e.g. rank 0 writing files) can make the peer's transport thread abort the process.
+        dist.barrier()
         dist.destroy_process_group()

@@ -162,12 +162,17 @@ def barrier(env: DistEnv) -> None:
             dist.barrier()
 
 
-def shutdown() -> None:
-    """Destroy the process group if a launcher started us (a notebook kernel keeps its group)."""
+def shutdown(clean: bool = True) -> None:
+    """Destroy the process group if a launcher started us (a notebook kernel keeps its group).
+
+    clean=True (training finished on this rank) first waits for every rank: a gloo rank that
+    destroys its group while a peer is still busy (e.g. rank 0 writing files) can make the peer's
+    transport thread abort the process. After a failure no barrier is entered (the peers may be
+    stuck elsewhere): exiting lets the launcher stop them.
+    """
     import torch.distributed as dist
 
     if dist.is_initialized() and launched_world_size() > 1:
-        # Tear down together: a gloo rank that destroys its group while a peer is still busy
-        # (e.g. rank 0 writing files) can make the peer's transport thread abort the process.
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

@@ -383,6 +383,7 @@ def worker_main(args: argparse.Namespace) -> int:
 
     cfg = load_params(args.params, args.run_dir, cls=DPOParams)
     env = init_distributed()
+    ok = False
     try:
         seed_everything(cfg.seed + env.rank)
         run = open_run_for_worker(cfg, Path(args.run_dir) if args.run_dir else None, env, stage="dpo")
@@ -390,8 +391,9 @@ def worker_main(args: argparse.Namespace) -> int:
         if env.is_main:
             print(f"{result['status']}: step {result['step']}/{result['total_steps']}, "
                   f"run dir {run.dir}", flush=True)
+        ok = True
     finally:
-        shutdown()
+        shutdown(clean=ok)
     return 0
 
 

@@ -278,6 +278,7 @@ def worker_main(args: argparse.Namespace) -> int:
 
     cfg = load_params(args.params, args.run_dir)
     env = init_distributed()
+    ok = False
     try:
         from ..runtime import seed_everything
 
@@ -287,8 +288,9 @@ def worker_main(args: argparse.Namespace) -> int:
         if env.is_main:
             print(f"{result['status']}: step {result['step']}/{result['total_steps']}, "
                   f"run dir {run.dir}", flush=True)
+        ok = True
     finally:
-        shutdown()
+        shutdown(clean=ok)
     # Exit code 0 also for a deadline stop: the run is consistent and resumable, and
     # train_result.json says "deadline" (what a PBS chain looks at).
     return 0

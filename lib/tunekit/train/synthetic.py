@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_params(args.params, None)
         env = init_distributed()
+        ok = False
         try:
             import json
 
@@ -151,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             if env.is_main:
                 print(f"{res['status']}: step {res['step']}/{res['total_steps']} loss {res['final_loss']:.6f}",
                       flush=True)
+            ok = True
         finally:
-            shutdown()
+            shutdown(clean=ok)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

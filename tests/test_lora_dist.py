@@ -62,6 +62,11 @@ def _run(tmp: Path, model: Path, nproc: int) -> dict:
     else:
         cmd = [sys.executable, str(script), str(model), str(out)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0 and "terminate called without an active exception" in res.stderr:
+        # Seen twice, only late in full CI runs: a rank aborts inside gloo's C++ transport with
+        # no Python frame (a connection-setup race, not this code). One fresh launch decides; a
+        # second abort, or any other failure, still fails the test.
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     return torch.load(out)
 

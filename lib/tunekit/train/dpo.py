@@ -29,7 +29,7 @@ from ..errors import UserError
 from .distributed import DistEnv, init_distributed
 from .dpo_batch import Pair, PairBatch, build_pair_batch, make_pair, policy_logps
 from .dpo_losses import METRIC_KEYS, PreferenceLossConfig, pair_terms
-from .prep import StagePrep
+from .prep import StagePrep, run_prepared
 from .dpo_params import DPOParams
 from .layout import check_layout, make_plan
 from .lora import uses_base_reference
@@ -274,17 +274,8 @@ def prepare_dpo(cfg: DPOParams) -> DPOPrep:
 
 def run_dpo(cfg: DPOParams, run, prep: DPOPrep | None = None) -> dict[str, Any]:
     """Notebook entry: train in this kernel, or launch the worker processes and wait for them."""
-    from . import launch
-    from .session import read_result
-
     prep = prep or prepare_dpo(cfg)  # fails here, in the notebook, before any process starts
-    if prep.spawn:
-        launch.spawn_workers(WORKER, run.dir, cfg.nproc_per_node)
-        result = read_result(run.dir)
-        if result is None:
-            raise UserError(f"{run.dir}: the training processes ended without a train_result.json")
-        return result
-    return train_dpo(cfg, run, datasets=(prep.train, prep.dev, prep.report), model_dir=prep.model_dir)
+    return run_prepared(prep, cfg, run, WORKER, train_dpo)
 
 
 # ------------------------------------------------------------------------------ reporting

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from ..errors import UserError
 
 
 @dataclass
@@ -35,3 +37,17 @@ class StagePrep:
 
         rows = [dict(split=k.split("_")[1], **v) for k, v in self.report.items() if k.startswith(prefix)]
         return pd.DataFrame(rows)
+
+
+def run_prepared(prep: StagePrep, cfg, run, worker: str, train_fn: Callable[..., dict]) -> dict[str, Any]:
+    """Train in this kernel, or launch `worker` processes and wait for their train_result.json."""
+    from . import launch
+    from .session import read_result
+
+    if prep.spawn:
+        launch.spawn_workers(worker, run.dir, cfg.nproc_per_node)
+        result = read_result(run.dir)
+        if result is None:
+            raise UserError(f"{run.dir}: the training processes ended without a train_result.json")
+        return result
+    return train_fn(cfg, run, datasets=(prep.train, prep.dev, prep.report), model_dir=prep.model_dir)

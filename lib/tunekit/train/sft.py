@@ -23,7 +23,7 @@ from .batches import IGNORE_INDEX, PackedBatch, collate_packed, real_token_count
 from .cli import add_worker_arguments  # noqa: F401  (re-exported: DPO's entry point uses it)
 from .distributed import DistEnv, barrier, broadcast_object, init_distributed
 from .layout import check_layout, make_plan
-from .prep import StagePrep
+from .prep import StagePrep, run_prepared
 from .params import SFTParams
 
 WORKER = "tunekit.train.sft"
@@ -197,17 +197,8 @@ def prepare_sft(cfg: SFTParams) -> SFTPrep:
 
 def run_sft(cfg: SFTParams, run, prep: SFTPrep | None = None) -> dict[str, Any]:
     """Notebook entry: train in this kernel, or launch the worker processes and wait for them."""
-    from . import launch
-    from .session import read_result
-
     prep = prep or prepare_sft(cfg)  # fails here, in the notebook, before any process starts
-    if prep.spawn:
-        launch.spawn_workers(WORKER, run.dir, cfg.nproc_per_node)
-        result = read_result(run.dir)
-        if result is None:
-            raise UserError(f"{run.dir}: the training processes ended without a train_result.json")
-        return result
-    return train_sft(cfg, run, datasets=(prep.train, prep.dev, prep.report), model_dir=prep.model_dir)
+    return run_prepared(prep, cfg, run, WORKER, train_sft)
 
 
 def published_files(result: dict[str, Any]):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import UserError
+from .errors import UserError, is_rendered_user_error
 from .paths import repo_root, runs_root, resolve
 
 CHECK_MARK = "NBVAL_CHECK_OUTPUT"
@@ -122,8 +122,12 @@ def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: 
                             log_output=True, progress_bar=False,
                             request_save_on_cell_execute=True, autosave_cell_every=60)
     except pm.PapermillExecutionError as exc:
+        if is_rendered_user_error(exc.evalue, exc.traceback):
+            # The cell already said what is wrong and what to do: pass the sentence on as is.
+            raise UserError(f"{exc.evalue} (in cell {exc.exec_count} of {nb.name}; the executed "
+                            f"notebook up to the failure is {out})") from None
         raise UserError(f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
-                        f"(the executed notebook up to the failure is {out})") from None
+                        f"(the traceback is in the executed notebook {out})") from None
     return out_dir
 
 

@@ -60,7 +60,13 @@ def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int 
 
 
 def notebook_setup() -> None:
-    """Call once at the top of a notebook: show UserError as one sentence instead of a traceback."""
+    """Call once at the top of a notebook: a UserError then shows as its one sentence.
+
+    UserError renders itself through IPython's `_render_traceback_` protocol, which reaches
+    JupyterLab, papermill and nbval alike. What must not happen is a custom exception handler
+    for it (`set_custom_exc`): IPython discards such a handler's return value, so the failing
+    cell would show nothing at all. This clears one left in a long-lived kernel.
+    """
     try:
         from IPython import get_ipython
     except ImportError:
@@ -70,9 +76,5 @@ def notebook_setup() -> None:
         return
     from .errors import UserError
 
-    def _show(shell, etype, evalue, tb, tb_offset=None):
-        # The returned lines replace the traceback; the cell still counts as failed, so
-        # papermill and nbval stop exactly as they would on any other error.
-        return [f"error: {evalue}"]
-
-    ip.set_custom_exc((UserError,), _show)
+    if any(issubclass(UserError, exc) for exc in ip.custom_exceptions):
+        ip.set_custom_exc((), None)

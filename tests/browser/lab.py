@@ -103,9 +103,11 @@ const cells = w.content.widgets.filter(c => c.model.type === 'code');
 return {ready: true, kernel: sc.session && sc.session.kernel ? sc.session.kernel.name : null,
         status: sc.kernelDisplayStatus,
         counts: cells.map(c => c.model.executionCount),
-        pending: document.querySelectorAll('.jp-InputPrompt').length ?
-           Array.from(document.querySelectorAll('.jp-InputPrompt')).filter(e => e.textContent.includes('*')).length : 0};
+        pending: Array.from(w.node.querySelectorAll('.jp-InputPrompt')).filter(e => e.textContent.includes('*')).length};
 """
+
+# What the page shows of the notebook being run (earlier notebooks stay open in hidden tabs).
+_PAGE = "const _page = () => window.jupyterapp.shell.currentWidget.node;\n"
 
 
 def run_notebook_in_lab(driver, base: str, token: str, rel_path: str, timeout: float = 900) -> dict:
@@ -136,13 +138,13 @@ def run_notebook_in_lab(driver, base: str, token: str, rel_path: str, timeout: f
             idle_since = None
     else:
         raise AssertionError(f"notebook did not finish within {timeout} s: {state}")
-    errors = driver.execute_script("""
-        return Array.from(document.querySelectorAll('.jp-OutputArea-output'))
+    errors = driver.execute_script(_PAGE + """
+        return Array.from(_page().querySelectorAll('.jp-OutputArea-output'))
           .filter(e => (e.getAttribute('data-mime-type') || '').includes('stderr')
-                       && /Traceback|Error:|error:/.test(e.textContent)).map(e => e.textContent.slice(0, 300));""")
-    tables = driver.execute_script("return document.querySelectorAll('.jp-RenderedHTMLCommon table').length;")
+                       && /Traceback|Error:|error:/.test(e.textContent)).map(e => e.textContent.slice(0, 2000));""")
+    tables = driver.execute_script(_PAGE + "return _page().querySelectorAll('.jp-RenderedHTMLCommon table').length;")
     images = driver.execute_script(
-        "return Array.from(document.querySelectorAll('.jp-RenderedImage img')).filter(i => i.naturalWidth > 50).length;")
+        _PAGE + "return Array.from(_page().querySelectorAll('.jp-RenderedImage img')).filter(i => i.naturalWidth > 50).length;")
     driver.execute_script("return window.jupyterapp.commands.execute('docmanager:save');")
     time.sleep(2)
     return {"kernel": state["kernel"], "cells_run": sum(1 for c in state["counts"] if c),

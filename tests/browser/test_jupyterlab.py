@@ -11,9 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from .lab import browser_available, chromium, jupyterlab, run_notebook_in_lab
+
+# pytest puts tests/ (the folder above this package) on sys.path, so the sibling module imports.
+from test_notebook_errors import write_bad_data  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -54,7 +58,7 @@ def test_notebook_runs_in_jupyterlab(lab, name, min_tables, min_images):
     seen = run_notebook_in_lab(driver, base, token, f"notebooks/{name}.ipynb")
     OUTPUT.mkdir(parents=True, exist_ok=True)
     # Show the first plot (what a person scrolls to), not just the last cell.
-    driver.execute_script("const i = document.querySelector('.jp-RenderedImage img');"
+    driver.execute_script("const i = window.jupyterapp.shell.currentWidget.node.querySelector('.jp-RenderedImage img');"
                           "if (i) i.scrollIntoView({block: 'center'});")
     driver.save_screenshot(str(OUTPUT / f"lab-{name}.png"))
     assert seen["kernel"] == "tunekit"
@@ -65,3 +69,46 @@ def test_notebook_runs_in_jupyterlab(lab, name, min_tables, min_images):
     assert failed == [], failed[:1]
     assert seen["tables"] >= min_tables, seen
     assert seen["images"] >= min_images, seen
+
+
+def _with_parameters(src: Path, dst: Path, **values: str) -> None:
+    """Copy a notebook, replacing the defaults of some parameters (what a person edits)."""
+    nb = nbformat.read(src, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    lines = cell.source.splitlines()
+    for name, literal in values.items():
+        i = next(i for i, ln in enumerate(lines) if ln.startswith(f"{name}:"))
+        annotation, _, rest = lines[i].partition(" = ")
+        lines[i] = f"{annotation} = {literal}  #{rest.partition('#')[2]}"
+    cell.source = "\n".join(lines)
+    nbformat.write(nb, dst)
+
+
+@pytest.mark.parametrize("case", ["bad parameter", "bad data line"])
+def test_user_error_shows_in_the_failing_cell(lab, case):
+    """A person who sets a wrong parameter, or whose data has a bad line, sees one sentence as
+    the failing cell's output (not an empty cell, not a traceback) and Run All stops there."""
+    root, base, token, driver = lab
+    if case == "bad parameter":
+        name, needles = "bad_parameter", ["error: model 'nonexistent_model'", "does not exist"]
+        _with_parameters(root / "notebooks" / "30_sft.ipynb", root / "notebooks" / f"{name}.ipynb",
+                         model='"nonexistent_model"')
+    else:
+        data = write_bad_data(root / "bad_data")
+        name, needles = "bad_data_line", ["error: ", "drill.jsonl:3", "invalid JSON"]
+        _with_parameters(root / "notebooks" / "10_inspect_data.ipynb",
+                         root / "notebooks" / f"{name}.ipynb", data_dir=repr(str(data)),
+                         data_version='"v1"', sft_datasets="{}", dpo_datasets="{}", on_error='"raise"')
+    seen = run_notebook_in_lab(driver, base, token, f"notebooks/{name}.ipynb")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    driver.execute_script("const e = window.jupyterapp.shell.currentWidget.node.querySelector('.jp-OutputArea-output[data-mime-type*=stderr]');"
+                          "if (e) e.scrollIntoView({block: 'center'});")
+    driver.save_screenshot(str(OUTPUT / f"lab-{name}.png"))
+    assert len(seen["errors"]) == 1, seen
+    page_text = seen["errors"][0]
+    assert all(n in page_text for n in needles), page_text
+    assert "Traceback" not in page_text and "File \"" not in page_text, page_text
+    assert 0 < seen["cells_run"] < seen["cells"], seen  # Run All stopped at the failing cell
+    saved = json.loads((root / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8"))
+    failed = [o for c in saved["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert len(failed) == 1 and all(n in "\n".join(failed[0]["traceback"]) for n in needles), failed

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_pbs"))
 from helpers import install_fake_pbs, register_stand_ins  # noqa: E402
@@ -77,13 +78,27 @@ def test_group_is_required_and_plain(group):
 
 
 # ---------------------------------------------------------------- params files
-def test_params_loader_reads_exponent_floats_and_keeps_dates_as_text(tmp_path):
-    data = paramfile.loads("lr: 2e-5\nmin: 1.0e-6\nn: 3\nday: 2026-01-05\nname: '2e-5'\n", "x.yaml")
-    assert data == {"lr": 2e-5, "min": 1e-6, "n": 3, "day": "2026-01-05", "name": "2e-5"}
-    assert isinstance(data["lr"], float)
-    text = paramfile.dumps({**data, "note": HOSTILE + "\nsecond line"}, header="a\nb")
+def test_params_file_values_are_converted_by_declared_type(tmp_path):
+    from tunekit.params import NotebookParams
+
+    class P(NotebookParams):
+        lr: float = 0.1
+        min: float = 0.1
+        n: int = 1
+        day: str = ""
+        name: str = ""
+        code: str = ""
+
+    data = paramfile.loads("lr: 2e-5\nmin: 1.0e-6\nn: 3\nday: 2026-01-05\nname: '2e-5'\ncode: 0100\n", "x.yaml")
+    typed = P.convert(data, "x.yaml")
+    assert typed == {"lr": 2e-5, "min": 1e-6, "n": 3, "day": "2026-01-05", "name": "2e-5", "code": "0100"}
+    assert isinstance(typed["lr"], float)
+    text = paramfile.dumps({**typed, "note": HOSTILE + "\nsecond line"}, header="a\nb")
     assert text.startswith("# a\n# b\n")
-    assert paramfile.loads(text, "y") == {**data, "note": HOSTILE + "\nsecond line"}
+    # papermill reads the job's file with its own loader: it must get the same values back.
+    from papermill.iorw import NoDatesSafeLoader
+
+    assert yaml.load(text, Loader=NoDatesSafeLoader) == {**typed, "note": HOSTILE + "\nsecond line"}
 
 
 @pytest.mark.parametrize("text, needle", [("- 1\n- 2\n", "must be a YAML mapping"),
@@ -91,11 +106,6 @@ def test_params_loader_reads_exponent_floats_and_keeps_dates_as_text(tmp_path):
 def test_params_loader_errors_name_the_file(text, needle):
     with pytest.raises(UserError, match=re.escape(needle)):
         paramfile.loads(text, "x.yaml")
-
-
-def test_cli_values_are_yaml():
-    assert paramfile.parse_value("3") == 3 and paramfile.parse_value("true") is True
-    assert paramfile.parse_value("1e-4") == 1e-4 and paramfile.parse_value("a: b: c") == "a: b: c"
 
 
 # ---------------------------------------------------------------- validation before qsub

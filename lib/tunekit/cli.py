@@ -34,10 +34,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PARAM_FLAGS = ("-p", "--param")
+_VERBATIM = "--param-verbatim="
+
+
+def add_param_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """`-p NAME VALUE`, repeatable, into `args.param` as [name, value] pairs in command-line order."""
+    parser.add_argument(*PARAM_FLAGS, nargs=2, action="append", metavar=("NAME", "VALUE"), help=help)
+    # What `verbatim_params` turns each `-p NAME VALUE` into (not for people to type).
+    parser.add_argument(_VERBATIM.rstrip("="), dest="param", action="append", type=_pair,
+                        help=argparse.SUPPRESS)
+
+
+def _pair(text: str) -> list[str]:
+    name, _, value = text.partition("=")
+    return [name, value]
+
+
+def verbatim_params(argv: list[str]) -> list[str]:
+    """Keep every `-p NAME VALUE` value exactly as typed: argparse alone refuses values that
+    start with '-' (`-p note -x`, `-p note --`), so each triple becomes one `--param-verbatim=`
+    argument whose value argparse never interprets."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in PARAM_FLAGS and i + 2 < len(argv) and "=" not in argv[i + 1]:
+            out.append(f"{_VERBATIM}{argv[i + 1]}={argv[i + 2]}")
+            i += 3
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (`-p` values verbatim, see `verbatim_params`)."""
+    return build_parser().parse_args(verbatim_params(sys.argv[1:] if argv is None else list(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(verbatim_params(sys.argv[1:] if argv is None else list(argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

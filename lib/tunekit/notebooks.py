@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from .errors import UserError, is_rendered_user_error
 from .paths import repo_root, runs_root, resolve
+from .values import Text
 
 CHECK_MARK = "NBVAL_CHECK_OUTPUT"
 KERNEL = "tunekit"
@@ -75,12 +76,17 @@ def declared_parameters(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 def check_params(nb: NotebookSpec, params: Mapping[str, Any], source: str = "parameters"):
     """Reject unknown names (papermill would only warn) and ill-typed values; returns the config."""
+    return nb.params_model().parse(convert_params(nb, params, source), source=source)
+
+
+def convert_params(nb: NotebookSpec, params: Mapping[str, Any], source: str = "parameters") -> dict[str, Any]:
+    """Known names only, values converted by their declared types (what papermill then injects)."""
     declared = declared_parameters(nb.ipynb)
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise UserError(f"{source}: {nb.name} has no parameter(s) {', '.join(unknown)} "
                         f"(declared: {', '.join(sorted(declared))})")
-    return nb.params_model().parse(dict(params), source=source)
+    return nb.params_model().convert(dict(params), source=source)
 
 
 def ensure_kernel() -> str:
@@ -105,7 +111,7 @@ def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: 
     import papermill as pm
 
     nb = spec(name)
-    params = dict(params or {})
+    params = convert_params(nb, params or {}, source=source)
     cfg = check_params(nb, params, source=source)
     from .runs import default_run_name
 
@@ -244,29 +250,18 @@ def refresh(nb: NotebookSpec, params: Mapping[str, Any] | None = None) -> Path:
 
 
 # ---------------------------------------------------------------- CLI
-def _parse_kv(pairs: list[list[str]] | None) -> dict[str, Any]:
-    import yaml
+def params_from_args(args) -> dict[str, Any]:
+    """`-f FILE` then `-p NAME VALUE` pairs, unconverted (run_notebook converts them by type)."""
+    from .jobs import paramfile
 
-    return {k: yaml.safe_load(v) for k, v in (pairs or [])}
-
-
-def _load_params_file(path: str | None) -> dict[str, Any]:
-    import yaml
-
-    if not path:
-        return {}
-    p = resolve(path, Path.cwd())
-    if not p.exists():
-        raise UserError(f"{path}: params file not found")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a params file must be a YAML mapping of parameter: value")
-    return data
+    params = paramfile.load(resolve(args.file, Path.cwd())) if args.file else {}
+    params.update({name: Text(value) for name, value in (args.param or [])})
+    return params
 
 
 def _cmd_run(args) -> int:
-    params = {**_load_params_file(args.file), **_parse_kv(args.param)}
-    out = run_notebook(args.notebook, params, source=args.file or "-p")
+    source = " + ".join(s for s in (args.file, "-p" if args.param else "") if s) or "parameters"
+    out = run_notebook(args.notebook, params_from_args(args), source=source)
     print(f"run directory: {out}")
     return 0
 
@@ -294,13 +289,16 @@ def _cmd_refresh(args) -> int:
 
 def register(subparsers) -> None:
     """Add `tunekit notebooks ...`."""
+    from .cli import add_param_option
+
     p = subparsers.add_parser("notebooks", help="run, sync and check the kit's notebooks")
     sub = p.add_subparsers(dest="nb_command", metavar="ACTION", required=True)
     r = sub.add_parser("run", help="execute one notebook headless into its run directory")
     r.add_argument("notebook", help="name (30_sft), stage (sft) or path")
     r.add_argument("-f", "--file", help="YAML params file (papermill -f style)")
-    r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="one parameter (YAML value), repeatable; overrides -f")
+    add_param_option(r, "one parameter, repeatable, overrides -f; VALUE is read by the "
+                     "parameter's type: text exactly as typed, numbers like 2e-5, true/false, "
+                     "lists like [a, b]")
     r.set_defaults(func=_cmd_run)
     s = sub.add_parser("sync", help="regenerate each .ipynb from its .py twin (keeps reference outputs)")
     s.set_defaults(func=_cmd_sync)

@@ -5,6 +5,8 @@ papermill injects values but only *warns* about unknown names and never checks t
 notebook declares a pydantic model whose fields mirror its `parameters` cell exactly (a test checks
 names, types and defaults agree), and `from_globals` rejects ill-typed values with one sentence
 per problem. Unknown names are rejected before execution by `tunekit.notebooks.check_params`.
+Values typed as text (`-p`, params files) are converted by the field's declared type first, by
+the one parser every entry point shares (`tunekit.values`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, ClassVar, Mapping
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import UserError
+from .values import convert_params
 
 
 class NotebookParams(BaseModel):
@@ -33,12 +36,18 @@ class NotebookParams(BaseModel):
         return cls.parse(values, source="notebook parameters")
 
     @classmethod
+    def convert(cls, values: Mapping[str, Any], source: str = "parameters") -> dict[str, Any]:
+        """Typed-in text (CLI -p, params files) converted by each field's type (tunekit.values)."""
+        return convert_params(cls, values, source)
+
+    @classmethod
     def parse(cls, values: Mapping[str, Any], source: str = "parameters"):
         """Validate a mapping (YAML params file, CLI -p values) into the config or raise UserError."""
         unknown = sorted(set(values) - set(cls.model_fields))
         if unknown:
             known = ", ".join(sorted(cls.model_fields))
             raise UserError(f"{source}: unknown parameter(s) {', '.join(unknown)} (known: {known})")
+        values = cls.convert(values, source)
         try:
             return cls(**values)
         except ValidationError as exc:

@@ -18,7 +18,8 @@ from ..paths import resolve
 class DatasetKnobs(BaseModel):
     """Per-dataset options of the official `datasets:` map."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a knob typed as text ("yes", "0100") is refused, never coerced to True or 100.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     max_train_samples: int = -1    # -1 = all, 0 = skip this dataset, N = at most N train records
     split_dev: bool = True         # take dev records from the head of this file

@@ -16,10 +16,11 @@ def _parse_env(pairs: list[str] | None) -> dict[str, str]:
 
 def request_from_args(args):
     """The JobRequest that `tunekit job submit` arguments describe."""
-    from . import paramfile
+    from ..values import Text
     from .spec import JobRequest
 
-    params = {name: paramfile.parse_value(value) for name, value in (args.param or [])}
+    # Unconverted text: plan_job converts every value by the notebook's declared parameter type.
+    params = {name: Text(value) for name, value in (args.param or [])}
     return JobRequest(notebook=args.notebook, params=params, params_file=args.file,
                       group=args.group, queue=args.queue, nodes=args.nodes, walltime=args.walltime,
                       run_name=args.run_name or "", chain=args.chain,
@@ -66,6 +67,8 @@ def _cmd_cancel(args) -> int:
 
 def register(subparsers) -> None:
     """Add `tunekit job ...`."""
+    from ..cli import add_param_option
+
     p = subparsers.add_parser("job", help="run a notebook as a PBS job on ABCI; watch or cancel it")
     sub = p.add_subparsers(dest="job_command", metavar="ACTION", required=True)
 
@@ -76,8 +79,9 @@ def register(subparsers) -> None:
     s.add_argument("notebook", help="name (30_sft), stage (sft) or path of the notebook")
     s.add_argument("-f", "--file",
                    help="YAML params file, e.g. job_templates/params/llm-jp-4-8b/sft/full.yaml")
-    s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="one notebook parameter (YAML value), repeatable; overrides -f")
+    add_param_option(s, "one notebook parameter, repeatable, overrides -f; VALUE is read by "
+                     "the parameter's type: text exactly as typed, numbers like 2e-5, "
+                     "true/false, lists like [a, b]")
     s.add_argument("--group", help="ABCI group for qsub -P (default: $TUNEKIT_ABCI_GROUP)")
     s.add_argument("--queue", default="rt_HF",
                    help="resource type: rt_HF (8 GPUs, default), rt_HG (1 GPU), rt_HC (CPU)")

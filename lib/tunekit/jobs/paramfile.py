@@ -1,10 +1,14 @@
-"""Reading and writing the YAML params files that papermill receives with `-f`.
+"""Reading the params files people write, and writing the one papermill reads in a job.
 
-The loader matches papermill's (safe, dates stay strings) with one friendly difference: `2e-5`
-is a float. Plain YAML 1.1 reads it as the string "2e-5", which the strict notebook parameters
-would then reject; learning-rate files are full of such literals. The job writes the merged
-values back with `safe_dump` (`2.0e-05`), so papermill in the job reads exactly the same values
-that were validated before `qsub`.
+Reading (`load`, `loads`): YAML syntax, but no YAML 1.1 typing. An unquoted scalar stays text
+(`tunekit.values.Text`) until `tunekit.values.convert_params` converts it by the type the notebook
+declares, exactly as a `-p NAME VALUE` value is; a quoted scalar is a string. So `run_name: 0100`
+is the string '0100' and `lr: 2e-5` the float 2e-05, in a file and on the command line alike.
+
+Writing (`dumps`): the job's params.yaml holds validated, typed values and is read by papermill's
+own loader (YAML 1.1 without timestamps). The dumper quotes every string that loader would read
+as something else (`'0100'`, `'yes'`, `'2e-5'`), so the job's notebook receives exactly the
+values that were validated before `qsub`.
 """
 from __future__ import annotations
 
@@ -15,55 +19,59 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from ..values import Text, TextLoader
 
+# Strings such as "2e-5" that some YAML readers take for floats: always quoted when written.
 _FLOAT_RE = re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$")
 
 
-class ParamsLoader(yaml.SafeLoader):
-    """SafeLoader without timestamps (like papermill's) that reads `1e-5` as a float."""
-
-
 class ParamsDumper(yaml.SafeDumper):
-    """SafeDumper that quotes every string the loader would read as something else (`'2e-5'`)."""
+    """SafeDumper that also quotes strings a reader could take for floats (`'2e-5'`)."""
 
 
-for _cls in (ParamsLoader, ParamsDumper):
-    _cls.yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+ParamsDumper.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+ParamsDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def _represent_str(dumper: ParamsDumper, data: str) -> yaml.ScalarNode:
+    # Plain, single-quoted and block styles fold or normalise line breaks (\n, \r, \x85,
+    # \u2028) and drop a BOM; only the double-quoted style escapes every such character.
+    if not data.isprintable():
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+    return dumper.represent_str(data)
+
+
+ParamsDumper.add_representer(str, _represent_str)
+
+
+def _where(exc: yaml.YAMLError, source: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f"{source}:{mark.line + 1}" if mark else source
 
 
 def loads(text: str, source: str) -> dict[str, Any]:
-    """Parse a params mapping from YAML text; `source` names it in errors."""
+    """Parse a params mapping from YAML text (values unconverted); `source` names it in errors."""
     try:
-        data = yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=TextLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if data is None:
+        raise UserError(f"{_where(exc, source)}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None or (isinstance(data, Text) and not data.strip()):
         return {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise UserError(f"{source}: a params file must be a YAML mapping of parameter: value")
-    return data
+    return {str(k): v for k, v in data.items()}
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a params file (YAML mapping of notebook parameter -> value)."""
+    """Read a params file (YAML mapping of notebook parameter -> unconverted value)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{path}: params file not found")
-    return loads(p.read_text(encoding="utf-8"), str(path))
-
-
-def parse_value(text: str) -> Any:
-    """One `-p NAME VALUE` value, read as YAML (`3` is an int, `true` a bool, `2e-5` a float)."""
     try:
-        return yaml.load(text, Loader=ParamsLoader)  # noqa: S506
-    except yaml.YAMLError:
-        return text  # not YAML: the raw string (e.g. a path with a colon and space)
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read this params file ({exc}) (save it as UTF-8 text)") from None
+    return loads(text, str(path))
 
 
 def dumps(params: dict[str, Any], header: str = "") -> str:

@@ -35,17 +35,34 @@ def load_site(path: Path | None = None) -> Site:
     if not path.exists():
         return Site()
     data = paramfile.load(path)
-    known = {"modules", "nofile", "local_hf_home", "template"}
+    known = set(_TYPES)
     unknown = sorted(set(data) - known)
     if unknown:
         raise UserError(f"{path}: unknown key(s) {', '.join(unknown)} "
                         f"(known: {', '.join(sorted(known))})")
-    modules = data.get("modules") or []
+    values = _typed(data, path)
+    modules = values.get("modules") or []
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise UserError(f"{path}: modules must be a list of module names")
-    nofile = data.get("nofile", 65536)
+    nofile = values.get("nofile", 65536)
     if not isinstance(nofile, int) or nofile < 1024:
         raise UserError(f"{path}: nofile must be a whole number >= 1024 (got {nofile!r})")
     return Site(modules=tuple(modules), nofile=nofile,
-                local_hf_home=bool(data.get("local_hf_home", True)),
-                template=str(data.get("template", "notebook.pbs.jinja")))
+                local_hf_home=values.get("local_hf_home", True),
+                template=values.get("template", "notebook.pbs.jinja"))
+
+
+_TYPES = {"modules": list[str], "nofile": int, "local_hf_home": bool, "template": str}
+
+
+def _typed(data: dict, path: Path) -> dict:
+    """site.yaml values converted by the key's type, with the same rules as notebook parameters."""
+    from ..values import ValueProblem, convert
+
+    out = {}
+    for key, value in data.items():
+        try:
+            out[key] = convert(_TYPES[key], value)
+        except ValueProblem as exc:
+            raise UserError(f"{path}: {key}: {exc}") from None
+    return out

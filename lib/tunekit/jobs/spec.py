@@ -300,7 +300,7 @@ def new_submission_id(run_dir: Path) -> str:
 
 def plan_job(req: JobRequest, site: Site | None = None) -> JobPlan:
     """Validate a request completely (nothing is written); returns the plan or raises UserError."""
-    from ..notebooks import check_params, spec
+    from ..notebooks import check_params, convert_params, spec
 
     site = site or load_site()
     nb = spec(req.notebook)
@@ -315,6 +315,7 @@ def plan_job(req: JobRequest, site: Site | None = None) -> JobPlan:
         raise UserError(f"--chain {req.chain}: only training runs (sft, dpo) resume from a "
                         f"checkpoint; the {nb.stage} notebook must fit in one job's walltime")
     params, source = _merge_params(req)
+    params = convert_params(nb, params, source)  # typed by the notebook's declarations from here on
     nproc, launcher = _check_processes(req, nb.stage, rt, params.get("nproc_per_node"))
     if req.run_name and params.get("run_name") and params["run_name"] != req.run_name:
         raise UserError(f"--run-name {req.run_name!r} and the parameter run_name "

@@ -65,8 +65,10 @@ run
 # %% [markdown]
 # ## 1. Validation
 # Every line of every file in the data version, checked without a tokenizer. Errors make a line
-# unusable (with `on_error="skip"` it is left out and counted); warnings keep it. The same check
-# runs as `tunekit data validate DATA_DIR --data-version V`.
+# unusable (with `on_error="skip"` it is left out and counted); warnings keep it. A file that
+# cannot be read at all (a directory, gzip, UTF-16, ...) is one error; duplicate records and IDs
+# (within and across files), empty files and data-like names that are not read (`x.json`) are
+# warnings. The same check runs as `tunekit data validate DATA_DIR --data-version V`.
 
 # %%
 reports = report.validate_version(sft_cfg)
@@ -116,7 +118,8 @@ fit
 
 # %%
 tok = load_tokenizer(sft_mix.tokenizer_dir, full=True)
-ids, mask = sft_mix.sources[0].file.sft(int(sft_mix.sources[0].train_idx[0]))
+source, first = sft_mix.first_train_record()
+ids, mask = source.file.sft(first)
 print(render.marked_text(ids, mask, tok))
 render.token_table(ids, mask, tok, limit=12)
 
@@ -125,7 +128,7 @@ pair = select_pairs(dpo_mix, "train")[0]
 print(render.pair_text(pair["prompt"], pair["chosen"], pair["rejected"], tok))
 
 # %%
-example = sft_mix.sources[0].file.record(int(sft_mix.sources[0].train_idx[0]))["messages"]
+example = source.file.record(first)["messages"]
 mismatches = encode.chat_template_mismatches(example, tok)
 template_matches_training = not mismatches
 print("chat template == training ids:", template_matches_training, mismatches)
@@ -165,7 +168,7 @@ pd.DataFrame([estimate])
 
 # %%
 summary = {
-    "validation_errors": int(validation["skipped"].sum()),
+    "validation_errors": int(validation["errors"].sum()),
     "validation_warnings": int(validation["warnings"].sum()),
     "sft_train_examples": int(sft_sources["train_upsampled"].sum()),
     "sft_dev_examples": int(sft_sources["dev"].sum()),

@@ -11,6 +11,7 @@ from tunekit.data.schema import validate_file
 SYS = {"role": "system", "content": "s"}
 U = {"role": "user", "content": "q"}
 A = {"role": "assistant", "content": "a"}
+A2 = {"role": "assistant", "content": "b"}  # not a duplicate of the line before
 
 
 def j(obj) -> bytes:
@@ -20,7 +21,7 @@ def j(obj) -> bytes:
 # (raw line bytes, expected level or None, expected message fragment)
 SFT_CASES = [
     (b"\xef\xbb\xbf" + j({"messages": [SYS, U, A]}), None, ""),                 # BOM on line 1
-    (j({"messages": [SYS, U, A], "id": 7, "meta": {"x": 1}}) + b"\r", None, ""),  # CRLF, extra keys
+    (j({"messages": [SYS, U, A2], "id": 7, "meta": {"x": 1}}) + b"\r", None, ""),  # CRLF, extra keys
     (b"", None, ""),                                                               # blank
     (b"   ", None, ""),                                                            # blank (spaces)
     (b'{"messages": [', "error", "invalid JSON"),
@@ -39,6 +40,19 @@ SFT_CASES = [
     (j({"messages": [SYS, U, {"role": "assistant", "content": "x<|eos|>"}]}), "warning", "contains '<|eos|>'"),
     (j({"messages": [SYS, U, {"role": "assistant", "content": " "}]}), "warning", "messages[2] (assistant) is empty"),
     (j({"messages": [{"role": "system", "content": ""}, U, A]}), None, ""),       # empty system is fine
+    # issue #14: lines that crashed the reader, or passed and then crashed the tokenizer
+    (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "error", "nested too deeply"),
+    (b'{"messages": [], "n": ' + b"1" * 5000 + b"}", "error", "more than 4300 digits"),
+    (j({"messages": [SYS, U, A]}).replace(b'"a"', b'"\\ud800"'), "error", "half of a UTF-16 surrogate pair"),
+    (b'{"messages": [], "messages": []}', "error", "key 'messages' appears twice"),
+    (b'{"messages": [{"role": "system", "content": "a\tb"}]}', "error", "Invalid control character at column 47"),
+    (j({"messages": [SYS, U, {"role": "assistant", "content": "x\u0000"}]}), "warning", "NUL character"),
+    (j({"messages": [SYS, U, {"role": "assistant", "content": "\u00a0\u200b"}]}), "warning", "invisible"),
+    (j({"messages": [SYS, {"role": "user", "content": "id1"}, A], "ID": 5}), None, ""),
+    (j({"messages": [SYS, {"role": "user", "content": "id2"}, A], "ID": 5}), "warning", "the same ID as line 28"),
+    (j({"messages": [SYS, U, A]}), "warning", "exact duplicate of line 1"),
+    (j({"messages": [SYS, U, {"role": "assistant", "content": "y" * (1 << 20)}]}), "error",
+     "more than the 1.0 MiB a record may have"),
 ]
 DPO_CASES = [
     (j({"messages": [SYS, U], "chosen_response": "c", "rejected_response": "r"}), None, ""),
@@ -49,6 +63,10 @@ DPO_CASES = [
     (j({"messages": [SYS, U], "chosen_response": "c", "rejected_response": None}), "error",
      "'rejected_response' must be a string"),
     (j({"messages": [SYS, U], "chosen_response": "same", "rejected_response": "same"}), "warning", "identical"),
+    (j({"messages": [SYS, U], "chosen_response": " ", "rejected_response": "r"}), "warning", "chosen_response is empty"),
+    (j({"messages": [SYS, U], "chosen_response": "c", "rejected_response": "\u200b"}), "warning",
+     "rejected_response is empty to a reader"),
+    (j({"messages": [SYS, U], "chosen_response": "c", "rejected_response": "r"}), "warning", "exact duplicate of line 1"),
 ]
 
 

@@ -6,11 +6,14 @@ files, the template version, the source code of the builder (this module, `encod
 can never be reused (the official kit reused `<name>.pkl` whenever it existed); unchanged inputs
 are never tokenised again. One directory per key, written atomically (`tunekit.atomic.atomic_dir`);
 a file lock makes concurrent ranks build it once while the others wait and then read it.
+An entry is used only when `cache_entry.entry_problem` finds it whole; a damaged one is rebuilt
+(with a message saying why), and a build stopped by a full disk says "disk full at <path>".
 
 Layout of `<cache_root>/data/<key24>/`:
     manifest.json        key inputs, the validation report (counts + first problems), array list
     lines.npy            source line number of each kept record (int32)
     hashes.npy           content hash of each kept record (uint64; duplicates, hashed dev split)
+    ids.npy              hash of each kept record's `ID`/`id` key (uint64, 0 = none; duplicate IDs)
     SFT: tokens.npy (int32), mask.npy (uint8 loss mask), offsets.npy (int64, n+1),
          loss_tokens.npy (int32, trained tokens per record)
     DPO: prompt.npy / chosen.npy / rejected.npy (int32, responses without the prompt) with
@@ -33,11 +36,13 @@ import numpy as np
 from .. import atomic
 from ..errors import UserError
 from ..paths import cache_root
-from . import encode, schema, template, tokenizer
-from .schema import FileReport, Kind, Problem
+from . import cache_entry, encode, schema, template, tokenizer, validate
+from .cache_entry import entry_problem, read_manifest, save_array
+from .files import refusal
+from .schema import FileReport, Kind, Problem, id_hash, record_hash  # noqa: F401 (re-exported)
 from .tokenizer import LightTokenizer, load_tokenizer  # noqa: F401  (re-exported)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2   # 2: arrays listed in the manifest, duplicates and tokenizer failures reported
 # Files of an HF tokenizer directory that define its behaviour (a model dir also holds weights).
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
@@ -73,7 +78,7 @@ def tokenizer_digest(tok_dir: str | os.PathLike) -> str:
 def code_digest() -> str:
     """sha256 of the builder's source code: a code change invalidates every cache."""
     h = hashlib.sha256(str(CACHE_FORMAT).encode())
-    for mod in (encode, schema, template, tokenizer):
+    for mod in (encode, schema, template, tokenizer, validate, cache_entry):
         h.update(Path(mod.__file__).read_bytes())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()
@@ -90,15 +95,6 @@ def cache_key(path: str | os.PathLike, kind: Kind, tok_dir: str | os.PathLike,
 
 
 # --------------------------------------------------------------------------- building
-def record_hash(obj: dict, kind: Kind) -> int:
-    """A 64-bit hash of the record's training content (roles, contents, responses; not extra keys)."""
-    parts = [m["role"] + "\x1e" + m["content"] for m in obj["messages"]]
-    if kind == "dpo":
-        parts += [obj["chosen_response"], obj["rejected_response"]]
-    blob = "\x1f".join(parts).encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")
-
-
 _WORKER: dict[str, Any] = {}
 
 
@@ -132,16 +128,18 @@ def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options
     style = options["style"]
     out: dict[str, Any] = {}
     if kind == "sft":
-        enc = encode.encode_sft_records([o for _, o in kept], tok, info, style)
-        good = [rec for rec, _ in zip(kept, enc)]
+        kept, enc = _encode_each_or_report(kept, lambda recs: encode.encode_sft_records(recs, tok, info, style),
+                                           path, report)
+        good = kept
         _flat(out, "tokens", [ids for ids, _ in enc], np.int32)
         # The mask from run lengths in one vectorised call (no per-token Python work).
         runs = [r for _, rr in enc for r in rr]
         values = np.fromiter((k % 2 for _, rr in enc for k in range(len(rr))), np.uint8, count=len(runs))
         out["mask"] = np.repeat(values, np.asarray(runs, np.int64))
     else:
-        enc = encode.encode_dpo_records([o for _, o in kept], tok, info, style,
-                                        options["dpo_append_eos"])
+        kept, enc = _encode_each_or_report(
+            kept, lambda recs: encode.encode_dpo_records(recs, tok, info, style, options["dpo_append_eos"]),
+            path, report)
         good, parts = [], []
         for (n, obj), e in zip(kept, enc):
             if isinstance(e, str):  # official style only: the prompt is not a prefix
@@ -156,8 +154,31 @@ def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options
     report.kept = len(good)
     out["lines"] = np.asarray([n for n, _ in good], np.int32)
     out["hashes"] = np.asarray([record_hash(o, kind) for _, o in good], np.uint64)
+    out["ids"] = np.asarray([id_hash(o) for _, o in good], np.uint64)
     out["report"] = report
     return out
+
+
+def _encode_each_or_report(kept: list[tuple[int, dict]], encode_many, path: str,
+                           report: FileReport) -> tuple[list[tuple[int, dict]], list[Any]]:
+    """Encode the records in one batch; if the tokenizer fails, encode them one by one and skip
+    (as errors naming path:line) exactly those it fails on. Returns (records encoded, encodings)."""
+    try:
+        return kept, encode_many([o for _, o in kept])
+    except Exception:  # noqa: BLE001 - any failure inside a third-party tokenizer; located below
+        pass
+    ok, out = [], []
+    for n, obj in kept:
+        try:
+            [e] = encode_many([obj])
+        except Exception as exc:  # noqa: BLE001 - the tokenizer's own error, reported per line
+            report.add(Problem(path, n, "error", f"the tokenizer cannot encode this record "
+                               f"({type(exc).__name__}: {exc})"), "tokenizer failed")
+            report.skipped += 1
+            continue
+        ok.append((n, obj))
+        out.append(e)
+    return ok, out
 
 
 def _flat(out: dict[str, Any], name: str, seqs: list[list[int]], dtype) -> None:
@@ -189,7 +210,7 @@ def default_workers() -> int:
 
 
 def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: Path,
-           workers: int, show_progress: bool) -> tuple[FileReport, dict[str, Any], dict[str, Any]]:
+           workers: int, show_progress: bool) -> tuple[FileReport, dict[str, Any], dict[str, Any], dict]:
     from ..runtime import progress
 
     t0 = time.perf_counter()
@@ -215,6 +236,14 @@ def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: 
             bar.update(res["report"].records + res["report"].blank)
     bar.close()
     report = _merge_reports(str(path), kind, [r["report"] for r in results])
+    # Duplicates within the file: the validator's rule and messages (across files: the mixture).
+    index = validate.DuplicateIndex()
+    for r in results:
+        for n, h, i in zip(r["lines"].tolist(), r["hashes"].tolist(), r["ids"].tolist()):
+            for reason, message, _ in index.check(str(path), n, h, i):
+                report.add(Problem(str(path), n, "warning", message), reason)
+    schema.finish_file(report)
+    report.problems.sort(key=lambda p: p.line)  # line order, as the validator reports them
     arrays: dict[str, np.ndarray] = {}
     names = ("tokens", "mask") if kind == "sft" else ("prompt", "chosen", "rejected")
     for name in names:
@@ -231,12 +260,13 @@ def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: 
         arrays["loss_tokens"] = (csum[off[1:]] - csum[off[:-1]]).astype(np.int32)
     arrays["lines"] = np.concatenate([r["lines"] for r in results]) if results else np.zeros(0, np.int32)
     arrays["hashes"] = np.concatenate([r["hashes"] for r in results]) if results else np.zeros(0, np.uint64)
+    arrays["ids"] = np.concatenate([r["ids"] for r in results]) if results else np.zeros(0, np.uint64)
     for name, arr in arrays.items():
-        np.save(out / f"{name}.npy", arr)
+        save_array(out / f"{name}.npy", arr)
     peaks = [r["peak_rss_mb"] for r in results if r.get("peak_rss_mb") is not None]
     build = {"seconds": round(time.perf_counter() - t0, 3), "lines": n_lines, "chunks": len(jobs),
              "processes": processes, "peak_rss_mb": round(max(peaks), 1) if peaks else None}
-    return report, asdict(info), build
+    return report, asdict(info), build, cache_entry.array_specs(arrays)
 
 
 def _range_job(job, tok=None, info=None):
@@ -301,6 +331,7 @@ class TokenizedFile:
     manifest: dict[str, Any]
     report: FileReport
     built: bool  # True if this call tokenised it, False if it came from the cache
+    rebuilt_because: str | None = None  # why the entry found in the cache was damaged
 
     def array(self, name: str) -> np.ndarray:
         """A cached array, memory-mapped."""
@@ -365,8 +396,9 @@ def tokenize_file(path: str | os.PathLike, kind: Kind, tok_dir: str | os.PathLik
         raise RuntimeError("tunekit.data: tokenisation started while a worker process imports the "
                            "main script (guard it with `if __name__ == \"__main__\":`)")
     path, tok_dir = Path(path), Path(tok_dir)
-    if not path.is_file():
-        raise UserError(f"{path}: data file not found")
+    why = refusal(path)  # before anything opens it: a FIFO would block, a directory raise
+    if why:
+        raise UnreadableFile(path, kind, why)
     encode.check_style(style)
     options = {"style": style}
     if kind == "dpo":
@@ -374,22 +406,52 @@ def tokenize_file(path: str | os.PathLike, kind: Kind, tok_dir: str | os.PathLik
     key, inputs = cache_key(path, kind, tok_dir, options)
     root = cache_root() / "data"
     final = root / key[:24]  # content only: a renamed copy of the same bytes reuses it
+    damaged = entry_problem(final, key) if final.exists() else None
     built = False
-    if not (final / "manifest.json").is_file():
+    if damaged or not final.exists():
         (root / ".locks").mkdir(parents=True, exist_ok=True)
         with FileLock(str(root / ".locks" / f"{key[:32]}.lock")):
-            if not (final / "manifest.json").is_file():  # another process may have built it
-                with atomic.atomic_dir(final, overwrite=True) as tmp:
-                    report, info, build = _build(path, kind, tok_dir, options, tmp, workers, show_progress)
-                    manifest = {"key": key, "inputs": inputs, "source": str(path.resolve()),
-                                "tokenizer_info": info, "build": build,
-                                "records": report.kept, "report": report.summary(),
-                                "problems": [vars(p) for p in report.problems]}
-                    atomic.write_json(tmp / "manifest.json", manifest)
+            # Another process may have built (or repaired) it while this one waited.
+            damaged = entry_problem(final, key) if final.exists() else None
+            if damaged or not final.exists():
+                if damaged:
+                    print(f"tunekit.data: cache entry {final} (for {path}) is damaged: {damaged}; "
+                          "rebuilding it", file=sys.stderr, flush=True)
+                _build_entry(path, kind, tok_dir, options, key, inputs, final, workers, show_progress)
                 built = True
-    manifest = json.loads((final / "manifest.json").read_text(encoding="utf-8"))
+                again = entry_problem(final, key)
+                if again:
+                    raise UserError(f"{final}: the cache entry just built for {path} is not whole "
+                                    f"({again}) (check the disk; the entry is not used)")
+    manifest = read_manifest(final)
     # The key is content-only: the same bytes under another name reuse the cache, so messages
     # must name the file the caller asked for.
     summary = {**manifest["report"], "path": str(path)}
     report = FileReport.from_summary(summary, [{**p, "path": str(path)} for p in manifest["problems"]])
-    return TokenizedFile(path, kind, final, manifest, report, built)
+    return TokenizedFile(path, kind, final, manifest, report, built, damaged)
+
+
+def _build_entry(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], key: str,
+                 inputs: dict[str, Any], final: Path, workers: int, show_progress: bool) -> None:
+    """Tokenise `path` into a new cache entry at `final` (atomically; a full disk is one sentence)."""
+    try:
+        with atomic.atomic_dir(final, overwrite=True) as tmp:
+            report, info, build, arrays = _build(path, kind, tok_dir, options, tmp, workers, show_progress)
+            manifest = {"key": key, "inputs": inputs, "source": str(path.resolve()),
+                        "tokenizer_info": info, "build": build, "arrays": arrays,
+                        "records": report.kept, "report": report.summary(),
+                        "problems": [vars(p) for p in report.problems]}
+            atomic.write_json(tmp / cache_entry.MANIFEST, manifest)
+    except OSError as exc:
+        if cache_entry.is_disk_full(exc):
+            raise cache_entry.disk_full_error(Path(exc.filename or final.parent), path, exc) from None
+        raise
+
+
+class UnreadableFile(UserError):
+    """A data file refused as a whole (tunekit.data.files); `report` records it as one error."""
+
+    def __init__(self, path: Path, kind: Kind, why: str):
+        super().__init__(f"{path}: {why}")
+        self.report = FileReport(str(path), kind)
+        self.report.add(Problem(str(path), 0, "error", why), "file not readable")

@@ -8,24 +8,25 @@ Import-light: numpy/transformers load inside the handlers.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from ..errors import UserError
 
 
-def _data_files(target: Path, version: str | None) -> list[tuple[Path, str]]:
-    """(file, kind) pairs to validate: a .jsonl file, a version folder, or data_dir + version."""
-    from .schema import find_files, kind_of
+def _data_files(target: Path, version: str | None):
+    """Entries to validate: one file (of any type), a version folder, or data_dir + version."""
+    from .files import Entry, scan_version
+    from .schema import kind_of
 
-    if target.is_file():
-        return [(target, kind_of(target))]
+    if os.path.lexists(target) and not target.is_dir():
+        return [Entry(target, kind_of(target))]
     root = target / version if version else target
     if not root.is_dir():
         raise UserError(f"{root}: folder not found (pass DATA_DIR and --data-version, or a version folder)")
-    found = [(p, "sft") for p in find_files(root, "sft").values()]
-    found += [(p, "dpo") for p in find_files(root, "dpo").values()]
-    if not found:
+    found = scan_version(root)
+    if not any(not e.ignored for e in found):
         versions = sorted(p.name for p in root.iterdir()
                           if (p / "tuning").is_dir() or (p / "preference").is_dir())
         hint = f" (data versions here: {', '.join(versions)}; pass --data-version)" if versions else ""
@@ -34,26 +35,35 @@ def _data_files(target: Path, version: str | None) -> list[tuple[Path, str]]:
 
 
 def _cmd_validate(args) -> int:
-    from .schema import validate_file
+    from .validate import DuplicateIndex, validate_entry
 
-    reports = [validate_file(p, k) for p, k in _data_files(Path(args.data_dir), args.data_version)]
-    for r in reports:
-        for p in r.problems:
-            print(p)
-        hidden = r.skipped + r.warnings - len(r.problems)
+    def show(problem) -> None:  # streamed: each problem appears as soon as it is found
+        print(problem, flush=True)
+
+    reports, index = [], DuplicateIndex()
+    for entry in _data_files(Path(args.data_dir), args.data_version):
+        r = validate_entry(entry, index, show)
+        hidden = r.errors + r.warnings - len(r.problems)
         if hidden > 0:
-            print(f"{r.path}: ... {hidden} more problem(s) not shown")
+            print(f"{r.path}: ... {hidden} more problem(s) not shown", flush=True)
+        reports.append(r)
     print()
     print(f"{'file':<50} {'kind':<4} {'records':>8} {'kept':>8} {'skipped':>8} {'warnings':>8} {'blank':>6}")
     for r in reports:
-        print(f"{r.path:<50} {r.kind:<4} {r.records:>8} {r.kept:>8} {r.skipped:>8} {r.warnings:>8} {r.blank:>6}")
+        print(f"{r.path:<50} {r.kind:<4} {r.records:>8} {r.kept:>8} {r.skipped:>8} {r.warnings:>8} {r.blank:>6}"
+              + ("  (file not read)" if r.file_errors else ""))
         for reason, n in sorted(r.skipped_by_reason.items()):
-            print(f"    skipped {n:>6}  {reason}")
+            print(f"    {'error' if reason in FILE_REASONS else 'skipped'} {n:>6}  {reason}")
         for reason, n in sorted(r.warnings_by_reason.items()):
             print(f"    warning {n:>6}  {reason}")
-    if any(r.skipped for r in reports):
+    errors, warnings = sum(r.errors for r in reports), sum(r.warnings for r in reports)
+    print(f"{len(reports)} file(s): {errors} error(s), {warnings} warning(s)")
+    if errors:
         return 2
-    return 1 if any(r.warnings for r in reports) else 0
+    return 1 if warnings else 0
+
+
+FILE_REASONS = ("file not readable", "read failed")
 
 
 def _cmd_render(args) -> int:
@@ -62,9 +72,12 @@ def _cmd_render(args) -> int:
     from .config import resolve_tokenizer
     from .schema import FileReport, kind_of, read_records
 
+    from .files import refusal
+
     path = Path(args.file)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    why = refusal(path)
+    if why:
+        raise UserError(f"{path}: {why}")
     kind = args.kind or kind_of(path)
     tok = load_tokenizer(resolve_tokenizer(args.tokenizer), full=True)
     info = encode.probe(tok)

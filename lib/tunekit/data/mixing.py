@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .cache import TokenizedFile, tokenize_file
+from .cache import TokenizedFile, UnreadableFile, tokenize_file
 from .config import DataConfig, DatasetKnobs, resolve_tokenizer
+from .files import scan_folder
 from .schema import FileReport, Kind, find_files
 
 
@@ -33,6 +34,7 @@ class Source:
     dev_idx: np.ndarray              # record indices, file order
     train_idx: np.ndarray            # record indices, before upsampling
     dev_repeat: int = 1
+    refused: FileReport | None = None  # on_error="skip": the file could not be read at all
 
     @property
     def train_repeat(self) -> int:
@@ -67,7 +69,8 @@ class Mixture:
     @property
     def reports(self) -> list[FileReport]:
         """Validation reports of the files that were read."""
-        return [s.file.report for s in self.sources if s.file is not None]
+        return [s.file.report if s.file is not None else s.refused for s in self.sources
+                if s.file is not None or s.refused is not None]
 
     def docs(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(source index, record index) of every example of `split` ("train" or "dev"), upsampled."""
@@ -80,6 +83,15 @@ class Mixture:
         if not src:
             return np.zeros(0, np.int32), np.zeros(0, np.int64)
         return np.concatenate(src), np.concatenate(rec)
+
+    def first_train_record(self) -> tuple[Source, int]:
+        """(source, record index) of the first training record, for showing one example."""
+        for s in self.sources:
+            if s.file is not None and len(s.train_idx):
+                return s, int(s.train_idx[0])
+        raise UserError(f"no {self.kind.upper()} training records in the selected datasets "
+                        f"({', '.join(s.name for s in self.sources) or 'none'}; see the validation "
+                        "report above)")
 
     def example_lengths(self, s: Source) -> np.ndarray:
         """Tokens per record of a source (SFT: whole sequence; DPO: prompt+chosen + prompt+rejected)."""
@@ -104,7 +116,7 @@ class Mixture:
         dups = self.duplicates()
         rows = []
         for s in self.sources:
-            r = s.file.report if s.file is not None else None
+            r = s.file.report if s.file is not None else s.refused
             lens = self.example_lengths(s) if s.file is not None else np.zeros(0, np.int64)
             train_tok = int(lens[s.train_idx].sum()) * s.train_repeat if len(lens) else 0
             dev_tok = int(lens[s.dev_idx].sum()) * s.dev_repeat if len(lens) else 0
@@ -135,17 +147,46 @@ def build_mixture(cfg: DataConfig | dict[str, Any], kind: Kind, *, show_progress
         raise UserError(f"{folder}: no .jsonl files to train on")
     tok_dir = resolve_tokenizer(cfg.tokenizer)
     sources, notes = [], []
+    if not cfg.datasets:  # every file: say which data-like names were not read
+        notes += [f"{e.path.name}: {e.ignored}" for e in scan_folder(folder, kind) if e.ignored]
     for name, knobs in wanted.items():
         if knobs.max_train_samples == 0:
             notes.append(f"{name}: skipped (max_train_samples=0)")
             sources.append(Source(name, None, knobs, np.zeros(0, np.int64), np.zeros(0, np.int64)))
             continue
-        f = tokenize_file(files[name], kind, tok_dir, style=cfg.template_style,
-                          dpo_append_eos=cfg.dpo_append_eos, workers=cfg.workers,
-                          show_progress=show_progress)
+        try:
+            f = tokenize_file(files[name], kind, tok_dir, style=cfg.template_style,
+                              dpo_append_eos=cfg.dpo_append_eos, workers=cfg.workers,
+                              show_progress=show_progress)
+        except UnreadableFile as exc:
+            if cfg.on_error == "raise":
+                exc.report.raise_if_errors()
+            notes.append(f"{name}: left out (on_error='skip'): {exc.report.problems[0].message}")
+            sources.append(Source(name, None, knobs, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                  refused=exc.report))
+            continue
         if cfg.on_error == "raise":
             f.report.raise_if_errors()
         dev, train = split_indices(len(f), f.array("hashes"), knobs, cfg)
         dev_repeat = knobs.upsampling_factor if cfg.upsample_dev else 1
         sources.append(Source(name, f, knobs, dev, train, dev_repeat))
+    _cross_file_duplicates(sources)
     return Mixture(kind, cfg, tok_dir, sources, notes)
+
+
+def _cross_file_duplicates(sources: list[Source]) -> None:
+    """Warnings (on the later file's report) for records or IDs that an earlier file already has;
+    duplicates within one file are in that file's cached report already."""
+    from .schema import Problem
+    from .validate import DuplicateIndex
+
+    index = DuplicateIndex()
+    for s in sources:
+        if s.file is None:
+            continue
+        f, path = s.file, str(s.file.path)
+        rows = zip(f.array("lines").tolist(), f.array("hashes").tolist(), f.array("ids").tolist())
+        for n, h, i in rows:
+            for reason, message, first_file in index.check(path, n, h, i):
+                if first_file != path:
+                    f.report.add(Problem(path, n, "warning", message), reason)

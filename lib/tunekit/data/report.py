@@ -1,29 +1,34 @@
 """Tables and plots of the inspection notebook (kept here so the notebook stays linear)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .config import DataConfig
-from .schema import FileReport, find_files, validate_file
+from .files import scan_version
+from .schema import FileReport
+from .validate import validate_files
 
 
 def validate_version(cfg: DataConfig) -> list[FileReport]:
-    """Validate every SFT and DPO file of the config's data version (no tokenizer needed)."""
-    root = cfg.version_dir()
-    return ([validate_file(p, "sft") for p in find_files(root, "sft").values()]
-            + [validate_file(p, "dpo") for p in find_files(root, "dpo").values()])
+    """Validate every entry of the config's data version, SFT and DPO (no tokenizer needed)."""
+    return validate_files(scan_version(cfg.version_dir()))
 
 
 def validation_table(reports: list[FileReport]):
-    """One row per file (pandas DataFrame): records, kept, skipped, warnings, blank, status."""
+    """One row per file (pandas DataFrame): records, kept, skipped, warnings, blank, errors, status.
+
+    `errors` counts skipped lines plus a file refused as a whole (a directory, gzip, ...)."""
     import pandas as pd
 
     return pd.DataFrame([{"file": f"{Path(r.path).parent.parent.name}/{Path(r.path).name}",
                           "kind": r.kind, "records": r.records, "kept": r.kept,
                           "skipped": r.skipped, "warnings": r.warnings, "blank": r.blank,
-                          "status": r.status} for r in reports])
+                          "errors": r.errors, "status": r.status} for r in reports],
+                        columns=["file", "kind", "records", "kept", "skipped", "warnings", "blank",
+                                 "errors", "status"])
 
 
 def problems_table(reports: list[FileReport], limit: int = 20):
@@ -34,11 +39,13 @@ def problems_table(reports: list[FileReport], limit: int = 20):
 
     def short(path: str) -> str:  # repo-relative when possible: shorter, and the same everywhere
         try:
-            return str(Path(path).resolve().relative_to(repo_root()))
+            # abspath, not resolve(): the entry's own name, and a symlink loop must not raise
+            return str(Path(os.path.abspath(path)).relative_to(repo_root()))
         except ValueError:
             return path
 
-    rows = [{"where": f"{short(p.path)}:{p.line}", "level": p.level, "message": p.message}
+    rows = [{"where": f"{short(p.path)}:{p.line}" if p.line else short(p.path), "level": p.level,
+             "message": p.message}
             for r in reports for p in r.problems][:limit]
     return pd.DataFrame(rows, columns=["where", "level", "message"])
 

@@ -8,15 +8,23 @@ Tolerated without comment: a UTF-8 BOM, CRLF endings, blank lines, a missing fin
 extra keys (top level and inside messages). Every other problem is an error (the line cannot be
 used) or a warning (the line is used, but probably not as intended). Each problem is reported once.
 Counts always add up: records = kept + skipped, and blank lines are counted on their own.
+
+A line longer than MAX_RECORD_BYTES is refused without being held in memory or tokenised: no
+record that long fits a training sequence, and tokenising 50 MB only to keep 4096 tokens costs
+minutes and gigabytes. Problems of a whole file (a directory, a FIFO, gzip, UTF-16, ...) are
+found by `tunekit.data.files` before any line is read; duplicates across lines and files by
+`tunekit.data.validate`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from ..errors import UserError
 
@@ -26,6 +34,14 @@ ROLES = ("system", "user", "assistant")
 SPECIAL_TEXTS = ("<|bos|>", "<|eos|>", "<s>", "</s>", "<pad>", "<unk>")
 _SPECIAL_RE = re.compile("|".join(re.escape(s) for s in SPECIAL_TEXTS))
 MAX_REPORTED = 200  # per file; the rest are counted, not printed
+# The longest line (bytes, without its line ending) read as a record. 1 MiB is ~250k tokens of
+# text, 30x what llm-jp-4-8b trains on (4096 tokens); change it here (the cache key covers this
+# file, so cached data is re-validated).
+MAX_RECORD_BYTES = 1 << 20
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# Characters that show nothing: whitespace (str.isspace, NBSP included), zero-width and other
+# format characters. Content made only of these is empty to a reader, not to the tokenizer.
+_INVISIBLE_RE = re.compile("[\\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]*")
 
 
 @dataclass
@@ -38,7 +54,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.level}: {self.message}"
+        where = f"{self.path}:{self.line}" if self.line else self.path  # line 0: the whole file
+        return f"{where}: {self.level}: {self.message}"
 
 
 @dataclass
@@ -52,9 +69,12 @@ class FileReport:
     skipped: int = 0
     blank: int = 0
     warnings: int = 0
+    file_errors: int = 0      # 1 when the whole file was refused (a directory, gzip, ...)
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     warnings_by_reason: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)   # the first MAX_REPORTED
+    # Called with each stored problem as it is found (`tunekit data validate` prints them then).
+    listener: Callable[[Problem], None] | None = field(default=None, repr=False, compare=False)
 
     def add(self, p: Problem, reason: str) -> None:
         """Record one problem (counted always, stored up to MAX_REPORTED)."""
@@ -62,18 +82,28 @@ class FileReport:
         bucket[reason] = bucket.get(reason, 0) + 1
         if p.level == "warning":
             self.warnings += 1
+        elif p.line == 0:
+            self.file_errors += 1
         if len(self.problems) < MAX_REPORTED:
             self.problems.append(p)
+            if self.listener is not None:
+                self.listener(p)
+
+    @property
+    def errors(self) -> int:
+        """Skipped lines plus a refused file."""
+        return self.skipped + self.file_errors
 
     @property
     def status(self) -> str:
         """clean | warnings | errors."""
-        return "errors" if self.skipped else ("warnings" if self.warnings else "clean")
+        return "errors" if self.errors else ("warnings" if self.warnings else "clean")
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary (manifest, notebook table)."""
         return {"path": self.path, "kind": self.kind, "records": self.records, "kept": self.kept,
                 "skipped": self.skipped, "blank": self.blank, "warnings": self.warnings,
+                "file_errors": self.file_errors,
                 "skipped_by_reason": dict(self.skipped_by_reason),
                 "warnings_by_reason": dict(self.warnings_by_reason)}
 
@@ -82,13 +112,18 @@ class FileReport:
         """Rebuild a report from `summary()` output plus stored problems."""
         r = cls(path=d["path"], kind=d["kind"], records=d["records"], kept=d["kept"],
                 skipped=d["skipped"], blank=d["blank"], warnings=d["warnings"],
+                file_errors=d.get("file_errors", 0),
                 skipped_by_reason=dict(d["skipped_by_reason"]),
                 warnings_by_reason=dict(d["warnings_by_reason"]))
         r.problems = [Problem(**p) for p in (problems or [])]
         return r
 
     def raise_if_errors(self, what: str = "") -> None:
-        """UserError naming the first bad lines if any line was skipped."""
+        """UserError naming the refused file or the first bad lines, if there are any."""
+        if self.file_errors:
+            first = next(p for p in self.problems if p.level == "error" and p.line == 0)
+            raise UserError(f"{first.path}: {first.message} (or set on_error='skip' to train "
+                            f"without this file{what})")
         if not self.skipped:
             return
         errs = [str(p) for p in self.problems if p.level == "error"][:5]
@@ -155,70 +190,149 @@ def check_record(obj: Any, kind: Kind) -> list[tuple[str, str, str]]:
         if obj["chosen_response"] == obj["rejected_response"]:
             out.append(_warn("chosen == rejected", "chosen_response and rejected_response are "
                                                    "identical (the pair teaches nothing)"))
-    texts = [m["content"] for m in msgs]
+    texts = [(f"messages[{i}]", m["content"]) for i, m in enumerate(msgs)]
     if kind == "dpo":
-        texts += [obj["chosen_response"], obj["rejected_response"]]
-    for i, text in enumerate(texts):
+        texts += [(key, obj[key]) for key in ("chosen_response", "rejected_response")]
+    for where, text in texts:
+        bad = _SURROGATE_RE.search(text)
+        if bad:  # a JSON escape of half a UTF-16 pair ("\ud800"): not text, no tokenizer takes it
+            return [_err("unpaired surrogate", f"{where} holds \\u{ord(bad.group()):04x} at character "
+                                               f"{bad.start() + 1}, half of a UTF-16 surrogate pair that "
+                                               "is not text (fix the escape, or remove it)")]
+    for i, (where, text) in enumerate(texts):
         hit = _SPECIAL_RE.search(text)
         if hit:
-            where = f"messages[{i}]" if i < len(msgs) else ("chosen_response", "rejected_response")[i - len(msgs)]
             out.append(_warn("special token text", f"{where} contains {hit.group()!r}, which the "
                                                    "tokenizer reads as a control token"))
-        if 0 < i < len(msgs) and not text.strip():
-            out.append(_warn("empty content", f"messages[{i}] ({msgs[i]['role']}) is empty"))
+        if "\x00" in text:
+            out.append(_warn("NUL character", f"{where} contains a NUL character (\\u0000), "
+                                              "almost always a conversion error"))
+        if i == 0 or not _INVISIBLE_RE.fullmatch(text):
+            continue  # the system message may be empty
+        what = ("is empty" if not text.strip(" \t\r\n") else
+                "is empty to a reader: it holds only invisible characters (NBSP, zero-width, ...)")
+        if i < len(msgs):
+            out.append(_warn("empty content", f"{where} ({msgs[i]['role']}) {what}"))
+        else:
+            out.append(_warn("empty response", f"{where} {what}"))
     return out
 
 
-def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
-    """Yield (1-based line number, raw bytes without line ending); tolerates BOM, CRLF, no final newline."""
+class LongLine(bytes):
+    """The first bytes of a line longer than MAX_RECORD_BYTES (never read whole); `size` = its length."""
+
+    size: int = 0
+
+
+def _long_line(head: bytes, size: int) -> LongLine:
+    line = LongLine(head[:80])
+    line.size = size
+    return line
+
+
+def iter_lines(path: str | os.PathLike, start: int = 0, end: int | None = None,
+               first_line: int = 1) -> Iterator[tuple[int, bytes]]:
+    """Yield (1-based line number, raw bytes without line ending) of bytes [start, end) (whole
+    lines, numbered from `first_line`); tolerates BOM, CRLF and no final newline. A line longer
+    than MAX_RECORD_BYTES comes as a `LongLine` and is skipped, never held in memory whole."""
+    limit = MAX_RECORD_BYTES + 2  # + room for "\r\n"
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            yield n, raw.rstrip(b"\r\n")
+        f.seek(start)
+        pos, n = start, first_line
+        while end is None or pos < end:
+            raw = f.readline(limit)
+            if not raw:
+                break
+            pos += len(raw)
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                size = len(raw)
+                for more in iter(lambda: f.readline(1 << 20), b""):  # skip the rest in pieces
+                    pos += len(more)
+                    size += len(more)
+                    if more.endswith(b"\n"):
+                        break
+                raw = _long_line(raw, size - (1 if more.endswith(b"\n") else 0))
+            else:
+                if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                raw = raw.rstrip(b"\r\n")
+                if len(raw) > MAX_RECORD_BYTES:
+                    raw = _long_line(raw, len(raw))
+            yield n, raw
+            n += 1
 
 
 def lines_in_range(path: str | os.PathLike, start: int, end: int, first_line: int) -> list[tuple[int, bytes]]:
     """The lines of bytes [start, end) of a file (whole lines), numbered from `first_line`, with
     the same tolerance as `iter_lines`."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        parts = f.read(end - start).split(b"\n")
-    if parts and parts[-1] == b"":
-        parts.pop()  # the range ended with a newline
-    out = []
-    for i, raw in enumerate(parts):
-        if first_line + i == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        out.append((first_line + i, raw.rstrip(b"\r")))
-    return out
+    return list(iter_lines(path, start, end, first_line))
 
 
 def line_ranges(path: str | os.PathLike, per_range: int) -> list[tuple[int, int, int, int]]:
     """Split a file into (start byte, end byte, first line number, line count) of `per_range` lines."""
     ranges, start, pos, n, first = [], 0, 0, 0, 1
+    partial = False
     with open(path, "rb") as f:
-        for line in iter(lambda: f.readline(), b""):
+        for piece in iter(lambda: f.readline(1 << 20), b""):  # bounded: a huge line comes in pieces
+            pos += len(piece)
+            partial = not piece.endswith(b"\n")
+            if partial:
+                continue
             n += 1
-            pos += len(line)
             if n - first + 1 == per_range:
                 ranges.append((start, pos, first, per_range))
                 start, first = pos, n + 1
+    if partial:
+        n += 1  # the last line has no newline
     if pos > start:
         ranges.append((start, pos, first, n - first + 1))
     return ranges
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
 def parse_line(raw: bytes) -> tuple[Any, tuple[str, str, str] | None]:
     """Decode and parse one line; returns (object, None) or (None, error)."""
+    if isinstance(raw, LongLine):
+        return None, _err("line too long", f"the line is {_megabytes(raw.size)}, more than the "
+                                           f"{_megabytes(MAX_RECORD_BYTES)} a record may have (no record "
+                                           "that long fits a training sequence; split or shorten it)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, _err("invalid UTF-8", f"invalid UTF-8 at byte {exc.start + 1} of the line")
     try:
-        return json.loads(text), None
+        return json.loads(text, object_pairs_hook=_object), None
     except json.JSONDecodeError as exc:
-        return None, _err("invalid JSON", f"invalid JSON: {exc.msg} at column {exc.colno}")
+        # Some of json's messages end in "at" ("Invalid control character at"): one "at" only.
+        msg = exc.msg[:-3] if exc.msg.endswith(" at") else exc.msg
+        hint = (" (a tab or line break inside a string must be written \\t or \\n)"
+                if "control character" in msg else "")
+        return None, _err("invalid JSON", f"invalid JSON: {msg} at column {exc.colno}{hint}")
+    except _DuplicateKey as exc:
+        return None, _err("duplicate key", f"key {exc.args[0]!r} appears twice in one object (JSON "
+                                           "readers keep only the last one; remove the other)")
+    except RecursionError:
+        return None, _err("nested too deeply", "invalid JSON: nested too deeply to read (no record "
+                                               "of the official format nests like this)")
+    except ValueError:  # json refuses integers of more than sys.get_int_max_str_digits() digits
+        return None, _err("number too long", f"invalid JSON: a number has more than "
+                                             f"{sys.get_int_max_str_digits()} digits (no record needs "
+                                             "one; remove it)")
 
 
 def read_records(path: str | os.PathLike, kind: Kind,
@@ -243,17 +357,44 @@ def read_records(path: str | os.PathLike, kind: Kind,
         yield n, obj
 
 
+def finish_file(report: FileReport) -> None:
+    """The file-level warning of a readable file without records (empty, or blank lines only)."""
+    if report.records or report.file_errors:
+        return
+    what = (f"has no records, only {report.blank} blank line(s)" if report.blank
+            else "is empty (0 records)")
+    report.add(Problem(report.path, 0, "warning", f"{what}; nothing is trained from it"), "empty file")
+
+
 def validate_file(path: str | os.PathLike, kind: Kind) -> FileReport:
-    """Read a whole file and return its report (no tokenizer needed)."""
-    report = FileReport(str(path), kind)
-    for _ in read_records(path, kind, report):
-        pass
-    return report
+    """Check one file (no tokenizer needed): file-level, per-line and duplicate problems."""
+    from .validate import validate_files
+
+    return validate_files([(Path(path), kind)])[0]
+
+
+def record_hash(obj: dict, kind: Kind) -> int:
+    """A 64-bit hash of the record's training content (roles, contents, responses; not extra keys)."""
+    parts = [m["role"] + "\x1e" + m["content"] for m in obj["messages"]]
+    if kind == "dpo":
+        parts += [obj["chosen_response"], obj["rejected_response"]]
+    blob = "\x1f".join(parts).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little")
+
+
+def id_hash(obj: dict) -> int:
+    """A 64-bit hash of the record's own identifier (an `ID` or `id` key, not part of the official
+    format; 0 = none), for finding IDs used twice."""
+    for key in ("ID", "id"):
+        if obj.get(key) is not None:
+            blob = json.dumps(obj[key], ensure_ascii=False, sort_keys=True).encode("utf-8", "surrogatepass")
+            return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little") or 1
+    return 0
 
 
 def kind_of(path: str | os.PathLike) -> Kind:
     """sft for files under tuning/, dpo under preference/ (the official layout)."""
-    parts = Path(path).resolve().parts
+    parts = Path(os.path.abspath(path)).parts  # not resolve(): a symlink loop must not raise here
     if "preference" in parts:
         return "dpo"
     if "tuning" in parts:
@@ -262,6 +403,7 @@ def kind_of(path: str | os.PathLike) -> Kind:
 
 
 def find_files(version_dir: Path, kind: Kind) -> dict[str, Path]:
-    """{dataset name: path} of `<version>/{tuning|preference}/train/*.jsonl`."""
+    """{dataset name: path} of `<version>/{tuning|preference}/train/*.jsonl` (any file type: what
+    cannot be read is refused, with its reason, when it is read)."""
     sub = version_dir / ("tuning" if kind == "sft" else "preference") / "train"
     return {p.stem: p for p in sorted(sub.glob("*.jsonl"))} if sub.is_dir() else {}

@@ -214,3 +214,98 @@ def test_unguarded_script_falls_back_instead_of_hanging(data, tok_dir, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "records 40 processes 1" in out.stdout
     assert "guard the script's entry point" in out.stderr
+
+
+# ---------------------------------------------------------------- damaged entries, full disks
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {
+    "truncated tokens.npy": (lambda d: _truncate(d / "tokens.npy"), "tokens.npy is damaged"),
+    "missing mask.npy": (lambda d: (d / "mask.npy").unlink(), "mask.npy is missing"),
+    "garbage manifest.json": (lambda d: (d / "manifest.json").write_bytes(b"\x00{garbage"),
+                              "manifest.json is not valid JSON"),
+    "empty manifest.json": (lambda d: (d / "manifest.json").write_bytes(b""), "manifest.json is empty"),
+    "missing manifest.json": (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
+    "array of another shape": (lambda d: np.save(d / "lines.npy", np.zeros(3, np.int32)),
+                               "lines.npy holds int32 [3] but the manifest says int32 [40]"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_entry_says_why_and_is_rebuilt(data, tok_dir, capsys, damage):
+    first = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    want = {k: np.array(v) for k, v in arrays(first).items()}  # copies: the files are damaged next
+    harm, cause = DAMAGE[damage]
+    harm(first.dir)
+    capsys.readouterr()
+    again = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    err = capsys.readouterr().err
+    assert f"cache entry {first.dir} (for {data}) is damaged: {cause}" in err and "rebuilding it" in err
+    assert "Traceback" not in err
+    assert again.built and again.rebuilt_because.startswith(cause) and again.dir == first.dir
+    assert same(arrays(again), want)   # the rebuilt entry, never the damaged one
+    assert cache.entry_problem(again.dir, again.manifest["key"]) is None
+    third = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    assert not third.built and third.rebuilt_because is None
+
+
+@pytest.mark.parametrize("how", ["numpy short write", "ENOSPC"])
+def test_disk_full_during_a_build_is_one_sentence_simulated(data, tok_dir, monkeypatch, how):
+    """A full disk simulated by patching the write (numpy reports it as `N requested and M
+    written`, other writes as ENOSPC); the real thing on a small tmpfs is the next test."""
+    import errno
+
+    from tunekit import atomic
+    from tunekit.data import cache_entry
+    from tunekit.errors import UserError
+
+    if how == "ENOSPC":
+        def full(path, data):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        monkeypatch.setattr(atomic, "write_bytes", full)   # the manifest, written last
+    else:
+        def full(path, arr, allow_pickle=False):
+            raise OSError(f"{arr.size} requested and 7 written")
+        monkeypatch.setattr(cache_entry.np, "save", full)
+    with pytest.raises(UserError, match=r"^disk full at .*: the cache entry for .*d\.jsonl could not be "
+                                        r"written \(writing .*\) \(free space on that disk, or set "
+                                        r"TUNEKIT_CACHE_DIR") as exc:
+        cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    root = cache.cache_root() / "data"
+    assert str(root) in str(exc.value)
+    assert not [p for p in root.iterdir() if p.name != ".locks"]   # nothing half-written kept
+
+
+FULL_DISK = """
+import sys
+from tunekit.cli import main
+from tunekit.data.cache import tokenize_file
+from tunekit.errors import UserError
+try:
+    tokenize_file(sys.argv[1], "sft", sys.argv[2], show_progress=False)
+except UserError as e:
+    print("error:", e)
+"""
+
+
+def test_disk_full_during_a_build_on_a_real_small_disk(data, tok_dir, tmp_path):
+    """A real full disk: a 64 KiB tmpfs as the cache, mounted in a private mount namespace (so
+    nothing outlives the child process). Needs root and unshare; skipped, saying so, without."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a real full disk needs root and unshare (the simulated test covers the path)")
+    cache_dir = tmp_path / "small-disk"
+    cache_dir.mkdir()
+    big = tmp_path / "big.jsonl"
+    big.write_text("\n".join(sft_line(i) for i in range(2000)) + "\n", encoding="utf-8")
+    script = (f"mount -t tmpfs -o size=64k tmpfs {cache_dir} && exec {sys.executable} -c "
+              f"'{FULL_DISK}' {big} {tok_dir}")
+    env = {**os.environ, "TUNEKIT_CACHE_DIR": str(cache_dir)}
+    out = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, env=env, timeout=300)
+    if "mount" in out.stderr and out.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()[:200]}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith(f"error: disk full at {cache_dir / 'data'}/"), out.stdout + out.stderr
+    assert "could not be written" in out.stdout and "Traceback" not in out.stdout + out.stderr

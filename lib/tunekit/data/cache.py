@@ -444,7 +444,7 @@ def _build_entry(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any],
             atomic.write_json(tmp / cache_entry.MANIFEST, manifest)
     except OSError as exc:
         if cache_entry.is_disk_full(exc):
-            raise cache_entry.disk_full_error(Path(exc.filename or final.parent), path, exc) from None
+            raise cache_entry.disk_full_error(final, path, exc) from None
         raise
 
 

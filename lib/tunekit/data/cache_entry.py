@@ -79,18 +79,19 @@ def is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT) or bool(_SHORT_WRITE.search(str(exc)))
 
 
-def disk_full_error(where: Path, data_file: Path, exc: OSError) -> UserError:
-    """The one sentence for a cache build stopped by a full disk."""
-    return UserError(f"disk full at {where}: the cache entry for {data_file} could not be written "
-                     f"({exc.strerror or exc}) (free space there, or set TUNEKIT_CACHE_DIR to a "
-                     "folder on a larger disk; nothing half-written was kept)")
+def disk_full_error(entry: Path, data_file: Path, exc: OSError) -> UserError:
+    """The one sentence for a cache build stopped by a full disk (`exc.filename`: what was written)."""
+    what = Path(exc.filename).name if exc.filename else "it"
+    return UserError(f"disk full at {entry}: the cache entry for {data_file} could not be written "
+                     f"(writing {what}: {exc.strerror or exc}) (free space on that disk, or set "
+                     "TUNEKIT_CACHE_DIR to a folder on a larger one; nothing half-written was kept)")
 
 
 def save_array(path: Path, arr: np.ndarray) -> None:
-    """np.save, naming the file when the disk is full."""
+    """np.save that reports a full disk as ENOSPC naming the file (numpy gives neither)."""
     try:
         np.save(path, arr, allow_pickle=False)
     except OSError as exc:
         if is_disk_full(exc) and not exc.filename:
-            exc.filename = str(path)
+            raise OSError(errno.ENOSPC, f"No space left on device ({exc})", str(path)) from None
         raise

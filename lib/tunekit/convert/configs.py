@@ -78,9 +78,9 @@ def spec_from_hf_config(cfg: Mapping[str, Any], where: str) -> LlamaSpec:
     if rope_type not in (None, "default"):
         raise bad("rope type", rope_type, "RoPE scaling has no equivalent in the NeMo config here")
     theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    heads = int(cfg["num_attention_heads"])
-    hidden = int(cfg["hidden_size"])
     try:
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
         return LlamaSpec(
             num_layers=int(cfg["num_hidden_layers"]),
             hidden_size=hidden,

@@ -296,6 +296,9 @@ def read_metadata(weights_dir: Path):
 
 def check_files(weights_dir: Path, metadata) -> None:
     """Every data file the metadata points into exists and is long enough (catches truncation)."""
+    if not (weights_dir / "common.pt").is_file():  # Megatron's loader fails on it with an AttributeError
+        raise UserError(f"{weights_dir / 'common.pt'}: missing (every torch_dist checkpoint has one; "
+                        "the copy is incomplete, copy the checkpoint again)")
     need: dict[str, int] = {}
     for info in (metadata.storage_data or {}).values():
         need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)

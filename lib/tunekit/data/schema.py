@@ -245,13 +245,13 @@ def iter_lines(path: str | os.PathLike, start: int = 0, end: int | None = None,
                 break
             pos += len(raw)
             if len(raw) == limit and not raw.endswith(b"\n"):
-                size = len(raw)
+                size, more = len(raw), b""
                 for more in iter(lambda: f.readline(1 << 20), b""):  # skip the rest in pieces
                     pos += len(more)
                     size += len(more)
                     if more.endswith(b"\n"):
                         break
-                raw = _long_line(raw, size - (1 if more.endswith(b"\n") else 0))
+                raw = _long_line(raw, size - len(more) + len(more.rstrip(b"\r\n")))
             else:
                 if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import math
+from collections import abc
 import re
 import types
 import typing
@@ -89,6 +90,7 @@ def convert(annotation: Any, value: Any) -> Any:
     """`value` as the declared type: Text is parsed (see the module docstring), other values are
     returned as they are (containers with their items converted); raises ValueProblem."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    base = origin or annotation  # list[str] -> list, and a bare `list` stays list
     if annotation is Any or annotation is object:
         return _untyped(value)
     if origin is typing.Annotated:
@@ -113,12 +115,12 @@ def convert(annotation: Any, value: Any) -> Any:
         if _container(annotation):
             return convert(annotation, _flow(value))
         return _untyped(value)  # a type with its own validation (e.g. a pydantic model)
-    if isinstance(value, (list, tuple)) and origin in (list, tuple, set, frozenset):
-        if origin is tuple and args and args[-1] is not Ellipsis:
+    if isinstance(value, (list, tuple)) and base in (list, tuple, set, frozenset):
+        if base is tuple and args and args[-1] is not Ellipsis:
             return [convert(a, v) for a, v in zip(args, value)] + list(value[len(args):])
         item = args[0] if args else Any
         return [convert(item, v) for v in value]
-    if isinstance(value, Mapping) and (annotation is dict or origin in (dict, typing.Mapping)):
+    if isinstance(value, Mapping) and base in (dict, abc.Mapping):
         key_t, val_t = args if len(args) == 2 else (Any, Any)
         return {convert(key_t, k): convert(val_t, v) for k, v in value.items()}
     if isinstance(value, Mapping) and _is_model(annotation):
@@ -131,11 +133,6 @@ def convert(annotation: Any, value: Any) -> Any:
 def plain(value: Any) -> Any:
     """A value with every unconverted Text resolved by the `Any` rule (JSON/YAML-safe)."""
     return _untyped(value)
-
-
-def parse_text(text: str) -> Text:
-    """A command-line value, marked as not yet converted."""
-    return Text(text)
 
 
 # --------------------------------------------------------------------------- scalar rules
@@ -227,8 +224,8 @@ def _literal(choices: tuple, value: Any) -> Any:
 
 
 def _container(annotation: Any) -> bool:
-    origin = typing.get_origin(annotation) or annotation
-    return origin in (list, tuple, set, frozenset, dict, typing.Mapping) or _is_model(annotation)
+    base = typing.get_origin(annotation) or annotation
+    return base in (list, tuple, set, frozenset, dict, abc.Mapping) or _is_model(annotation)
 
 
 def _is_model(annotation: Any) -> bool:

@@ -122,7 +122,9 @@ def run_notebook_in_lab(driver, base: str, token: str, rel_path: str, timeout: f
         time.sleep(1)
     else:
         raise AssertionError(f"notebook/kernel never became ready: {state}")
-    driver.execute_script("return window.jupyterapp.commands.execute('notebook:run-all-cells');")
+    # Not `return ...execute(...)`: WebDriver would await that promise (all cells done) under its
+    # 30 s script timeout; the loop below waits instead.
+    driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells'); return null;")
     started, idle_since = time.time(), None
     while time.time() - started < timeout:
         time.sleep(2)

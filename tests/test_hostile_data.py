@@ -251,7 +251,7 @@ def test_tokenising_path_raises_one_sentence_for_each_kind_of_bad_file(corpus, t
             continue
         name = Path(p.rel).name.split(".")[0]
         kind = "dpo" if p.rel.startswith("preference") else "sft"
-        script = ("import sys\nfrom tunekit.cli import main\nfrom tunekit.errors import UserError\n"
+        script = ("import sys\nfrom tunekit.errors import UserError\n"
                   "from tunekit.data.mixing import build_mixture\n"
                   "try:\n    build_mixture({'data_dir': sys.argv[1], 'data_version': 'v1', "
                   f"'datasets': {{'{name}': {{}}}}, 'tokenizer': 'tiny'}}, '{kind}', show_progress=False)\n"

@@ -110,6 +110,25 @@ return {ready: true, kernel: sc.session && sc.session.kernel ? sc.session.kernel
 _PAGE = "const _page = () => window.jupyterapp.shell.currentWidget.node;\n"
 
 
+def _run_all(driver, before: dict, attempts: int = 3) -> None:
+    """Start JupyterLab's Run All and wait until the kernel has really started on it.
+
+    Not `return ...execute(...)`: WebDriver would await that promise (every cell done) under its
+    30 s script timeout. And a command issued while the freshly opened tab is still settling can
+    be refused silently, so it is issued again until a cell is queued or the kernel is busy.
+    """
+    for _ in range(attempts):
+        driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')"
+                              ".catch(e => console.log(e)); return null;")
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            state = driver.execute_script(_STATE_JS)
+            if state["status"] != "idle" or state["pending"] or state["counts"] != before["counts"]:
+                return
+            time.sleep(0.5)
+    raise AssertionError(f"Run All never started: {driver.execute_script(_STATE_JS)}")
+
+
 def run_notebook_in_lab(driver, base: str, token: str, rel_path: str, timeout: float = 900) -> dict:
     """Open `rel_path` in JupyterLab, Run All, wait for completion; returns what the page showed."""
     driver.get(f"{base}/lab/tree/{rel_path}?token={token}")
@@ -122,9 +141,7 @@ def run_notebook_in_lab(driver, base: str, token: str, rel_path: str, timeout: f
         time.sleep(1)
     else:
         raise AssertionError(f"notebook/kernel never became ready: {state}")
-    # Not `return ...execute(...)`: WebDriver would await that promise (all cells done) under its
-    # 30 s script timeout; the loop below waits instead.
-    driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells'); return null;")
+    _run_all(driver, state)
     started, idle_since = time.time(), None
     while time.time() - started < timeout:
         time.sleep(2)

@@ -16,6 +16,11 @@ def _cmd_score(args) -> int:
     print(report.format_table())
     for line in report.problems:
         print(f"warning: {line}")
+    if report.official_failures:
+        print(f"warning: the official math-eval would STOP on this prediction file and score nothing "
+              f"({len(report.official_failures)} cause(s); the kit counted those problems wrong):")
+        for line in report.official_failures[:10]:
+            print(f"  {line}")
     if report.missing:
         print(f"warning: {len(report.missing)} gold problem(s) without a prediction count as wrong: "
               f"{', '.join(report.missing[:10])}{' ...' if len(report.missing) > 10 else ''}")

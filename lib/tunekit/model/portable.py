@@ -28,20 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+# Texts and conversations whose ids must survive the round trip: the side-environment probe's.
+from .compat_probe import CHATS as PROBE_CHATS
+from .compat_probe import TEXTS as PROBE_TEXTS
 
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 # Files a previous writer may have left that would override or contradict ours.
 STALE = ("chat_template.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
 _ROLES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
-# Texts whose ids must survive the round trip (plain text, specials inside text, template pieces).
-PROBE_TEXTS = ("1 + 1 = 2", "方程式 3x + 5 = 20 を解きなさい。", " a  b ", "\n\n### 指示:\nx\n\n### 応答:\n",
-               "答え<|eos|>", "<|bos|>x", "<|pad|><pad><|unk|><unk>", "")
-PROBE_CHATS = (
-    [{"role": "user", "content": "1 + 2 を計算しなさい。"}],
-    [{"role": "system", "content": "以下は数学の問題です。"}, {"role": "user", "content": "x^2 = 4 を解け"}],
-    [{"role": "system", "content": ""}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-     {"role": "user", "content": "c"}],
-)
 
 
 def _token_text(value: Any) -> str | None:

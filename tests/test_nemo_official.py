@@ -227,9 +227,15 @@ def test_official_exporter_logic_runs_on_the_kits_nemo_output(tmp_path):
     from tunekit.convert.hf_files import HFWeights
     from tunekit.model import compat, tiny_model_dir
 
-    src = tiny_model_dir()
+    src = tmp_path / "src"                 # on the same filesystem as the output
+    shutil.copytree(tiny_model_dir(), src)
     nemo = tmp_path / "nemo"
-    api.hf_to_nemo("tiny", nemo, **QUIET)
+    mode = (src / "model.safetensors").stat().st_mode
+    res = api.hf_to_nemo(str(src), nemo, **QUIET)
+    # tokenizer/ is a whole HF model; its weights are hard links (no extra disk, source untouched).
+    assert res.summary["tokenizer_dir_weights"] == "hard links"
+    assert (nemo / "tokenizer" / "model.safetensors").stat().st_ino == (src / "model.safetensors").stat().st_ino
+    assert (src / "model.safetensors").stat().st_mode == mode
     cfg, sd = _nemo_model_state(nemo)
     input_hf_path = cfg["tokenizer"]["type"]           # get_input_hf_path(): the config's tokenizer.type
     assert Path(input_hf_path) == nemo / "tokenizer"
@@ -259,3 +265,18 @@ def test_official_exporter_logic_runs_on_the_kits_nemo_output(tmp_path):
         shutil.copy(nemo / "tokenizer" / f, only_tok / f)
     with pytest.raises((OSError, ValueError), match="config.json|model_type"):
         AutoModelForCausalLM.from_pretrained(str(only_tok), dtype=dtype)
+
+
+def test_reference_weights_are_copied_where_hard_links_fail(tmp_path, monkeypatch):
+    from tunekit.convert import api
+    from tunekit.model import tiny_model_dir
+
+    def no_links(*a, **k):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    res = api.hf_to_nemo(str(tiny_model_dir()), tmp_path / "nemo", verify_logits=False, **QUIET)
+    assert res.summary["tokenizer_dir_weights"] == "copies"
+    copied = tmp_path / "nemo" / "tokenizer" / "model.safetensors"
+    assert copied.stat().st_nlink == 1
+    assert copied.read_bytes() == (tiny_model_dir() / "model.safetensors").read_bytes()

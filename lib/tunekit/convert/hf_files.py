@@ -196,6 +196,8 @@ def make_readable(root: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     for p in [root, *root.rglob("*")]:
+        if p.is_file() and p.stat().st_nlink > 1:
+            continue  # a hard link to the source's weights: its mode is the source's, leave it
         p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 

@@ -37,9 +37,10 @@ def bench_generation(problems: list[str], new_tokens: int, batch_size: int) -> d
 
 def bench_scoring(gold: list[dict], outputs: list[str]) -> tuple[float, float]:
     """(problems per second, accuracy) of the tunekit scorer on these outputs, cold parse cache."""
-    from tunekit.evaluate.verify import check, parse_answer
+    from tunekit.evaluate.parsing import _extended_parse
+    from tunekit.evaluate.verify import check
 
-    parse_answer.cache_clear()
+    _extended_parse.cache_clear()
     t0 = time.perf_counter()
     right = sum(check(out, g["solution"], g.get("evaluation_method")).correct for g, out in zip(gold, outputs))
     return len(gold) / (time.perf_counter() - t0), right / len(gold)

@@ -23,6 +23,18 @@
 # records loss, reward accuracy, margins, rewards, log-probs and an implicit KL estimate. With
 # `peft: lora` only LoRA adapters train (docs/lora.md); `lora_reference: base` then takes the
 # reference log-probs from the policy with its adapters switched off instead of the cache.
+#
+# **Prompt ids: `template_style`.** The default `kit` style builds every DPO prompt exactly like
+# the SFT conversation and the chat template (what vLLM's `llm.chat` sends), so SFT, DPO and
+# inference see the same ids. The official code does not: its DPO prompt is one string, with no
+# `<|eos|>` after earlier answers and no `▁` before later instructions (its own SFT has both), so
+# **multi-turn DPO prompts** differ by two ids per earlier turn. With an **empty system prompt** the
+# official SFT drops the first instruction's `▁` and its DPO keeps it; `kit` keeps it in both (a
+# chat template cannot drop it), so the kit's ids match official DPO there but not official SFT.
+# Single-turn prompts with a system text are identical. `official` reproduces the official ids
+# exactly for the llm-jp tokenizer (tested against the official steps run with it); it refuses
+# tokenizers with a Metaspace pre-tokenizer, with which those ids cannot be reproduced. Use the
+# same style as the SFT run.
 
 # %% tags=["parameters"]
 init: str = ""  # starting policy and reference: an SFT run dir, an HF model dir or tiny; empty: the tiny base model

@@ -232,14 +232,62 @@ def test_probe_llmjp():
     assert not info.space_for_prefix and prefixes_after_special(tok)
 
 
+def official_sft_hf(msgs, tok):
+    """The official sft_dataset.py steps run with an HF tokenizer, as the official code runs them
+    (`text_to_ids` = the tokenizer without added specials; "<|eos|>" appended as TEXT)."""
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids = [tok.bos_token_id] + enc(msgs[0]["content"])
+    for k in range(1, len(msgs) - (msgs[-1]["role"] == "user"), 2):
+        prompt = enc(INSTR + msgs[k]["content"] + RESP)
+        ids += (prompt[1:] if k == 1 else prompt) + enc("\n" + msgs[k + 1]["content"] + "<|eos|>")[2:]
+    return ids
+
+
+def official_dpo_prompt_hf(msgs, tok):
+    """The official dpo_dataset.py prompt ids with an HF tokenizer (bos_token as text)."""
+    text = tok.bos_token + msgs[0]["content"] + "".join(
+        (INSTR if m["role"] == "user" else RESP) + m["content"] for m in msgs[1:]) + RESP
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
 @pytest.mark.parametrize("name", CONVERSATIONS)
-def test_first_style_tokenizer_still_matches(first_style, name):
-    """A Metaspace prepend_scheme="first" tokenizer: the builder compensates for its missing
-    dummy prefix on leading spaces, and CHAT_TEMPLATE_FIRST spells the prefixes as spaces."""
+def test_official_style_equals_the_official_code_run_with_the_llmjp_tokenizer(name):
+    tok, _ = _load(llmjp_tokenizer_dir())
+    msgs = CONVERSATIONS[name]
+    assert encode.sft_ids(msgs, tok, style="official")[0] == official_sft_hf(msgs, tok)
+    prompt = msgs[:-1] if msgs[-1]["role"] == "assistant" else msgs
+    rec = {"messages": prompt, "chosen_response": "a", "rejected_response": "b"}
+    assert encode.dpo_ids(rec, tok, style="official")[0] == official_dpo_prompt_hf(prompt, tok)
+
+
+def test_first_style_tokenizer_official_ids_differ_so_official_style_is_refused(first_style):
+    """With a Metaspace prepend_scheme="first" tokenizer the official code's own ids differ from
+    SentencePiece's (the two cases of the issue), so "official" refuses it with one sentence."""
+    from tunekit.errors import UserError
+
+    tok, sp = first_style
+    msgs = CONVERSATIONS["single"]
+    # DPO: the official prompt string starts with the bos TEXT; no `▁` follows it with "first".
+    assert official_dpo_prompt_hf(msgs[:2], tok) != official_dpo(
+        {"messages": msgs[:2], "chosen_response": "", "rejected_response": ""}, sp)[0]
+    # SFT with a system prompt of one space.
+    spaced = [M("system", " ")] + msgs[1:]
+    assert official_sft_hf(spaced, tok) != official_sft(spaced, sp)[0]
+    for build in (lambda: encode.sft_ids(msgs, tok, style="official"),
+                  lambda: encode.dpo_ids({"messages": msgs[:2], "chosen_response": "a",
+                                          "rejected_response": "b"}, tok, style="official")):
+        with pytest.raises(UserError, match="Metaspace tokenizer.*use template_style='kit'") as exc:
+            build()
+        assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("name", CONVERSATIONS)
+def test_first_style_tokenizer_still_matches_in_kit_style(first_style, name):
+    """Kit style: the builder compensates for the missing dummy prefix on leading spaces, and
+    CHAT_TEMPLATE_FIRST spells the prefixes as spaces, so training ids == chat template ids."""
     tok, sp = first_style
     assert tok.chat_template == CHAT_TEMPLATE_FIRST and encode.probe(tok).space_for_prefix
     msgs = CONVERSATIONS[name]
-    assert encode.sft_ids(msgs, tok, style="official") == official_sft(msgs, sp)
     clean = msgs[:-1] if name == "trailing_user" else msgs
     assert encode.chat_template_mismatches(clean, tok) == []
 

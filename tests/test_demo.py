@@ -25,3 +25,12 @@ def test_demo_runs_the_whole_pipeline_and_training_pays_off(runs_dir, capsys):
     assert acc["sft"] >= acc["tiny"] + 0.05 and acc["dpo"] >= acc["tiny"] + 0.05, acc
     out = capsys.readouterr().out
     assert "[demo] finished" in out and "accuracy: tiny" in out
+    # Every model the demo published loads in the competition's transformers versions (submission
+    # image 4.57.0, official training environment 4.47.0) with this environment's config, token
+    # ids and chat-prompt ids; so does the tokenizer folder that hf-to-nemo hands to the official kit.
+    from tunekit.model import compat
+
+    published = [done[s] / "hf_model" for s in ("sft", "dpo", "convert_nemo_to_hf")]
+    for folder in published + [done["convert_hf_to_nemo"] / "nemo" / "tokenizer"]:
+        for env in ("submission", "official-training"):
+            assert compat.check_folder(folder, env)["differences"] == [], (folder, env)

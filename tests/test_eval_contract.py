@@ -86,6 +86,44 @@ def test_bad_prediction_lines_are_reported_with_line_numbers(tmp_path, line, why
     assert len(preds.rejected) == 1 and f"p.jsonl:2: {why}" in preds.rejected[0]
 
 
+def test_a_file_the_official_tool_would_stop_on_is_scored_and_flagged(tmp_path, gold_file, capsys):
+    preds = write(tmp_path / "pred.jsonl", [
+        {"id": 1, "output": "2"},
+        {"id": 2, "output": None},                 # officially: TypeError when problem 2 is scored
+        {"id": 3, "output": 5},
+        {"id": 77, "output": None},                # not a gold id: never scored, officially harmless
+    ])
+    out = tmp_path / "o.json"
+    report = score_files(preds, gold_file, scorer="tunekit", out_path=out)
+    assert report.detailed_results == {"1": True, "2": False, "3": False, "4": False}
+    assert len(report.official_failures) == 2
+    assert "pred.jsonl:2: output is null" in report.official_failures[0]
+    assert "pred.jsonl:3: output is int" in report.official_failures[1]
+    assert json.loads(out.read_text(encoding="utf-8"))["official_tool_would_fail"] == report.official_failures
+    assert cli(["eval", "score", str(preds), str(gold_file), "--scorer", "tunekit", "-q"]) == 0
+    assert "the official math-eval would STOP on this prediction file" in capsys.readouterr().out
+
+
+def test_ids_as_the_official_loader_reads_them(tmp_path, gold_file):
+    # An id that is a list stops the official loader; a float or bool id equals the int gold id.
+    preds = write(tmp_path / "pred.jsonl", [{"id": [1], "output": "2"}, {"id": 1.0, "output": "2"},
+                                            {"id": 2, "output": None}, {"id": 2, "output": "$\\pm 2$"}])
+    report = score_files(preds, gold_file, scorer="tunekit")
+    assert report.detailed_results["1"] is True
+    assert report.detailed_results["2"] is True            # the later line replaced the null one
+    assert len(report.official_failures) == 1 and "pred.jsonl:1: id must be" in report.official_failures[0]
+
+
+def test_an_error_the_official_scorer_reraises_is_flagged(tmp_path):
+    gold = write(tmp_path / "g.jsonl", [{"id": "a", "problem": "p", "solution": "$$(1+i, 2)$$",
+                                         "category": "IIB", "unit": "u", "evaluation_method": "complex"}])
+    preds = write(tmp_path / "p.jsonl", [{"id": "a", "output": "$[1+i, 2]$"}])
+    report = score_files(preds, gold, scorer="tunekit")
+    assert report.overall_accuracy == 0.0
+    assert len(report.official_failures) == 1 and "problem 'a'" in report.official_failures[0]
+    assert "ValueError" in report.official_failures[0]
+
+
 def test_duplicate_prediction_later_line_wins_and_is_reported(tmp_path, gold_file):
     preds = write(tmp_path / "pred.jsonl", [{"id": 1, "output": "3"}, {"id": 1, "output": "2"}])
     report = score_files(preds, gold_file, scorer="tunekit")

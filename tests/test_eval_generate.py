@@ -259,10 +259,17 @@ def test_prepare_submission_and_smoke_test(tiny, tmp_path, monkeypatch):
     shutil.copytree(tiny, src)
     (src / "generation_config.json").unlink()
     (src / "optimizer.pt").write_bytes(b"x")   # training leftovers stay behind
+    # Saved by transformers 5: a class the submission image's transformers 4.57.0 does not have.
+    assert json.loads((src / "tokenizer_config.json").read_text())["tokenizer_class"] == "TokenizersBackend"
     info = prepare_submission(src, tmp_path / "sub")
     files = set(info["files"])
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", MANIFEST} <= files
     assert "optimizer.pt" not in files
+    # Rewritten portable, then loaded in transformers 4.57.0 with the same ids (real side env).
+    assert json.loads((tmp_path / "sub" / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+        "PreTrainedTokenizerFast"
+    assert info["compat_check"] == {"skipped": False, "transformers": "4.57.0", "identical": True}
+    assert json.loads((tmp_path / "sub" / MANIFEST).read_text())["compat_check"]["identical"] is True
     gen_cfg = json.loads((tmp_path / "sub" / "generation_config.json").read_text())
     assert gen_cfg["eos_token_id"] == 2 and "temperature" not in gen_cfg
     with pytest.raises(UserError, match="already exists"):
@@ -277,6 +284,22 @@ def test_prepare_submission_and_smoke_test(tiny, tmp_path, monkeypatch):
     assert [r["id"] for r in out] == ["q0", "q1", "q2"] and all(isinstance(r["output"], str) for r in out)
     assert out[0]["problem"] == GOLD[0]["problem"]   # same records, plus output
     assert result["records"] == 3 and result["keys_the_scorer_rejects"] == []
+
+
+def test_prepare_submission_without_the_check_environment(tiny, tmp_path, monkeypatch):
+    from tunekit.evaluate.submission import MANIFEST, prepare_submission
+    from tunekit.model import compat
+
+    def offline(name, log=None):
+        raise compat.SideEnvUnavailable("cannot build the transformers 4.57.0 check environment (pip failed)")
+
+    monkeypatch.setattr(compat, "side_python", offline)
+    with pytest.raises(UserError, match="pass --skip-compat-check"):
+        prepare_submission(tiny, tmp_path / "sub", log=lambda *a: None)
+    assert not (tmp_path / "sub").exists()          # nothing half-prepared is left behind
+    info = prepare_submission(tiny, tmp_path / "sub", skip_compat_check=True, log=lambda *a: None)
+    assert info["compat_check"] == {"skipped": True}
+    assert json.loads((tmp_path / "sub" / MANIFEST).read_text())["compat_check"] == {"skipped": True}
 
 
 def test_prepare_submission_refuses_a_model_without_chat_template(tmp_path):

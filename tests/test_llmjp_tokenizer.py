@@ -27,7 +27,11 @@ VARIED = [
     "한국어 텍스트", "Ελληνικά", "Русский текст", "<mask>", "a<mask>b", "<RESERVED_000>x", "<CLS><SEP>",
     "<s></s>", "<0x41>", "<unk>x", "<pad", "### 指示:\n問題\n\n### 応答:\n答え", "a" * 300, "あ" * 100,
 ]
-SPECIALS = ["<|bos|>", "<|eos|>", "<pad>", "<unk>"]
+# Atomic special tokens (the competition's names), and the SentencePiece names of the renamed
+# user-defined symbols: raw SentencePiece maps that text to the symbol, HF (like the competition's
+# own tokenizer) treats it as ordinary text.
+SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>", "<|mask|>", "<|cls|>", "<|eod|>", "<|sep|>"]
+RENAMED_SYMBOLS = ["<mask>", "<pad>", "<CLS>", "<EOD>", "<SEP>"]
 
 
 def _sample_texts() -> list[str]:
@@ -49,7 +53,7 @@ def _fuzz(n: int, seed: int = 0) -> list[str]:
 
 
 def _no_specials(texts: list[str]) -> list[str]:
-    return [t for t in texts if not any(s in t for s in SPECIALS)]
+    return [t for t in texts if not any(s in t for s in SPECIALS + RENAMED_SYMBOLS)]
 
 
 def _check_same_ids(sp, tok, texts: list[str]) -> None:
@@ -99,7 +103,7 @@ def test_special_token_text_is_atomic_and_splits_the_text(which, request):
     # Raw SentencePiece spells `<|eos|>` as ordinary pieces; the HF tokenizer maps it to id 2.
     assert sp.encode("<|eos|>") != [2] and enc("<|eos|>") == [2]
     # Each stretch between special tokens is encoded as SentencePiece encodes it alone.
-    for text in ["答え<|eos|>", "\n42<|eos|>", "<|bos|>system", "a <pad> b", "x<unk>y", "<|bos|><|eos|>"]:
+    for text in ["答え<|eos|>", "\n42<|eos|>", "<|bos|>system", "a <|pad|> b", "x<|unk|>y", "<|bos|><|eos|>"]:
         want, rest = [], text
         while rest:
             hits = [(rest.find(s), s) for s in SPECIALS if s in rest]
@@ -110,9 +114,20 @@ def test_special_token_text_is_atomic_and_splits_the_text(which, request):
             want += sp.encode(rest[:pos]) + [tok.convert_tokens_to_ids(s)]
             rest = rest[pos + len(s):]
         assert enc(text) == want, repr(text)
-    # With split_special_tokens the HF tokenizer is raw SentencePiece for every text.
-    for text in ["<|eos|>", "a <pad> b", "<unk>", "x<|bos|>y"] + VARIED:
+    # With split_special_tokens the HF tokenizer is raw SentencePiece for every text (except the
+    # renamed symbols' old names, below).
+    for text in ["<|eos|>", "a <|pad|> b", "<unk>", "<|unk|>", "x<|bos|>y"] + _no_specials(VARIED):
         assert tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] == sp.encode(text)
+
+
+@pytest.mark.parametrize("which", ["llmjp", "tiny"])
+def test_old_symbol_names_are_ordinary_text_as_in_the_competition_tokenizer(which, request):
+    sp, tok = request.getfixturevalue(which)
+    for old, new in [("<pad>", "<|pad|>"), ("<mask>", "<|mask|>")]:
+        assert sp.piece_to_id(old) in sp.encode(old)                # SentencePiece: the symbol itself
+        ids = tok(f"a {old} b", add_special_tokens=False)["input_ids"]
+        assert sp.piece_to_id(old) not in ids and tok.decode(ids) == f"a {old} b"
+        assert tok(new, add_special_tokens=False)["input_ids"] == [sp.piece_to_id(old)]
 
 
 @pytest.mark.parametrize("which", ["llmjp", "tiny"])
@@ -120,9 +135,13 @@ def test_special_ids_names_and_bos_eos_policy(which, request):
     from tunekit.data.template import CHAT_TEMPLATE
 
     sp, tok = request.getfixturevalue(which)
-    assert (tok.unk_token, tok.bos_token, tok.eos_token, tok.pad_token) == ("<unk>", "<|bos|>", "<|eos|>", "<pad>")
+    # The names of the competition's tokenizer (llm-jp-tokenizer hf/ver4.0/alpha_1.0, Sept. 2025).
+    assert (tok.unk_token, tok.bos_token, tok.eos_token, tok.pad_token) == ("<|unk|>", "<|bos|>", "<|eos|>", "<|pad|>")
     assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 4)
-    assert tok.convert_ids_to_tokens([3, 4]) == ["<mask>", "<pad>"]
+    assert tok.convert_ids_to_tokens([3, 4]) == ["<|mask|>", "<|pad|>"] and tok.mask_token == "<|mask|>"
+    if which == "llmjp":
+        assert tok.convert_ids_to_tokens([5, 6, 7]) == ["<|cls|>", "<|eod|>", "<|sep|>"]
+        assert (tok.cls_token, tok.sep_token) == ("<|cls|>", "<|sep|>")
     assert len(tok) == sp.get_piece_size()
     ids = tok("1 + 1 = 2")["input_ids"]
     assert ids == [1] + sp.encode("1 + 1 = 2")  # add_bos_token true, add_eos_token false

@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..paths import resolve
 from ..runtime import progress
 from . import configs, hf_files, sources, verify
+from .common_state import non_model_entries
 from .layout import RULES, LlamaSpec, Rule, extra_state_keys, read_groups
 from .megatron_cpu import megatron_on_cpu
 from .safetensors_io import ShardWriter
@@ -98,9 +99,11 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
                overwrite: bool = False, log=print) -> ConversionResult:
     """Convert an HF LLaMA model ("tiny", HF dir, run dir) into a NeMo dir in the official kit's layout.
 
-    Writes `model_config.yaml`, `model_weights/` (torch_dist) and `tokenizer/` (the source's
-    tokenizer files, verbatim). Verified before publishing: weights bit-exact back to HF, and
-    Megatron-core logits equal HF logits (unless verify_logits=False).
+    Writes `model_config.yaml`, `model_weights/` (torch_dist) and `tokenizer/`: the HF model that
+    `tokenizer.type` names (tokenizer with the kit's chat template, config, weights as hard links
+    to the source's), loadable by the official kit's transformers 4.47 and its exporter. Verified
+    before publishing: weights bit-exact back to HF, and Megatron-core logits equal HF logits
+    (unless verify_logits=False).
     """
     t0 = time.time()
     hf_dir = sources.resolve_hf_source(src)
@@ -111,6 +114,9 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
     path = _prepare_dst(dst, hf_dir, overwrite)
     has_tok = hf_files.has_tokenizer(hf_dir)
     need = _weights_bytes(spec, dt) + spec.num_layers * 32768 + 2**20  # + per-chunk headers
+    links = hf_files.same_filesystem(hf_dir, path)
+    if has_tok and not links:  # the reference model's weights are copied, not linked
+        need += sum(f.stat().st_size for f in hf_files.weight_files(hf_dir, weights))
     check_disk_space(path, need)
     log(f"hf-to-nemo: {hf_dir} ({spec.num_params():,} parameters, {str(weights.dtype)[6:]}) -> "
         f"{path} ({dname})")
@@ -125,7 +131,11 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
     with megatron_on_cpu(), atomic.atomic_dir(path, overwrite=overwrite) as tmp:
         cfg = configs.nemo_config_dict(spec, dname, path / "tokenizer" if has_tok else None)
         _write_yaml(tmp / "model_config.yaml", cfg)
-        copied = hf_files.copy_tokenizer_files(hf_dir, tmp / "tokenizer") if has_tok else []
+        reference = None
+        if has_tok:  # what tokenizer.type names: a whole HF model, as the official exporter needs
+            reference = hf_files.write_reference_model(hf_dir, weights, tmp / "tokenizer")
+            log(f"hf-to-nemo: tokenizer/ holds the source HF model (weights as {reference}) for "
+                "tokenizer.type, as the official scripts expect")
         bar = _bar(_weights_bytes(spec, dt), "hf-to-nemo")
         t_write = time.time()
         write_weights(tmp / "model_weights", spec, plan_chunks(spec, fetch), dt,
@@ -148,7 +158,8 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
             checks.update(logits)
         summary = _summary("hf_to_nemo", str(hf_dir), f"HF model {hf_dir}", path, dname, spec,
                            written, write_s, time.time() - t_ver, time.time() - t0, checks)
-        summary.update({"tokenizer_files": copied,
+        summary.update({"tokenizer_dir": str(path / "tokenizer") if has_tok else None,
+                        "tokenizer_dir_weights": reference,
                         "extra_state_objects": len(extra_state_keys(spec))})
         atomic.write_json(tmp / RECORD, summary)
         hf_files.make_readable(tmp)
@@ -174,10 +185,17 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
         nemo = NemoWeights(source.weights_dir)
         spec = configs.spec_from_nemo_config(cfg, nemo.vocab_size, str(source.config_path))
         skipped = nemo.check(spec)
+        ignored = non_model_entries(source.weights_dir)
+        if ignored:
+            log(f"nemo-to-hf: ignoring {len(ignored)} non-model entries stored with the weights "
+                f"(training state in common.pt): {', '.join(ignored)}")
         tok_dir = resolve_tokenizer(tokenizer) if tokenizer else sources.tokenizer_dir_of_nemo(source, cfg)
         if tok_dir is None:
-            raise UserError(f"{source.root}: no tokenizer stored with this checkpoint (pass "
-                            "tokenizer=llm-jp for the competition's tokenizer, or an HF model dir)")
+            ref = (cfg.get("tokenizer") or {}).get("type")
+            where = (f"model_config.yaml's tokenizer.type {ref} does not exist here" if ref else
+                     "no tokenizer stored with this checkpoint")
+            raise UserError(f"{source.root}: {where} (pass tokenizer=llm-jp / --tokenizer llm-jp for the "
+                            "competition's tokenizer, or an HF model dir)")
         dname, dt = out_dtype(dtype, nemo.dtype)
         path = _prepare_dst(dst, source.weights_dir, overwrite)
         if max_shard_gb <= 0:
@@ -214,6 +232,7 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             summary = _summary("nemo_to_hf", str(source.weights_dir), source.note, path, dname, spec,
                                writer.total_bytes, write_s, time.time() - t_ver, time.time() - t0, checks)
             summary.update({"checkpoint": source.checkpoint, "skipped_entries": skipped,
+                            "ignored_non_model_entries": ignored,
                             "tokenizer_from": str(tok_dir), "shards": len(writer.files)})
             atomic.write_json(tmp / RECORD, summary)
             hf_files.make_readable(tmp)

@@ -1,5 +1,7 @@
 """The HF side of a conversion: read weights tensor by tensor, write config, generation config and
-tokenizer (with the kit's chat template, so `apply_chat_template` reproduces the training prompt).
+tokenizer (with the kit's chat template, so `apply_chat_template` reproduces the training prompt;
+portable to transformers 4.47 / 4.57 via `tunekit.model.portable`), and the reference HF model
+that a NeMo dir's `tokenizer.type` names (`write_reference_model`).
 """
 from __future__ import annotations
 
@@ -99,13 +101,9 @@ def token_ids(tok) -> dict[str, int | None]:
 
 def load_tokenizer(tok_dir: Path):
     """An HF tokenizer from a directory, or a UserError naming it."""
-    from transformers import AutoTokenizer
+    from ..model.portable import load_tokenizer as load
 
-    try:
-        return AutoTokenizer.from_pretrained(str(tok_dir))
-    except Exception as exc:  # transformers raises many types for a bad tokenizer dir
-        raise UserError(f"{tok_dir}: cannot load a tokenizer ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return load(tok_dir)
 
 
 def has_tokenizer(d: Path) -> bool:
@@ -115,7 +113,7 @@ def has_tokenizer(d: Path) -> bool:
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
-    """Copy the tokenizer files of an HF dir verbatim; returns the names copied."""
+    """Copy the tokenizer files of an HF dir verbatim; returns the names copied (tests, benchmarks)."""
     dst.mkdir(parents=True, exist_ok=True)
     done = []
     for name in TOKENIZER_FILES:
@@ -126,20 +124,58 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
 
 
 def write_tokenizer_with_template(tok_dir: Path, dst: Path):
-    """Save the tokenizer of `tok_dir` into `dst` with the kit's chat template installed."""
-    from ..data.template import install_chat_template
+    """Write the tokenizer of `tok_dir` into `dst` with the kit's chat template, loadable in
+    transformers 4.47, 4.57 and 5.x (`tunekit.model.portable`); returns the tokenizer."""
+    from ..model.portable import publish_tokenizer
 
-    tok = load_tokenizer(tok_dir)
-    install_chat_template(tok)
-    tok.save_pretrained(str(dst))
-    # transformers 5 writes the template to chat_template.jinja only; readers older than ~4.43
-    # (e.g. inside a vLLM submission image) look for it in tokenizer_config.json. Same text in both.
-    cfg_path = dst / "tokenizer_config.json"
-    cfg = read_json(cfg_path)
-    if cfg.get("chat_template") != tok.chat_template:
-        cfg["chat_template"] = tok.chat_template
-        atomic.write_json(cfg_path, cfg)
-    return tok
+    return publish_tokenizer(tok_dir, dst, template="kit")
+
+
+def weight_files(model_dir: Path, weights: "HFWeights") -> list[Path]:
+    """The files holding an HF model's weights (shards and their index)."""
+    files = sorted({e.path for e in weights.entries.values()})
+    index = model_dir / "model.safetensors.index.json"
+    return files + ([index] if index.exists() else [])
+
+
+def same_filesystem(src: Path, dst: Path) -> bool:
+    """True if hard links from `src` into (the nearest existing parent of) `dst` are possible."""
+    import os
+
+    probe = dst
+    while not probe.exists():
+        probe = probe.parent
+    return os.stat(src).st_dev == os.stat(probe).st_dev
+
+
+def write_reference_model(hf_dir: Path, weights: "HFWeights", dst: Path) -> str:
+    """Write `dst` as a complete HF model equal to `hf_dir`: the folder NeMo's `tokenizer.type` names.
+
+    The official exporter (`convert_llama_nemo_to_hf.py`) calls AutoModelForCausalLM and
+    AutoTokenizer.from_pretrained on `tokenizer.type` and replaces the weights, so that folder must
+    be a whole model, loadable by transformers 4.47: portable tokenizer with the kit's chat template,
+    config.json with the legacy keys 4.x reads, generation config, and the weights as hard links to
+    the source's files (no extra disk), or copies where the filesystems differ. Returns "hard links"
+    or "copies".
+    """
+    import os
+
+    from ..model.portable import publish_tokenizer
+    from .configs import portable_config
+
+    dst.mkdir(parents=True, exist_ok=True)
+    publish_tokenizer(hf_dir, dst, template="kit")
+    atomic.write_json(dst / "config.json", portable_config(read_json(hf_dir / "config.json")))
+    if (hf_dir / "generation_config.json").is_file():
+        shutil.copy2(hf_dir / "generation_config.json", dst / "generation_config.json")
+    how = "hard links"
+    for f in weight_files(hf_dir, weights):
+        try:
+            os.link(f, dst / f.name)
+        except OSError:  # another filesystem, or links not allowed: copy
+            shutil.copy2(f, dst / f.name)
+            how = "copies"
+    return how
 
 
 def write_generation_config(dst: Path, ids: dict[str, int | None]) -> None:
@@ -160,6 +196,8 @@ def make_readable(root: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     for p in [root, *root.rglob("*")]:
+        if p.is_file() and p.stat().st_nlink > 1:
+            continue  # a hard link to the source's weights: its mode is the source's, leave it
         p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 

@@ -2,7 +2,8 @@
 
 On disk (what Megatron-core's `dist_checkpointing.save` writes, checked in the tests against its
 own output): `.metadata` (torch.distributed.checkpoint metadata), `__0_*.distcp` (tensor data),
-`common.pt` (non-sharded state, empty for weights) and `metadata.json` (the backend name).
+`common.pt` (non-sharded state: empty for weights, the Lightning trainer state in a NeMo training
+checkpoint; read by `common_state`) and `metadata.json` (the backend name).
 
 Writing goes through torch.distributed.checkpoint with a planner that produces each chunk only
 when the writer asks for it, so memory holds one tensor, not the model; Megatron's own writer
@@ -235,6 +236,8 @@ class NemoWeights:
         from megatron.core import dist_checkpointing
         from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
+        from .common_state import safe_common_strategy
+
         if rules is None:
             rules = LAYER_RULES if layer is not None else GLOBAL_RULES
         request = {}
@@ -254,7 +257,8 @@ class NemoWeights:
         try:
             # One layer of a stacked tensor is a partial request by design: skip the check that
             # the request covers every tensor completely.
-            loaded = dist_checkpointing.load(request, str(self.dir), validate_access_integrity=False)
+            loaded = dist_checkpointing.load(request, str(self.dir), validate_access_integrity=False,
+                                             common_strategy=safe_common_strategy())
         except UserError:
             raise
         except Exception as exc:  # torch/megatron raise many types on damaged data

@@ -170,14 +170,18 @@ def load_gpt(spec: LlamaSpec, weights_dir: Path, prefix: str = "model."):
     """Build the GPTModel and load it with Megatron's own loader, as NeMo does (strict keys)."""
     from megatron.core import dist_checkpointing
 
+    from .common_state import model_entries, safe_common_strategy
+
     model = build_gpt(spec)
     sharded = model.sharded_state_dict(prefix=prefix)
     try:
-        state = dist_checkpointing.load(sharded, str(weights_dir))
+        state = dist_checkpointing.load(sharded, str(weights_dir), common_strategy=safe_common_strategy())
     except Exception as exc:  # Megatron raises several types for missing/mismatching keys
         raise VerificationError(f"verification: Megatron-core cannot load {weights_dir} "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
-    state = {k[len(prefix):]: v for k, v in state.items()}
+    # Megatron merges common.pt into the result: a training checkpoint's Lightning state (epoch,
+    # global_step, ...) is not part of the model; the conversion report lists it.
+    state, _ = model_entries(state, prefix)
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if missing or result.unexpected_keys:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import UserError
-from .template import INSTRUCTION, RESPONSE
+from .template import INSTRUCTION, RESPONSE, official_style_refusal
 
 STYLES = ("kit", "official")
 
@@ -141,6 +141,8 @@ def conversation_segments(messages: list[dict], info: TokenizerInfo, style: str 
     check_style(style)
     blocks = _blocks(messages)
     system = messages[0]["content"]
+    if style == "official" and (why := official_style_refusal(info)):
+        raise UserError(f"tokenizer: {why}")
     if style == "official":
         segs = [system]
         for instr, answer in blocks:
@@ -225,6 +227,8 @@ def dpo_segments(record: dict, info: TokenizerInfo, style: str = "kit") -> list[
     check_style(style)
     msgs = record["messages"]
     chosen, rejected = record["chosen_response"], record["rejected_response"]
+    if style == "official" and (why := official_style_refusal(info)):
+        raise UserError(f"tokenizer: {why}")
     if style == "official":
         prompt = msgs[0]["content"] + "".join(
             (INSTRUCTION if m["role"] == "user" else RESPONSE) + m["content"] for m in msgs[1:]) + RESPONSE

@@ -22,7 +22,8 @@ system message gets `DEFAULT_SYSTEM` (the sentence the official template always 
 Tokenizers converted with a Metaspace pre-tokenizer `prepend_scheme="first"` (transformers' default
 for new conversions) add `▁` only at the very start of the input; `CHAT_TEMPLATE_FIRST` spells those
 prefixes as spaces for them. `chat_template_for(tok)` picks the right variant by probing, and
-`install_chat_template(tok)` sets it.
+`install_chat_template(tok)` sets it. The "official" style refuses such tokenizers
+(`official_style_refusal`): with them the official code's own ids differ from SentencePiece's.
 """
 from __future__ import annotations
 
@@ -70,6 +71,24 @@ CHAT_TEMPLATE_FIRST: str = _jinja(space_after_special=True)
 # Changes whenever the template text or the token semantics change; part of every cache key.
 TEMPLATE_VERSION = "llmjp-v1-" + hashlib.sha256(
     (CHAT_TEMPLATE + CHAT_TEMPLATE_FIRST).encode()).hexdigest()[:12]
+
+
+def official_style_refusal(info) -> str | None:
+    """Why `template_style="official"` cannot reproduce the official ids with this tokenizer (None: it can).
+
+    `info` is the tokenizer's `encode.TokenizerInfo`. The official code tokenises its strings with
+    the model's HF tokenizer; the kit's "official" style reproduces those ids for tokenizers that
+    add the dummy prefix `▁` like SentencePiece, to every stretch of text (llm-jp's, the kit's own:
+    exact, tested piece for piece). A Metaspace tokenizer (`prepend_scheme="first"`/"always", the
+    default of newer transformers conversions) adds no `▁` before text that starts with a space and,
+    with "first", none after `<|bos|>`, so the official DPO prompt and an SFT system prompt of
+    spaces would come out differently from the official ids: refused rather than silently wrong.
+    """
+    if getattr(info, "space_for_prefix", False):
+        return ("template_style='official' needs a tokenizer that adds the dummy prefix '▁' like "
+                "SentencePiece (llm-jp's does); this one is a Metaspace tokenizer, with which the "
+                "official ids cannot be reproduced exactly (use template_style='kit')")
+    return None
 
 
 def prefixes_after_special(tok) -> bool:

@@ -16,6 +16,11 @@ def _cmd_score(args) -> int:
     print(report.format_table())
     for line in report.problems:
         print(f"warning: {line}")
+    if report.official_failures:
+        print(f"warning: the official math-eval would STOP on this prediction file and score nothing "
+              f"({len(report.official_failures)} cause(s); the kit counted those problems wrong):")
+        for line in report.official_failures[:10]:
+            print(f"  {line}")
     if report.missing:
         print(f"warning: {len(report.missing)} gold problem(s) without a prediction count as wrong: "
               f"{', '.join(report.missing[:10])}{' ...' if len(report.missing) > 10 else ''}")
@@ -53,7 +58,8 @@ def _cmd_prepare(args) -> int:
     from .records import eval_files
     from .submission import prepare_submission, smoke_test
 
-    info = prepare_submission(args.model, args.output, overwrite=args.overwrite)
+    info = prepare_submission(args.model, args.output, overwrite=args.overwrite,
+                              skip_compat_check=args.skip_compat_check)
     print(f"submission folder: {info['folder']} ({info['bytes'] / 1e6:.1f} MB): {', '.join(info['files'])}")
     if not args.no_smoke_test:
         problems = args.input or str(repo_root() / "datasets" / "sample" / "eval")
@@ -123,6 +129,9 @@ def register(subparsers) -> None:
     p.add_argument("output", help="the folder to create")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-smoke-test", action="store_true")
+    p.add_argument("--skip-compat-check", action="store_true",
+                   help="do not load the folder in a transformers 4.57.0 side environment (the submission "
+                        "image's version; built once under .cache/side-envs, needs PyPI access)")
     p.add_argument("--input", help="problems JSONL for the smoke test (default: the sample eval set)")
     p.add_argument("--limit", type=int, default=8, help="smoke-test only the first N problems (0 = all)")
     p.add_argument("--backend", default="transformers", help="transformers | vllm")

@@ -5,7 +5,11 @@ evaluation_method?: soft|strict|complex|complex-strict}`. Prediction line: `{id,
 optionally the gold fields; the official scorer builds a dataclass from each line, so ANY OTHER
 KEY (or a missing `id`/`output`) makes the line fail to load and its problem counts as wrong.
 We load predictions the same way but report every rejected line as `path:line: why`, so nothing
-is lost silently. Gold files are the user's own data: a bad gold line is an error to fix.
+is lost silently. Two kinds of line make the official tool stop for the whole file instead: an
+`output` that is not a string (null, a number; it fails when that problem is scored) and an id
+that is a list or an object (it fails while reading); the kit counts those problems wrong and
+reports that the official run would have failed. Gold files are the user's own data: a bad gold
+line is an error to fix.
 """
 from __future__ import annotations
 
@@ -31,6 +35,11 @@ class Predictions:
     lines_read: int = 0
     rejected: list[str] = field(default_factory=list)    # `path:line: reason`, counted wrong
     duplicates: list[str] = field(default_factory=list)  # `path:line: ...`, the later line wins
+    # id -> `path:line: why` for lines the official tool loads but then stops the whole run on
+    # (an `output` that is not a string) if that id is scored; the kit counts them wrong.
+    non_string_output: dict[Any, str] = field(default_factory=dict)
+    # lines on which the official tool stops while LOADING the file (an id that is a list/object)
+    fatal_lines: list[str] = field(default_factory=list)
 
 
 def _jsonl_lines(path: Path) -> Iterable[tuple[int, str]]:
@@ -126,17 +135,26 @@ def load_predictions(path: str | os.PathLike) -> Predictions:
             preds.rejected.append(f"{where}: {why} (the official scorer drops this line: problem "
                                   f"{rec.get('id')!r} counts as wrong)")
             continue
-        if not isinstance(rec["output"], str):
-            preds.rejected.append(f"{where}: output must be a string (got {type(rec['output']).__name__})")
-            continue
         key = rec["id"]
-        if not isinstance(key, (str, int)) or isinstance(key, bool):
-            preds.rejected.append(f"{where}: id must be a string or an integer")
+        if isinstance(key, (list, dict)):
+            # Officially a crash: the id is looked up in a dict while the file is read.
+            why = f"{where}: id must be a string or a number (got a JSON {type(key).__name__})"
+            preds.rejected.append(why)
+            preds.fatal_lines.append(f"{why}: the official scorer stops reading this file (TypeError)")
             continue
-        if key in preds.by_id:
+        if key in where_of:
             preds.duplicates.append(f"{where}: duplicate id {key!r} replaces the line at {where_of[key]}")
-        preds.by_id[key] = rec
         where_of[key] = where
+        # The later line replaces the earlier one, whatever either holds (as officially).
+        preds.by_id.pop(key, None)
+        preds.non_string_output.pop(key, None)
+        if not isinstance(rec["output"], str):
+            kind = "null" if rec["output"] is None else type(rec["output"]).__name__
+            preds.rejected.append(f"{where}: output must be a string (got {kind}; counted wrong)")
+            preds.non_string_output[key] = (f"{where}: output is {kind}, not a string: the official "
+                                            "scorer stops on this file with a TypeError")
+            continue
+        preds.by_id[key] = rec
     return preds
 
 

@@ -5,7 +5,10 @@ Two scorers give the same verdict interface:
 - "official": the competition's own `math-eval` (`math_eval.main.parse_and_verify`) when it is
   importable (install it on ABCI from its repository; it needs Python >= 3.12).
 "auto" takes the official one when present. The result records which scorer produced it.
-Missing predictions and rejected prediction lines count as wrong, exactly as officially.
+Missing predictions and rejected prediction lines count as wrong, exactly as officially. Where the
+official tool would stop for the whole file instead (an `output` that is not a string, an id that
+is a list, an error it re-raises), the kit still scores every line and lists why in
+`ScoreReport.official_failures` (`official_tool_would_fail` in the JSON).
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ class ScoreReport:
     category_counts: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)             # gold ids without a prediction
     problems: list[str] = field(default_factory=list)            # rejected/duplicate/odd lines
+    # Why the official math-eval run would have stopped on this file (it scores nothing then).
+    official_failures: list[str] = field(default_factory=list)
 
     def official_json(self) -> dict[str, Any]:
         """The JSON `math-eval -o` writes, plus `scorer` and `problems` (extra keys, never renamed)."""
@@ -41,7 +46,8 @@ class ScoreReport:
                 "detailed_results": self.detailed_results,
                 "scorer": self.scorer,
                 "missing_predictions": self.missing,
-                "problems": self.problems}
+                "problems": self.problems,
+                "official_tool_would_fail": self.official_failures}
 
     def table(self):
         """Per-category accuracy as a pandas DataFrame (with an Overall row last)."""
@@ -86,9 +92,9 @@ def _official_check(output: str, solution, method: str | None) -> Verdict:
         try:
             args = (output, solution, method) if takes_method else (output, solution)
             return Verdict(bool(parse_and_verify(*args)), "official")
-        except (NotImplementedError, ValueError, RecursionError):
+        except (NotImplementedError, ValueError, RecursionError) as exc:
             # It re-raises these for its caller; its own CLI would stop, we count the answer wrong.
-            return Verdict(False, None)
+            return Verdict(False, None, f"the official scorer raises {type(exc).__name__} and stops")
 
 
 def resolve_scorer(scorer: str = "auto") -> tuple[str, Callable[[str, Any, str | None], Verdict]]:
@@ -120,13 +126,18 @@ def score_records(gold: list[dict[str, Any]], preds: Predictions, scorer: str = 
 
     name, fn = resolve_scorer(scorer)
     problems = list(preds.rejected) + list(preds.duplicates)
-    by_str = {str(k): k for k in preds.by_id}
+    failures = list(preds.fatal_lines)
+    known = set(preds.by_id) | set(preds.non_string_output)
+    by_str = {str(k): k for k in known}
     results, rules, missing = {}, {}, []
     per_cat: dict[str, list[bool]] = {}
     for g in (bar(gold, desc="scoring", unit="problem") if progress else gold):
         key = str(g["id"])
         pred = preds.by_id.get(g["id"])
-        if pred is None:
+        if g["id"] in preds.non_string_output:  # scored officially, and that stops the run
+            failures.append(preds.non_string_output[g["id"]])
+            verdict = Verdict(False, None)
+        elif pred is None:
             missing.append(key)
             if key in by_str:  # same text, other JSON type: the official lookup misses it too
                 problems.append(f"prediction id {by_str[key]!r} has another JSON type than gold id "
@@ -134,17 +145,22 @@ def score_records(gold: list[dict[str, Any]], preds: Predictions, scorer: str = 
             verdict = Verdict(False, None)
         else:
             verdict = fn(pred["output"], g["solution"], g.get("evaluation_method"))
+            if verdict.official_failure:
+                failures.append(f"problem {g['id']!r}: {verdict.official_failure}")
+                problems.append(f"problem {g['id']!r}: counted wrong; the official math-eval would stop "
+                                f"on this file here ({verdict.official_failure})")
         results[key] = verdict.correct
         rules[key] = verdict.rule
         per_cat.setdefault(str(g["category"]), []).append(verdict.correct)
-    extra = sorted(str(k) for k in set(preds.by_id) - {g["id"] for g in gold})
+    extra = sorted(str(k) for k in known - {g["id"] for g in gold})
     if extra:
         problems.append(f"{len(extra)} prediction id(s) not in the gold set, ignored: {', '.join(extra[:10])}")
     return ScoreReport(
         overall_accuracy=sum(results.values()) / len(results) if results else 0.0,
         category_accuracies={c: sum(v) / len(v) for c, v in per_cat.items()},
         detailed_results=results, scorer=name, rules=rules,
-        category_counts={c: len(v) for c, v in per_cat.items()}, missing=missing, problems=problems)
+        category_counts={c: len(v) for c, v in per_cat.items()}, missing=missing, problems=problems,
+        official_failures=failures)
 
 
 def score_files(pred_path: str | os.PathLike, gold_path: str | os.PathLike, scorer: str = "auto",

@@ -1,10 +1,16 @@
 """Prepare a submission-ready model folder and smoke-test the submission's inference contract.
 
-The submission is a Singularity image that runs an HF model on ONE GPU with no network: it reads
-a problems JSONL, sends each problem as one user message through `llm.chat` (so the tokenizer
-must carry a chat template), and writes the same records plus `output`. `prepare_submission`
-copies exactly what that needs (weights as safetensors, config, generation config, tokenizer
-with its chat template), checks it loads, and `smoke_test` runs the same contract locally.
+The submission is a Singularity image that runs an HF model on ONE GPU with no network, with
+transformers 4.57.0 (the competition's lock file): it reads a problems JSONL, sends each problem
+as one user message through `llm.chat` (so the tokenizer must carry a chat template), and writes
+the same records plus `output`. `prepare_submission` copies exactly what that needs (weights as
+safetensors, generation config), writes config.json and the tokenizer in a form transformers 4.x
+reads exactly like the kit does (`convert.configs.portable_config`, `model.portable`), checks it
+loads here, and then loads it in a side environment with transformers 4.57.0 and compares the
+config, tokenizer ids and chat-prompt ids with this environment's (`model.compat`). If that
+environment cannot be built (no PyPI access), prepare stops with one sentence unless
+`skip_compat_check=True` (`--skip-compat-check`), which is recorded in the manifest.
+`smoke_test` runs the submission's contract locally.
 """
 from __future__ import annotations
 
@@ -19,10 +25,9 @@ from .generate import Decoding, generate_answers, resolve_model_dir
 from .gpu_env import check_cuda_visible_devices
 from .records import PREDICTION_KEYS, read_jsonl, write_jsonl
 
-# What an HF model folder needs at inference time (no optimizer state, no training leftovers).
-WANTED = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-          "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-          "tokenizer.model", "added_tokens.json")
+# What an HF model folder needs at inference time (no optimizer state, no training leftovers);
+# config.json and the tokenizer files are rewritten, not copied (see module doc).
+WANTED = ("*.safetensors", "*.safetensors.index.json", "generation_config.json")
 MANIFEST = "tunekit_submission.json"
 
 
@@ -62,10 +67,17 @@ def _write_generation_config(dst: Path) -> None:
                      pad_token_id=tok.pad_token_id).save_pretrained(str(dst))
 
 
-def prepare_submission(spec: str | os.PathLike, out_dir: str | os.PathLike,
-                       overwrite: bool = False) -> dict[str, Any]:
-    """Copy the model behind `spec` into `out_dir` as a submission-ready HF folder and check it."""
-    from ..atomic import atomic_dir
+def prepare_submission(spec: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
+                       skip_compat_check: bool = False, log=print) -> dict[str, Any]:
+    """Copy the model behind `spec` into `out_dir` as a submission-ready HF folder and check it.
+
+    The folder is checked in a transformers 4.57.0 side environment (the submission image's
+    version) unless `skip_compat_check`; a difference or a failure to build that environment is
+    a UserError, and nothing is left at `out_dir`.
+    """
+    from ..atomic import atomic_dir, write_json
+    from ..convert.configs import portable_config, read_json
+    from ..model.portable import publish_tokenizer
 
     src = resolve_model_dir(spec)
     problems = check_model_folder(src)
@@ -78,17 +90,41 @@ def prepare_submission(spec: str | os.PathLike, out_dir: str | os.PathLike,
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for f in files:
             shutil.copy2(f, tmp / f.name)
+        write_json(tmp / "config.json", portable_config(read_json(src / "config.json")))
+        publish_tokenizer(src, tmp, template="keep")  # the model's own prompt format, portable
         if not (tmp / "generation_config.json").exists():
             _write_generation_config(tmp)
-        manifest = {"source": str(src.resolve()),
+        leftover = check_model_folder(tmp)
+        if leftover:
+            raise UserError("; ".join(leftover))
+        compat = _check_in_submission_env(tmp, skip_compat_check, log)
+        manifest = {"source": str(src.resolve()), "compat_check": compat,
                     "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    leftover = check_model_folder(out)
-    if leftover:
-        raise UserError("; ".join(leftover))
     size = sum(p.stat().st_size for p in out.iterdir())
     return {"folder": str(out), "source": str(src), "files": sorted(p.name for p in out.iterdir()),
-            "bytes": size}
+            "bytes": size, "compat_check": compat}
+
+
+def _check_in_submission_env(folder: Path, skip: bool, log) -> dict[str, Any]:
+    """Load the folder in transformers 4.57.0 and compare with this environment (see module doc)."""
+    from ..model import compat
+
+    if skip:
+        log("compat check skipped (--skip-compat-check): the folder was NOT loaded in transformers "
+            f"{compat.ENVS['submission'].transformers}")
+        return {"skipped": True}
+    try:
+        result = compat.check_folder(folder, "submission", log=log)
+    except compat.SideEnvUnavailable as exc:
+        raise UserError(f"{exc}; pass --skip-compat-check to prepare the folder without this check") from None
+    if result["differences"]:
+        raise UserError(f"the prepared folder does not load in transformers {result['transformers']} as it "
+                        f"does here ({'; '.join(result['differences'])}); the submission image would "
+                        "see another model (please report this)")
+    log(f"compat check: config, tokenizer and chat-prompt ids identical in transformers "
+        f"{result['transformers']} (the submission image's version)")
+    return {"skipped": False, "transformers": result["transformers"], "identical": True}
 
 
 def smoke_test(model: str | os.PathLike, input_path: str | os.PathLike, output_path: str | os.PathLike,

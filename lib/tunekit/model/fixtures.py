@@ -10,6 +10,7 @@ Builds run under a file lock (concurrent processes build once) into a temp folde
   settings and special-token layout, exported by `sp_convert` (the same converter as the real one);
 * tiny model: a random LlamaForCausalLM (GQA, untied embeddings, RMSNorm, SwiGLU, RoPE), fixed seed;
 * llm-jp tokenizer: the competition's SentencePiece model as an HF fast tokenizer.
+Tokenizer folders are written by `tunekit.model.portable` (they load in transformers 4.47-5.x).
 Same inputs and seed give the same bytes in every file (tested).
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..atomic import atomic_dir
 from ..errors import UserError
 from . import sp_convert
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 LLMJP_MODEL_NAME = "llm-jp-tokenizer-v4.0-alpha1.0.model"
 TINY_SEED = 0
 # The corpus is small and templated: the trainer keeps what it supports (583 pieces today, incl.
@@ -44,7 +45,8 @@ TINY_CONFIG = dict(
     rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False, attention_bias=False,
     mlp_bias=False, initializer_range=0.02,
 )
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model")
 
 
 # ------------------------------------------------------------------ inputs and cache keys
@@ -202,6 +204,12 @@ def build_tiny_model(out: Path, tokenizer_dir: Path, seed: int = TINY_SEED) -> N
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
+    from ..convert.configs import portable_config
+
+    # transformers 5 writes rope_parameters/dtype only; add the keys 4.x reads (same values).
+    cfg_path = out / "config.json"
+    cfg_path.write_text(json.dumps(portable_config(json.loads(cfg_path.read_text(encoding="utf-8"))),
+                                   indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, out / name)
 

@@ -1,41 +1,58 @@
-"""SentencePiece Unigram model -> HF fast tokenizer directory with llm-jp's special-token names.
+"""SentencePiece Unigram model -> HF fast tokenizer directory with the competition's token names.
 
 One converter serves both the real llm-jp-tokenizer v4.0 `.model` and the tiny fixture tokenizer.
-The result tokenises text exactly as SentencePiece does (same ids), with one deliberate difference:
+The result tokenises text exactly as SentencePiece does (same ids), with two deliberate differences,
+both as in the competition's own HF tokenizer (llm-jp-tokenizer `hf/ver4.0/alpha_1.0`, Sept. 2025,
+whose tokenizer_config names `<|unk|>`, `<|bos|>`, `<|eos|>`, `<|pad|>`, `<|mask|>`, `<|cls|>`,
+`<|sep|>`, `<|eod|>`):
 
-* The four special tokens `<unk>` (0), `<|bos|>` (1), `<|eos|>` (2) and `<pad>` (4) are atomic in
-  HF: where their text occurs it becomes that one id, and each stretch of text between them is
-  encoded exactly as SentencePiece encodes that stretch on its own (with its own dummy prefix `▁`).
-  Raw SentencePiece knows nothing of `<|bos|>`/`<|eos|>` (`<|eos|>` is `▁<`,`|`,`eos`,`|>`), and it
-  spells `<unk>` as ordinary pieces. This is what the competition's training code relies on:
-  `"\\n" + answer + "<|eos|>"` ends in the eos id. With `split_special_tokens=True` the HF tokenizer
-  gives SentencePiece's ids for every text, special strings included.
+* The special pieces are renamed and are atomic special tokens in HF: `<unk>` (0) -> `<|unk|>`,
+  `<s>` (1) -> `<|bos|>`, `</s>` (2) -> `<|eos|>`, `<mask>` (3) -> `<|mask|>`, `<pad>` (4) ->
+  `<|pad|>`, and, where present, `<CLS>` -> `<|cls|>`, `<EOD>` -> `<|eod|>`, `<SEP>` -> `<|sep|>`.
+  Where their new name occurs in text it becomes that one id, and each stretch of text between
+  them is encoded exactly as SentencePiece encodes that stretch on its own (with its own dummy
+  prefix `▁`). Raw SentencePiece knows nothing of `<|bos|>`/`<|eos|>` (`<|eos|>` is `▁<`,`|`,`eos`,
+  `|>`). This is what the competition's training code relies on: `"\\n" + answer + "<|eos|>"` ends
+  in the eos id. With `split_special_tokens=True` the HF tokenizer gives SentencePiece's ids for
+  every text.
+* The OLD names of the renamed user-defined symbols (`<mask>`, `<pad>`, `<CLS>`, `<EOD>`,
+  `<SEP>`) are ordinary text in HF (SentencePiece maps that text to the symbol's id): the
+  competition's tokenizer renamed them the same way. `<RESERVED_...>` symbols keep their names.
 
 How SentencePiece's encoder is mirrored (sentencepiece `unigram_model.cc`, `normalizer.cc`):
 * identity normalisation: only ' ' -> '▁' and a dummy `▁` prefix on non-empty text (no NFKC, no
   whitespace squeezing; tabs and newlines fall back to bytes);
 * one Viterbi pass over the whole string (no pre-tokenizer): SentencePiece does not split at
   whitespace when encoding, its vocabulary simply has no piece with an inner `▁`;
-* user-defined symbols (`<mask>`, `<pad>`, `<RESERVED_...>`) get SentencePiece's lattice bonus
-  score (`len * max(max_normal_score, FLT_MIN) - 0.1`) so they are always taken whole;
-* control, unknown and byte pieces are not in SentencePiece's lattice at all; here they stay in the
-  vocabulary (HF needs them for ids and byte fallback) with an unreachable score so the lattice never
-  picks them from text (literal `<0x41>` or `<unk>` stay ordinary text, as in SentencePiece); this
-  needs every character of their names to be a piece (`<`, `|`, `0`-`9`, `A`-`F`, `x`, `>`...);
+* user-defined symbols (`<RESERVED_...>`) get SentencePiece's lattice bonus score
+  (`len * max(max_normal_score, FLT_MIN) - 0.1`) so they are always taken whole;
+* control, unknown, byte, unused and renamed pieces are not in SentencePiece's lattice (or not
+  under their new name); here they stay in the vocabulary (HF needs them for ids and byte
+  fallback) with an unreachable score so the lattice never picks them from text (literal `<0x41>`
+  or `<|unk|>` with split_special_tokens stay ordinary text, as in SentencePiece); this needs every
+  character of their names to be a piece (`<`, `|`, `0`-`9`, `A`-`F`, `x`, `>`...);
 * characters that are not single pieces become UTF-8 byte pieces (byte fallback) in both. The one
   place the unknown-character score could matter, an unknown character inside a longer piece, cannot
   happen when every character of every normal piece is itself a piece; `check_convertible` asserts
   that (user-defined symbols outscore any path through an unknown character in both).
+
+The folder is written by `tunekit.model.portable` (the kit's one tokenizer writer), so it loads
+with the same ids in transformers 4.47, 4.57 and 5.x.
 """
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
-BOS, EOS, UNK, PAD = "<|bos|>", "<|eos|>", "<unk>", "<pad>"
-SPECIAL_IDS = {UNK: 0, BOS: 1, EOS: 2, PAD: 4}
-CONVERTER_VERSION = 1
+BOS, EOS, UNK, PAD, MASK = "<|bos|>", "<|eos|>", "<|unk|>", "<|pad|>", "<|mask|>"
+SPECIAL_IDS = {UNK: 0, BOS: 1, EOS: 2, MASK: 3, PAD: 4}
+# SentencePiece names -> the competition's HF names (ids 0-4 always; the rest where present).
+RENAMED = {"<unk>": UNK, "<s>": BOS, "</s>": EOS, "<mask>": MASK, "<pad>": PAD,
+           "<CLS>": "<|cls|>", "<EOD>": "<|eod|>", "<SEP>": "<|sep|>"}
+# tokenizer attributes of the renamed tokens (eod has no transformers attribute)
+ROLES = {UNK: "unk_token", BOS: "bos_token", EOS: "eos_token", PAD: "pad_token", MASK: "mask_token",
+         "<|cls|>": "cls_token", "<|sep|>": "sep_token"}
+CONVERTER_VERSION = 2
 
 # sentencepiece ModelProto.SentencePiece.Type values
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
@@ -55,8 +72,16 @@ def load_proto(model_bytes: bytes):
 
 
 def exported_name(i: int, piece) -> str:
-    """The HF token name of SentencePiece piece `i` (bos/eos get the competition's names)."""
-    return {1: BOS, 2: EOS}.get(i, piece.piece)
+    """The HF token name of SentencePiece piece `i` (special pieces get the competition's names)."""
+    if piece.type in (_UNKNOWN, _CONTROL, _USER_DEFINED) and piece.piece in RENAMED:
+        return RENAMED[piece.piece]
+    return piece.piece
+
+
+def special_names(proto) -> dict[str, int]:
+    """The renamed special tokens of this model: {HF name: id}."""
+    return {exported_name(i, p): i for i, p in enumerate(proto.pieces)
+            if p.type in (_UNKNOWN, _CONTROL, _USER_DEFINED) and p.piece in RENAMED}
 
 
 def check_convertible(proto) -> None:
@@ -73,12 +98,13 @@ def check_convertible(proto) -> None:
         problems.append("whitespace handling differs from llm-jp (remove_extra_whitespaces off, escape on)")
     if proto.HasField("denormalizer_spec") and proto.denormalizer_spec.name:
         problems.append("a denormalizer is set")
-    layout = {0: _UNKNOWN, 1: _CONTROL, 2: _CONTROL, 4: _USER_DEFINED}
-    for i, typ in layout.items():
-        if len(proto.pieces) <= i or proto.pieces[i].type != typ:
-            problems.append(f"piece {i} is not of the llm-jp layout (unk 0, bos 1, eos 2, <pad> 4)")
-    if len(proto.pieces) > 4 and proto.pieces[4].piece != PAD:
-        problems.append(f"piece 4 is {proto.pieces[4].piece!r}, expected {PAD!r}")
+    layout = {0: (_UNKNOWN, "<unk>"), 1: (_CONTROL, "<s>"), 2: (_CONTROL, "</s>"),
+              3: (_USER_DEFINED, "<mask>"), 4: (_USER_DEFINED, "<pad>")}
+    for i, (typ, name) in layout.items():
+        if len(proto.pieces) <= i or proto.pieces[i].type != typ or proto.pieces[i].piece != name:
+            problems.append(f"piece {i} is not {name!r} (the llm-jp layout: <unk> 0, <s> 1, </s> 2, "
+                            "<mask> 3, <pad> 4)")
+            break
     byte_names = {p.piece for p in proto.pieces if p.type == _BYTE}
     if byte_names != {f"<0x{b:02X}>" for b in range(256)}:
         problems.append("the 256 byte pieces are incomplete")
@@ -107,62 +133,50 @@ def build_tokenizer(proto):
     check_convertible(proto)
     normal = [p.score for p in proto.pieces if p.type == _NORMAL]
     max_score = max(max(normal), _FLT_MIN)
+    specials = special_names(proto)
     vocab = []
     for i, p in enumerate(proto.pieces):
+        name = exported_name(i, p)
         if p.type == _NORMAL:
             vocab.append((p.piece, p.score))
-        elif p.type == _USER_DEFINED:
+        elif p.type == _USER_DEFINED and name == p.piece:
             # SentencePiece's EncodeOptimized scores user symbols by their UTF-8 length.
             vocab.append((p.piece, len(p.piece.encode("utf-8")) * max_score - 0.1))
-        else:  # unknown, control, byte, unused: never produced from text
-            vocab.append((exported_name(i, p), UNREACHABLE_SCORE))
+        else:  # unknown, control, byte, unused, renamed: never produced from text
+            vocab.append((name, UNREACHABLE_SCORE))
     tok = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.pre_tokenizer = None
     tok.decoder = decoders.Sequence([
         decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
     ])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_IDS])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, _ in sorted(specials.items(), key=lambda kv: kv[1])])
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1", special_tokens=[(BOS, 1)])
-    for name, idx in SPECIAL_IDS.items():
+    for name, idx in specials.items():
         assert tok.token_to_id(name) == idx, (name, tok.token_to_id(name))
     return tok
 
 
-def tokenizer_config(chat_template: str, model_max_length: int) -> dict:
-    """tokenizer_config.json for the exported directory (llm-jp special-token names, no eos added)."""
-    added = {str(i): {"content": name, "lstrip": False, "normalized": False, "rstrip": False,
-                      "single_word": False, "special": True}
-             for name, i in sorted(SPECIAL_IDS.items(), key=lambda kv: kv[1])}
-    return {
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "added_tokens_decoder": added,
-        "bos_token": BOS,
-        "chat_template": chat_template,
-        # Decoding must give back the text exactly; HF's clean-up would glue " ." etc.
-        "clean_up_tokenization_spaces": False,
-        "eos_token": EOS,
-        "model_max_length": model_max_length,
-        "pad_token": PAD,
-        "padding_side": "right",
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "unk_token": UNK,
-    }
+def hf_tokenizer(proto, chat_template: str, model_max_length: int):
+    """The converted tokenizer as a transformers fast tokenizer (special tokens, template, limits)."""
+    from transformers import PreTrainedTokenizerFast
+
+    roles = {ROLES[name]: name for name in special_names(proto) if name in ROLES}
+    tok = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(proto), model_max_length=model_max_length,
+                                  padding_side="right", clean_up_tokenization_spaces=False, **roles)
+    # Decoding must give back the text exactly; HF's clean-up would glue " ." etc.
+    tok.chat_template = chat_template
+    return tok
 
 
 def write_hf_tokenizer(model_bytes: bytes, out: Path, chat_template: str, model_max_length: int = 4096) -> None:
-    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and the raw tokenizer.model into `out`."""
+    """Write the HF tokenizer folder (portable: see tunekit.model.portable) plus the raw tokenizer.model."""
+    from .portable import write_portable_tokenizer
+
     proto = load_proto(model_bytes)
-    tok = build_tokenizer(proto)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tokenizer.json").write_text(tok.to_str(pretty=True) + "\n", encoding="utf-8")
-    cfg = tokenizer_config(chat_template, model_max_length)
-    (out / "tokenizer_config.json").write_text(
-        json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK}
-    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n",
-                                                 encoding="utf-8")
+    write_portable_tokenizer(hf_tokenizer(proto, chat_template, model_max_length), out,
+                             chat_template=chat_template)
     # The raw model travels with the HF files: NeMo configs and parity checks need it.
     (out / "tokenizer.model").write_bytes(model_bytes)

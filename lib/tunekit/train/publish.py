@@ -43,19 +43,14 @@ def _base_dtype(config: Mapping[str, Any]) -> torch.dtype:
 
 
 def _copy_tokenizer(base: Path, out: Path) -> None:
-    from transformers import AutoTokenizer
+    from ..convert.hf_files import has_tokenizer
+    from ..model.portable import publish_tokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(base)
-    except Exception:  # no tokenizer in the base dir: the model is still publishable
+    if not has_tokenizer(base):  # no tokenizer in the base dir: the model is still publishable
         return
-    try:
-        from ..data.template import install_chat_template
-
-        install_chat_template(tok)  # the prompt format training used, for apply_chat_template/vLLM
-    except ImportError:
-        pass
-    tok.save_pretrained(out)
+    # With the kit's chat template (the prompt format training used, for apply_chat_template/vLLM),
+    # written so that transformers 4.47 / 4.57 (official training env, submission image) load it.
+    publish_tokenizer(base, out, template="kit")
 
 
 def _share_like_umask(folder: Path) -> None:
@@ -72,6 +67,8 @@ def publish_hf_model(model, env: DistEnv, base_model_dir: Path, out_dir: Path,
                      provenance: Mapping[str, Any]) -> Path | None:
     """Write the model's current weights as an HF model dir at `out_dir` (collective; rank 0 writes)."""
     from huggingface_hub import save_torch_state_dict
+
+    from ..convert.configs import portable_config
 
     sd = gather_full_state_dict(model)
     if env.is_main:
@@ -93,7 +90,8 @@ def publish_hf_model(model, env: DistEnv, base_model_dir: Path, out_dir: Path,
                     shutil.copy2(f, tmp / f.name)
             _copy_tokenizer(base_model_dir, tmp)
             config["use_cache"] = True  # training switched it off; inference wants it
-            atomic.write_json(tmp / "config.json", config)
+            # Legacy keys too, so transformers 4.x (submission image, official kit) reads the same RoPE.
+            atomic.write_json(tmp / "config.json", portable_config(config))
             save_torch_state_dict(sd, tmp, max_shard_size="5GB", safe_serialization=True)
             atomic.write_json(tmp / PROVENANCE, dict(provenance))
             _share_like_umask(tmp)

@@ -53,6 +53,7 @@ SFT_CASES = [
     (j({"messages": [SYS, U, A]}), "warning", "exact duplicate of line 1"),
     (j({"messages": [SYS, U, {"role": "assistant", "content": "y" * (1 << 20)}]}), "error",
      "more than the 1.0 MiB a record may have"),
+    (j({"messages": [SYS, U, {"role": "assistant", "content": "a <|pad|> b"}]}), "warning", "contains '<|pad|>'"),
 ]
 DPO_CASES = [
     (j({"messages": [SYS, U], "chosen_response": "c", "rejected_response": "r"}), None, ""),

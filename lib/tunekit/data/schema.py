@@ -30,8 +30,11 @@ from ..errors import UserError
 
 Kind = Literal["sft", "dpo"]
 ROLES = ("system", "user", "assistant")
-# Special-token texts that an HF tokenizer turns into control tokens when they appear in content.
-SPECIAL_TEXTS = ("<|bos|>", "<|eos|>", "<s>", "</s>", "<pad>", "<unk>")
+# Special-token texts that an HF tokenizer turns into control tokens when they appear in content:
+# the competition tokenizer's names (<|unk|> ... <|sep|>, see tunekit.model.portable) and the
+# classic SentencePiece/LLaMA ones other tokenizers use.
+SPECIAL_TEXTS = ("<|bos|>", "<|eos|>", "<|unk|>", "<|pad|>", "<|mask|>", "<|cls|>", "<|eod|>", "<|sep|>",
+                 "<s>", "</s>", "<pad>", "<unk>")
 _SPECIAL_RE = re.compile("|".join(re.escape(s) for s in SPECIAL_TEXTS))
 MAX_REPORTED = 200  # per file; the rest are counted, not printed
 # The longest line (bytes, without its line ending) read as a record. 1 MiB is ~250k tokens of

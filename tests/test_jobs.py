@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_pbs"))
-from helpers import install_fake_pbs, register_stand_ins  # noqa: E402
+from pbs_helpers import install_fake_pbs, register_stand_ins  # noqa: E402
 
 from tunekit.cli import main as cli_main  # noqa: E402
 from tunekit.errors import UserError  # noqa: E402

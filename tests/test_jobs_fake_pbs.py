@@ -1,6 +1,6 @@
 """Jobs executed end to end by the fake PBS (tests/fake_pbs): the rendered script really runs.
 
-The stand-in notebooks (tests/fake_pbs/helpers.py) keep these independent of the real notebooks;
+The stand-in notebooks (tests/fake_pbs/pbs_helpers.py) keep these independent of the real notebooks;
 tests/test_jobs_sft.py runs the real SFT notebook the same way.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_pbs"))
-from helpers import SHIM_DIR, install_fake_pbs, register_stand_ins  # noqa: E402
+from pbs_helpers import SHIM_DIR, install_fake_pbs, register_stand_ins  # noqa: E402
 
 from tunekit.errors import UserError  # noqa: E402
 from tunekit.jobs import cancel_job, job_status, submit_job  # noqa: E402

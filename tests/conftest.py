@@ -12,3 +12,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny random LLaMA (vocab 96, hidden 32, 2 layers, fp32) saved as an HF model dir, one per session."""
+    from helpers import tiny_llama_dir
+
+    return tiny_llama_dir(tmp_path_factory.mktemp("tiny") / "model", vocab=96)

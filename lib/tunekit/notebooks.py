@@ -3,6 +3,8 @@
 Every notebook lives in `notebooks/` as a py:percent file (the reviewed source) and its paired
 `.ipynb` (what JupyterLab opens and nbval checks). The `.ipynb` carries no outputs except the
 final `# NBVAL_CHECK_OUTPUT` summary cell(s), whose stored output is the regression reference.
+The `parameters` cell is generated from the notebook's params model (`tunekit.params.parameters_cell`):
+`sync` writes it into the .py twin, `check` fails when the committed cell differs.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ NOTEBOOKS = [
     NotebookSpec("20_convert_nemo_to_hf", "convert_nemo_to_hf", "tunekit.convert.params:NemoToHFParams"),
     NotebookSpec("21_convert_hf_to_nemo", "convert_hf_to_nemo", "tunekit.convert.params:HFToNemoParams"),
     NotebookSpec("30_sft", "sft", "tunekit.train.params:SFTParams"),
-    NotebookSpec("40_dpo", "dpo", "tunekit.train.dpo_params:DPOParams"),
+    NotebookSpec("40_dpo", "dpo", "tunekit.train.params:DPOParams"),
     NotebookSpec("50_evaluate", "evaluate", "tunekit.evaluate.params:EvalParams"),
 ]
 
@@ -160,11 +162,45 @@ def strip_outputs(nb) -> None:
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
 
 
+_PARAMS_MARK = '# %% tags=["parameters"]\n'
+
+
+def _parameters_span(text: str, name: str) -> tuple[int, int]:
+    """Where the parameters cell's source lies in a py:percent text (start, end offsets)."""
+    if _PARAMS_MARK not in text:
+        raise UserError(f"{name}: no `{_PARAMS_MARK.strip()}` cell")
+    start = text.index(_PARAMS_MARK) + len(_PARAMS_MARK)
+    end = text.find("\n# %%", start)
+    return start, (len(text) if end < 0 else end + 1)
+
+
+def generated_parameters(nb: NotebookSpec) -> str:
+    """The parameters cell source generated from the notebook's params model (`name: type = value  # help`)."""
+    from .params import parameters_cell
+
+    return parameters_cell(nb.params_model()) + "\n"
+
+
+def sync_parameters(nb: NotebookSpec) -> bool:
+    """Write the generated parameters cell into the .py twin; True if it changed."""
+    from .atomic import write_text
+
+    text = nb.py.read_text(encoding="utf-8")
+    start, end = _parameters_span(text, nb.py.name)
+    new = text[:start] + generated_parameters(nb) + "\n" + text[end:].lstrip("\n")
+    if new == text:
+        return False
+    write_text(nb.py, new)
+    return True
+
+
 def sync(nb: NotebookSpec) -> bool:
-    """Rewrite the .ipynb from its .py twin, keeping the check cells' stored outputs; True if changed."""
+    """Regenerate the .py's parameters cell, then the .ipynb from the .py (keeping the check cells'
+    stored outputs); True if anything changed."""
     import jupytext
     import nbformat
 
+    params_changed = sync_parameters(nb)
     new = _read_py(nb.py)
     if nb.ipynb.exists():
         old = nbformat.read(nb.ipynb, as_version=4)
@@ -172,7 +208,7 @@ def sync(nb: NotebookSpec) -> bool:
     strip_outputs(new)
     text = nbformat.writes(new) + "\n"
     if nb.ipynb.exists() and nb.ipynb.read_text(encoding="utf-8") == text:
-        return False
+        return params_changed
     from .atomic import write_text
 
     write_text(nb.ipynb, text)
@@ -186,6 +222,11 @@ def check(nb: NotebookSpec) -> list[str]:
     problems = []
     if not nb.py.exists() or not nb.ipynb.exists():
         return [f"{nb.name}: both {nb.py.name} and {nb.ipynb.name} must exist (run `make sync-notebooks`)"]
+    text = nb.py.read_text(encoding="utf-8")
+    start, end = _parameters_span(text, nb.py.name)
+    if text[start:end].strip() != generated_parameters(nb).strip():
+        problems.append(f"{nb.py.name}: the parameters cell differs from what "
+                        f"{nb.params_class.split(':')[1]} declares (run `make sync-notebooks`)")
     want = [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ())))
             for c in _read_py(nb.py).cells]
     have_nb = nbformat.read(nb.ipynb, as_version=4)

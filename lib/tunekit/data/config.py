@@ -7,83 +7,43 @@ kit's own choices, each defaulting to the behaviour documented in README.md in t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import UserError
+from ..params import format_validation_error
 from ..paths import resolve
+from .params import DataParams, Datasets, DatasetKnobs, PackingParams, PairParams, datasets_map, stage_default
+
+__all__ = ["DataConfig", "DatasetKnobs", "resolve_tokenizer"]
 
 
-class DatasetKnobs(BaseModel):
-    """Per-dataset options of the official `datasets:` map."""
+class DataConfig(DataParams, PackingParams, PairParams):
+    """Everything that decides which tokens a training stage sees.
 
-    model_config = ConfigDict(extra="forbid")
+    The notebook-facing fields are the shared data groups (tunekit.data.params); this adds what
+    the data layer needs beyond them, and accepts values loosely (paths, a list of names) for
+    callers that are not notebooks.
+    """
 
-    max_train_samples: int = -1    # -1 = all, 0 = skip this dataset, N = at most N train records
-    split_dev: bool = True         # take dev records from the head of this file
-    upsampling_factor: int = 1     # repeat the train records this many times
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=False)
 
-    @field_validator("max_train_samples")
-    @classmethod
-    def _mts(cls, v: int) -> int:
-        if v < -1:
-            raise ValueError("must be -1 (all), 0 (skip) or a positive count")
-        return v
-
-    @field_validator("upsampling_factor")
-    @classmethod
-    def _up(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-
-class DataConfig(BaseModel):
-    """Everything that decides which tokens a training stage sees."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data_dir: str = "datasets"
-    data_version: str = "sample"
-    # {name: knobs}; a list of names (default knobs) is accepted; empty = every file found.
-    datasets: dict[str, DatasetKnobs] = {}
+    datasets: Datasets = Field(default_factory=dict, description="datasets map; {} for every file found")
     tokenizer: str = "tiny"          # "tiny", "llmjp", an HF model/tokenizer dir or a run dir
-    max_seq_length: int = 4096
-    max_dev_samples: int = 100
-    max_dev_ratio: float = 0.1
-    dev_split: Literal["head", "hash"] = "head"   # official: the first lines of each file
-    upsample_dev: bool = False       # True = the official kit's behaviour (dev duplicated)
-    template_style: Literal["kit", "official"] = "kit"
-    on_error: Literal["raise", "skip"] = "raise"
-    packing: Literal["isolated", "official"] = "isolated"
-    overlong: Literal["truncate", "drop"] = "truncate"            # SFT examples > max_seq_length
-    dpo_overlong: Literal["drop", "truncate_prompt"] = "drop"     # DPO pairs > max_seq_length
+    max_seq_length: int = stage_default(DataParams, "max_seq_length", 4096)
     dpo_append_eos: bool = False     # the official DPO code appends no eos to responses
     workers: int = 0                 # tokeniser processes for large files (0 = all cores)
 
     @field_validator("datasets", mode="before")
     @classmethod
     def _names(cls, v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return {str(n): {} for n in v}
-        if isinstance(v, Mapping):
-            return {k: ({} if knobs is None else knobs) for k, knobs in v.items()}
-        return v
+        return datasets_map(v)
 
-    @field_validator("max_seq_length")
+    @field_validator("tokenizer", mode="before")
     @classmethod
-    def _msl(cls, v: int) -> int:
-        if v < 8:
-            raise ValueError("must be at least 8")
-        return v
-
-    @field_validator("max_dev_ratio")
-    @classmethod
-    def _ratio(cls, v: float) -> float:
-        if not 0 <= v <= 1:
-            raise ValueError("must be between 0 and 1")
-        return v
+    def _path(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v
 
     @classmethod
     def parse(cls, values: "DataConfig | Mapping[str, Any]", source: str = "data config") -> "DataConfig":
@@ -99,11 +59,7 @@ class DataConfig(BaseModel):
         try:
             return cls(**known)
         except ValidationError as exc:
-            lines = []
-            for err in exc.errors():
-                loc = ".".join(str(p) for p in err["loc"])
-                lines.append(f"{source}: {loc}: {err['msg']} (got {err.get('input')!r})")
-            raise UserError("; ".join(lines)) from None
+            raise UserError(format_validation_error(exc, source, cls)) from None
 
     def version_dir(self) -> Path:
         """`<data_dir>/<data_version>`, checked to exist."""
@@ -130,8 +86,6 @@ def resolve_tokenizer(spec: str) -> Path:
     for cand in (p, p / "hf_model"):
         if (cand / "tokenizer.json").is_file() or (cand / "tokenizer.model").is_file():
             return cand
-    from .. import model
+    from ..model import resolve_model
 
-    if hasattr(model, "resolve_model"):
-        return Path(model.resolve_model(spec))
-    raise UserError(f"tokenizer {spec!r}: not 'tiny', 'llmjp', nor a folder with tokenizer files")
+    return Path(resolve_model(spec))

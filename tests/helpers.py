@@ -256,6 +256,38 @@ def weights_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+# ------------------------------------------------------------------ notebook summary outputs
+def _sanitize_rules() -> list[tuple[str, str]]:
+    """(regex, replacement) pairs of tests/nbval_sanitize.cfg (nbval's format: [section] regex/replace)."""
+    import configparser
+
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(Path(__file__).resolve().parent / "nbval_sanitize.cfg", encoding="utf-8")
+    return [(cp[s]["regex"], cp[s]["replace"]) for s in cp.sections()]
+
+
+def sanitize_outputs(outputs: list[dict]) -> list[str]:
+    """The comparable text of a cell's outputs: stdout and text/plain, with the sanitizing rules applied.
+
+    Like the nbval setup it replaces: stderr, HTML, JS, images and widgets are not compared.
+    """
+    import re
+
+    texts = []
+    for o in outputs:
+        if o.get("output_type") == "stream" and o.get("name") == "stdout":
+            text = o.get("text", "")
+        elif o.get("output_type") in ("execute_result", "display_data") and "text/plain" in o.get("data", {}):
+            text = o["data"]["text/plain"]
+        else:
+            continue
+        text = "".join(text) if isinstance(text, list) else text
+        for regex, replace in _sanitize_rules():
+            text = re.sub(regex, replace, text)
+        texts.append(text)
+    return texts
+
+
 # ------------------------------------------------------------------ wandb's offline run files
 def read_wandb_history(run_root: Path) -> dict[int, dict[str, str]]:
     """{step: {key: value_json}} of the one offline wandb run under `run_root`, read from its .wandb file.

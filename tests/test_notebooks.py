@@ -1,6 +1,6 @@
 """Notebook conventions, enforced: pairing, outputs, typed parameters that match their model.
 
-nbval (run on notebooks/*.ipynb by `make test`) checks what notebooks print; these tests check how
+test_pipeline.py (the demo chain, in `make test`) checks what notebooks print; these tests check how
 they are built, so that a drifted .ipynb, a stray output or a parameter the validation cell does
 not know can never be committed.
 """

@@ -43,9 +43,10 @@ def lab(tmp_path_factory):
         yield root, base, token, driver
 
 
+# One notebook: the Tour's. Every notebook already runs headless in test_pipeline.py; this checks
+# the interactive path (JupyterLab, live progress bars, inline tables and plots) once.
 @pytest.mark.parametrize("name, min_tables, min_images", [
     ("10_inspect_data", 1, 1),
-    ("30_sft", 1, 1),
 ])
 def test_notebook_runs_in_jupyterlab(lab, name, min_tables, min_images):
     root, base, token, driver = lab

@@ -166,7 +166,8 @@ def main() -> int:
           f"repeats; device {'cuda' if torch.cuda.is_available() else 'cpu'} ({args.threads} threads); "
           f"load average {os.getloadavg()[0]:.1f}")
     print("real (non-padding) tokens per second, per step after the first; median over steps and repeats")
-    print(f"{'variant':<12} {'median wall':>12} {'best wall':>10} {'median CPU-time':>16} {'peak MB':>8} {'sequences':>10}")
+    print(f"{'variant':<12} {'median wall':>12} {'best wall':>10} {'median CPU-time':>16} {'peak MB':>8} "
+          f"{'sequences':>10}")
     for k, r in summary.items():
         print(f"{k:<12} {r['median_wall']:>12.0f} {r['best_wall']:>10.0f} {r['median_cpu']:>16.0f} "
               f"{r['peak_mb']:>8.0f} {r['sequences']:>10}")

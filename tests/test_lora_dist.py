@@ -103,7 +103,8 @@ def _published(tmp: Path, name: str):
     from safetensors.torch import load_file
 
     d = tmp / "runs" / "sft" / name
-    return load_file(str(d / "hf_model" / "model.safetensors")), load_file(str(d / "lora_adapter" / "adapter_model.safetensors"))
+    return (load_file(str(d / "hf_model" / "model.safetensors")),
+            load_file(str(d / "lora_adapter" / "adapter_model.safetensors")))
 
 
 def test_engine_lora_two_processes_and_sigkill_resume(tmp_path):

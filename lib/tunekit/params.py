@@ -74,7 +74,8 @@ class RunParams(NotebookParams):
 
     SECTION: ClassVar[str] = "run record"
 
-    run_name: str = Field("", description="run folder name (empty: automatic); the same name reopens (resumes) that run")
+    run_name: str = Field(
+        "", description="run folder name (empty: automatic); the same name reopens (resumes) that run")
     runs_dir: str = Field("", description="runs root (empty: <repo>/runs)")
 
 

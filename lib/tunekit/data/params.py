@@ -8,11 +8,14 @@ this folder. The notebooks' parameters cells are generated from these models.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..params import NotebookParams, RunParams, stage_default
+from ..errors import UserError
+from ..params import NotebookParams, RunParams, format_validation_error, stage_default
+from ..paths import resolve
 
 
 class DatasetKnobs(BaseModel):
@@ -111,14 +114,67 @@ class InspectParams(DataParams, PackingParams, PairParams, EstimateParams, RunPa
     def _maps(cls, value: Any) -> Any:
         return datasets_map(value)
 
-    def data_config(self, kind: str):
+    def data_config(self, kind: str) -> "DataConfig":
         """The DataConfig of the SFT or DPO side of this inspection."""
-        from .config import DataConfig
-
         values = self.model_dump()
         values["datasets"] = values.pop("sft_datasets" if kind == "sft" else "dpo_datasets")
         return DataConfig.parse(values, source="parameters")
 
 
-__all__ = ["DataParams", "DatasetKnobs", "Datasets", "EstimateParams", "InspectParams", "PackingParams", "PairParams",
+# ------------------------------------------------------------------ the data layer's own config
+class DataConfig(DataParams, PackingParams, PairParams):
+    """Everything that decides which tokens a training stage sees.
+
+    The notebook-facing fields are the shared data groups (tunekit.data.params); this adds what
+    the data layer needs beyond them, and accepts values loosely (paths, a list of names) for
+    callers that are not notebooks.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=False)
+
+    datasets: Datasets = Field(default_factory=dict, description="datasets map; {} for every file found")
+    tokenizer: str = "tiny"          # "tiny", "llmjp", an HF model/tokenizer dir or a run dir
+    max_seq_length: int = stage_default(DataParams, "max_seq_length", 4096)
+    dpo_append_eos: bool = False     # the official DPO code appends no eos to responses
+    workers: int = 0                 # tokeniser processes for large files (0 = all cores)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        return datasets_map(v)
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v
+
+    @classmethod
+    def parse(cls, values: "DataConfig | Mapping[str, Any]", source: str = "data config") -> "DataConfig":
+        """Validate a mapping (notebook params, YAML) into a DataConfig or raise UserError.
+
+        Keys that are not data options (e.g. the rest of a notebook's parameters) are ignored.
+        """
+        if isinstance(values, DataConfig):
+            return values
+        if hasattr(values, "to_dict"):
+            values = values.to_dict()
+        known = {k: v for k, v in dict(values).items() if k in cls.model_fields}
+        try:
+            return cls(**known)
+        except ValidationError as exc:
+            raise UserError(format_validation_error(exc, source, cls)) from None
+
+    def version_dir(self) -> Path:
+        """`<data_dir>/<data_version>`, checked to exist."""
+        d = resolve(self.data_dir) / self.data_version
+        if not d.is_dir():
+            base = resolve(self.data_dir)
+            have = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+            raise UserError(f"{d}: data version folder not found (data_dir={self.data_dir!r}, "
+                            f"data_version={self.data_version!r}; found: {', '.join(have) or 'nothing'})")
+        return d
+
+
+__all__ = ["DataConfig", "DataParams", "DatasetKnobs", "Datasets", "EstimateParams", "InspectParams",
+           "PackingParams", "PairParams",
            "datasets_map", "knobs", "stage_default"]

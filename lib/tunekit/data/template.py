@@ -49,7 +49,8 @@ def _jinja(space_after_special: bool) -> str:
         "{%- for m in turns -%}"
         "{%- if m['role'] == 'user' -%}"
         # Turn >= 2: official SFT keeps the instruction's dummy prefix here (see module doc).
-        f"{{%- if loop.index0 > 0 and turns[loop.index0 - 1]['role'] == 'assistant' -%}}{{{{- '{sp}' -}}}}{{%- endif -%}}"
+        f"{{%- if loop.index0 > 0 and turns[loop.index0 - 1]['role'] == 'assistant' -%}}"
+        f"{{{{- '{sp}' -}}}}{{%- endif -%}}"
         "{{- '\\n\\n### 指示:\\n' + m['content'] -}}"
         "{%- elif m['role'] == 'assistant' -%}"
         "{{- '\\n\\n### 応答:\\n' + m['content'] + eos_token -}}"

@@ -186,7 +186,7 @@ def generate_answers(model_spec: str | os.PathLike, problems: list[str], style: 
     if backend == "vllm" or (backend == "auto" and loaded is None and vllm_available()):
         from .vllm_backend import generate_vllm
 
-        return generate_vllm(resolve_model_dir(model_spec), messages, decoding)
+        return Generation(*generate_vllm(resolve_model_dir(model_spec), messages, decoding), "vllm")
     model, tok = loaded or load_model(resolve_model_dir(model_spec))
     prompts = [prompt_ids(tok, m) for m in messages]
     return generate_ids(model, tok, prompts, decoding, progress=progress)

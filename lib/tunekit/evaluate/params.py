@@ -31,7 +31,8 @@ class EvalParams(RunParams):
     batch_size: int = Field(8, description="problems generated together (transformers backend)")
     backend: Literal[BACKENDS] = Field(
         "auto", description="auto (vLLM on a GPU node where installed) | transformers | vllm")
-    scorer: Literal[SCORERS] = Field("auto", description="auto (official math-eval where installed) | tunekit | official")
+    scorer: Literal[SCORERS] = Field(
+        "auto", description="auto (official math-eval where installed) | tunekit | official")
     seed: int = Field(0, description="sampling seed")
 
     @field_validator("models")

@@ -206,7 +206,7 @@ def _check_processes(req: JobRequest, stage: str, rt: ResourceType,
     """(processes per node, how the training engine will launch them) for this stage and type.
 
     The job itself always runs one papermill kernel on the first node. A training notebook then
-    starts its own workers (tunekit.train.launch): torchrun on one node, one mpirun across all
+    starts its own workers (tunekit.train.distributed.spawn_workers): torchrun on one node, one mpirun across all
     nodes of $PBS_NODEFILE otherwise; the job passes the per-node count as `nproc_per_node`.
     """
     if stage not in DISTRIBUTED_STAGES:

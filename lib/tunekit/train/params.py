@@ -40,7 +40,8 @@ class TrainParams(NotebookParams):
         "delete_optimizer_state",
     })
 
-    global_batch_size: int = Field(8, ge=1, description="sequences per optimizer step, all processes together (official: 64)")
+    global_batch_size: int = Field(
+        8, ge=1, description="sequences per optimizer step, all processes together (official: 64)")
     micro_batch_size: int = Field(4, ge=1, description="sequences per forward/backward per process (official: 4)")
     epochs: int = Field(1, ge=0, description="passes over the training data (official: 2)")
     max_steps: int = Field(-1, ge=-1, description="-1: epochs decide; > 0: exactly this many optimizer steps")
@@ -118,11 +119,13 @@ class LoraParams(NotebookParams):
     SECTION: ClassVar[str] = "LoRA"
 
     peft: Literal["none", "lora"] = Field(
-        "none", description="none: full fine-tuning | lora: train LoRA adapters only, base frozen (official peft_scheme)")
+        "none",
+        description="none: full fine-tuning | lora: train LoRA adapters only, base frozen (official peft_scheme)")
     lora_rank: int = Field(32, ge=1, description="LoRA rank r (official adapter_dim: 32)")
     lora_alpha: float = Field(
         32.0, gt=0, description="LoRA alpha, updates are scaled by alpha / rank (official: alpha equals adapter_dim)")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input (official adapter_dropout: 0.0)")
+    lora_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the adapter input (official adapter_dropout: 0.0)")
     lora_target_modules: str = Field(
         "attention_qkv", description="comma list: attention_qkv, attention_dense, mlp_fc1, mlp_fc2, attention, mlp, "
                                      "all, or HF names (q_proj, ..., down_proj)")

@@ -168,3 +168,28 @@ def test_worker_failure_summary_picks_the_cause():
              "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ", "  error_file: <N/A>"]
     assert failure_summary(lines) == "RuntimeError: safetensors refused the state dict (rank0)"
     assert failure_summary(["x", "error: layout: global batch 6 is bad"]) == "layout: global batch 6 is bad"
+
+
+def test_a_written_result_survives_a_worker_abort_at_teardown(tmp_path, monkeypatch, capsys):
+    """gloo can abort a rank after the run finished; the launcher then reports it complete, with a note."""
+    import sys
+
+    from tunekit.train import distributed
+    from tunekit.train.engine import result_written_since
+
+    result = tmp_path / "train_result.json"
+
+    def done(t0):  # what run_prepared passes
+        return result_written_since(tmp_path, t0)
+
+    write_then_abort = f"import os; open({str(result)!r}, 'w').write('{{}}'); os.abort()"
+    monkeypatch.setattr(distributed, "world_plan", lambda n: (2, []))
+    monkeypatch.setattr(distributed, "build_command", lambda *a, **k: ([sys.executable, "-c", write_then_abort], {}))
+    distributed.spawn_workers("sft", tmp_path, 2, done)
+    assert "wrote their result and then exited with code" in capsys.readouterr().out
+    # An abort before the result exists is a failure, reported as one.
+    result.unlink()
+    monkeypatch.setattr(distributed, "build_command",
+                        lambda *a, **k: ([sys.executable, "-c", "import os; os.abort()"], {}))
+    with pytest.raises(UserError, match="training processes failed"):
+        distributed.spawn_workers("sft", tmp_path, 2, done)

@@ -490,6 +490,12 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def result_written_since(run_dir: str | Path, t0: float) -> bool:
+    """True when the run's train_result.json was written at or after `t0` (by the launch that began then)."""
+    path = Path(run_dir) / RESULT_FILE
+    return path.is_file() and path.stat().st_mtime >= t0
+
+
 def on_main_first(env: DistEnv, fn: Callable[[], Any]):
     """Run `fn` on rank 0, then on the others (so caches are built once); a failure stops every rank."""
     result, error, exc_main = None, None, None
@@ -666,12 +672,7 @@ def prepare(cfg, build_data: Callable[[Path], tuple[Any, Any, dict[str, Any]]]) 
 def run_prepared(prep: Prepared, cfg, run, train_fn: Callable[..., dict]) -> dict[str, Any]:
     """Train in this kernel, or launch `tunekit train <stage>` workers and wait for their train_result.json."""
     if prep.spawn:
-        result_path = run.dir / RESULT_FILE
-
-        def finished(t0: float) -> bool:
-            return result_path.is_file() and result_path.stat().st_mtime >= t0
-
-        spawn_workers(cfg.stage, run.dir, cfg.nproc_per_node, finished)
+        spawn_workers(cfg.stage, run.dir, cfg.nproc_per_node, lambda t0: result_written_since(run.dir, t0))
         result = read_result(run.dir)
         if result is None:
             raise UserError(f"{run.dir}: the training processes ended without a {RESULT_FILE}")

@@ -21,9 +21,12 @@ setup-gpu: setup  ## add the GPU extras of environment.gpu.yml (ABCI GPU nodes o
 demo: setup  ## run the whole pipeline on the tiny CPU model and sample data into runs/
 	$(VENV)/bin/tunekit demo
 
+# Two pytest workers (pytest-xdist, one test file each at a time): the demo chain overlaps the rest.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: setup  ## run the whole test suite (unit, integration, every notebook once as the demo chain, browser)
 	@bash tools/browser_deps.sh
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup  ## the tests not marked slow: no notebook, no training subprocess (a few minutes)
 	$(PY) -m pytest -m "not slow"

@@ -5,6 +5,11 @@ import pytest
 import torch
 
 
+def pytest_collection_modifyitems(items):
+    """Start the longest module (the demo chain) first: under `-n 2` it overlaps everything else."""
+    items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_pipeline.py") else 1)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread: CPU matmul results depend on the thread count, so runs compare bit for bit."""

@@ -21,12 +21,19 @@ setup-gpu: setup  ## add the GPU extras of environment.gpu.yml (ABCI GPU nodes o
 demo: setup  ## run the whole pipeline on the tiny CPU model and sample data into runs/
 	$(VENV)/bin/tunekit demo
 
-test: setup  ## run the whole test suite (unit, integration, nbval notebook regression, browser)
+# Two pytest workers (pytest-xdist, one test file each at a time): the demo chain overlaps the rest.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+test: setup  ## run the whole test suite (unit, integration, every notebook once as the demo chain, browser)
 	@bash tools/browser_deps.sh
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-test-fast: setup  ## the tests not marked slow
+test-fast: setup  ## the tests not marked slow: no notebook, no training subprocess (a few minutes)
 	$(PY) -m pytest -m "not slow"
+
+lint: setup  ## ruff (pyflakes + pycodestyle, 120 columns) and import-linter (layers, no import cycles)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 LAB_PORT ?= 8888
 lab: setup  ## JupyterLab on localhost with the tunekit kernel, opened on notebooks/ (LAB_PORT=8888)

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["TUNEKIT_HEADLESS"] = "1"
-# Notebooks executed by nbval (in their own kernel) inherit these: their run records go to a
+# Notebooks executed by the tests (in their own kernel) inherit these: their run records go to a
 # throwaway folder instead of the user's runs/.
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="tunekit-tests-"))
 os.environ.setdefault("TUNEKIT_RUNS_DIR", str(_SESSION_TMP / "runs"))
@@ -18,13 +18,6 @@ os.environ.setdefault("TUNEKIT_RUNS_DIR", str(_SESSION_TMP / "runs"))
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
-
-
-def pytest_collectstart(collector):
-    """nbval: ignore stderr, HTML and JS outputs (warnings and progress bars vary by machine)."""
-    if collector.fspath and collector.fspath.ext == ".ipynb":
-        collector.skip_compare += ("stderr", "text/html", "application/javascript",
-                                   "image/png", "application/vnd.jupyter.widget-view+json")
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,8 @@ def problem(rng: random.Random) -> tuple[str, str]:
     topic = rng.choice(TOPICS)
     q = (f"{topic}の問題です。{a}x + {b} = {c} を満たす x を求めなさい。"
          + "ただし、途中の計算も丁寧に書くこと。" * rng.randint(0, 3))
-    steps = [f"両辺から {b} を引くと {a}x = {c - b} となる。", f"両辺を {a} で割ると x = \\frac{{{c - b}}}{{{a}}} である。"]
+    steps = [f"両辺から {b} を引くと {a}x = {c - b} となる。",
+             f"両辺を {a} で割ると x = \\frac{{{c - b}}}{{{a}}} である。"]
     steps += [f"検算：{a} × \\frac{{{c - b}}}{{{a}}} + {b} = {c} となり、確かに成り立つ。"] * rng.randint(0, 6)
     return q, "\n".join(steps) + f"\nよって、答えは $\\boxed{{\\frac{{{c - b}}}{{{a}}}}}$ です。"
 

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers.py: dev-only synthetic data
+
 
 def _peak_mb(device: str) -> float:
     import torch
@@ -43,7 +45,7 @@ def _peak_mb(device: str) -> float:
 def _pairs(args):
     import numpy as np
 
-    from tunekit.train.dpo_batch import make_pair
+    from tunekit.train.batches import make_pair
 
     rng = np.random.default_rng(0)
     out = []
@@ -59,15 +61,13 @@ def _pairs(args):
 def _variant(args, model_dir: str, kind: str) -> dict:
     import torch
 
-    import tunekit.train.loop as loop_mod
+    import tunekit.train.monitor as loop_mod
     from tunekit.runs import start_run
     from tunekit.train import refcache
     from tunekit.train.distributed import init_distributed
-    from tunekit.train.dpo import DPOTask, reference_logps
-    from tunekit.train.dpo_params import DPOParams
-    from tunekit.train.layout import make_plan
-    from tunekit.train.modeling import resolve_precision
-    from tunekit.train.session import train_session
+    from tunekit.train.dpo import DPOTask, cached_reference, reference_logps
+    from tunekit.train.engine import Setup, resolve_precision, train
+    from tunekit.train.params import DPOParams
 
     torch.set_num_threads(args.threads)
     refcache.cache_root = lambda: Path(args.tmp) / f"cache-{os.getpid()}"  # always computed anew
@@ -95,22 +95,20 @@ def _variant(args, model_dir: str, kind: str) -> dict:
     ref_pass_s = None
     if kind == "cached":
         t0 = time.perf_counter()
-        reference = reference_logps(cfg, env, model_dir, pairs, [], varlen=False, pad_id=4,
-                                    log=lambda _m: None)
+        reference = cached_reference(reference_logps(cfg, env, model_dir, pairs, [], varlen=False, pad_id=4,
+                                                     log=lambda _m: None))
         ref_pass_s = time.perf_counter() - t0
     else:
         from transformers import AutoModelForCausalLM
 
-        from tunekit.train.modeling import CausalLMForTraining
-        from tunekit.train.refcache import LiveReference
+        from helpers import live_reference
+        from tunekit.train.engine import CausalLMForTraining
 
         dtype = resolve_precision(cfg.precision, env)
         lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
-        reference = LiveReference(CausalLMForTraining(lm.to(env.device), cfg.loss_chunk_tokens))
-    task = DPOTask(cfg.loss_config(), reference, packed=True, varlen=False, pad_id=4)
-    plan = make_plan(cfg, env.world_size, len(pairs), 0)
-    train_session(cfg=cfg, run=run, env=env, task=task, train_ds=pairs, dev_ds=None,
-                  model_dir=model_dir, plan=plan)
+        reference = live_reference(CausalLMForTraining(lm.to(env.device), cfg.loss_chunk_tokens))
+    task = DPOTask(cfg, reference, packed=True, varlen=False, pad_id=4)
+    train(task, cfg, run, Setup(env, model_dir, "sdpa", 4), pairs, None)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     step_s = (marks[-1] - marks[0]) / max(len(marks) - 1, 1)
     return {"step_s": step_s, "peak_mb": _peak_mb(device), "ref_pass_s": ref_pass_s, "losses": losses}
@@ -137,7 +135,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("TUNEKIT_HEADLESS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tunekit.train.synthetic import tiny_llama_dir
+    from helpers import tiny_llama_dir
 
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
         args.tmp = tmp

@@ -25,8 +25,10 @@ def bench_generation(problems: list[str], new_tokens: int, batch_size: int) -> d
     from tunekit.evaluate.generate import Decoding, generate_answers, load_model, resolve_model_dir
 
     loaded = load_model(resolve_model_dir("tiny"), device="cpu")
-    run = lambda bs: generate_answers("tiny", problems, decoding=Decoding(max_new_tokens=new_tokens, batch_size=bs),
-                                      backend="transformers", progress=False, loaded=loaded)
+    def run(bs):
+        return generate_answers("tiny", problems, decoding=Decoding(max_new_tokens=new_tokens, batch_size=bs),
+                                backend="transformers", progress=False, loaded=loaded)
+
     run(batch_size)  # warm-up (first-call allocations, lazy imports)
     one, batched = run(1), run(batch_size)
     return {"one_at_a_time_tok_s": one.tokens_per_second, "batched_tok_s": batched.tokens_per_second,

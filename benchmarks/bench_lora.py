@@ -32,12 +32,11 @@ import torch
 torch.set_num_threads(1)
 from pathlib import Path
 from types import SimpleNamespace
+from helpers import synthetic_packed, trainable_summary
 from tunekit.train.distributed import init_distributed
-from tunekit.train.lora import LoraSpec, resolve_target_modules, trainable_summary
-from tunekit.train.modeling import load_for_training
-from tunekit.train.session import build_optimizer
+from tunekit.train.engine import build_optimizer, load_for_training
+from tunekit.train.lora import LoraSpec, resolve_target_modules
 from tunekit.train.sft import SFTTask
-from tunekit.train.synthetic import synthetic_packed
 
 def hwm():
     for line in open("/proc/self/status"):
@@ -62,12 +61,12 @@ load_peak = hwm()
 reset_hwm()
 task = SFTTask(pad_id=4)
 items = synthetic_packed(64, a["seq"], a["vocab"], seed=1)
-batches = [task.collate(items[i * a["mbs"]:(i + 1) * a["mbs"]]) for i in range(a["steps"] + 1)]
+batches = [task.batch(items[i * a["mbs"]:(i + 1) * a["mbs"]], env.device) for i in range(a["steps"] + 1)]
 times = []
 for b in batches:
     t = time.time()
     loss, _ = task.loss(model, b)
-    (loss / task.weight(b)).backward()
+    (loss / b.weight).backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -98,7 +97,9 @@ def build_model(out: Path, hidden: int, layers: int, vocab: int) -> Path:
 
 def run_child(args: dict) -> dict:
     """One method in a fresh process (its own peak memory); returns its JSON record."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", TUNEKIT_HEADLESS="1")
+    tests = str(Path(__file__).resolve().parents[1] / "tests")  # helpers.py: dev-only synthetic data
+    env = dict(os.environ, OMP_NUM_THREADS="1", TUNEKIT_HEADLESS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], env=env, capture_output=True,
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", default="", help="where to build/reuse the random model "
                     "(default: a folder under the temp dir named after the shape)")
     args = ap.parse_args(argv)
-    from tunekit.train.sft import SFTParams  # noqa: F401  (fail early outside the venv)
-    from tunekit.train.modeling import load_for_training
+    from tunekit.train.params import SFTParams  # noqa: F401  (fail early outside the venv)
+    from tunekit.train.engine import load_for_training
     import inspect
 
     if "lora" not in inspect.signature(load_for_training).parameters:

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers.py: dev-only synthetic data
+
 
 def _peak_memory_mb(device: str) -> float:
     import torch
@@ -46,7 +48,7 @@ def _rates(marks, device: str, n_items: int) -> dict:
 
 
 def _items(args, packed: bool):
-    from tunekit.train.synthetic import make_documents, pack_documents, pad_documents
+    from helpers import make_documents, pack_documents, pad_documents
 
     docs = make_documents(args.docs, args.vocab, args.seq // 8, args.seq // 2, seed=0)
     return (pack_documents if packed else pad_documents)(docs, args.seq, pad_id=4)
@@ -55,7 +57,7 @@ def _items(args, packed: bool):
 def _kit(args, model_dir: str, packed: bool) -> dict:
     import torch
 
-    import tunekit.train.loop as loop_mod
+    import tunekit.train.monitor as loop_mod
     from tunekit.runs import start_run
     from tunekit.train.params import SFTParams
     from tunekit.train.sft import train_sft
@@ -86,7 +88,7 @@ def _bare(args, model_dir: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from tunekit.train.batches import collate_packed
-    from tunekit.train.schedule import DataOrder
+    from tunekit.train.plan import DataOrder
 
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -136,7 +138,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("TUNEKIT_HEADLESS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tunekit.train.synthetic import tiny_llama_dir
+    from helpers import tiny_llama_dir
 
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         args.tmp = tmp
@@ -164,7 +166,8 @@ def main() -> int:
           f"repeats; device {'cuda' if torch.cuda.is_available() else 'cpu'} ({args.threads} threads); "
           f"load average {os.getloadavg()[0]:.1f}")
     print("real (non-padding) tokens per second, per step after the first; median over steps and repeats")
-    print(f"{'variant':<12} {'median wall':>12} {'best wall':>10} {'median CPU-time':>16} {'peak MB':>8} {'sequences':>10}")
+    print(f"{'variant':<12} {'median wall':>12} {'best wall':>10} {'median CPU-time':>16} {'peak MB':>8} "
+          f"{'sequences':>10}")
     for k, r in summary.items():
         print(f"{k:<12} {r['median_wall']:>12.0f} {r['best_wall']:>10.0f} {r['median_cpu']:>16.0f} "
               f"{r['peak_mb']:>8.0f} {r['sequences']:>10}")

@@ -21,27 +21,32 @@
 # and one DPO pair with the trained tokens marked, packing utilisation, and a rough cost estimate.
 
 # %% tags=["parameters"]
-data_dir: str = "datasets"  # folder holding <data_version>/{tuning,preference}/train/*.jsonl
-data_version: str = "sample"  # data version subfolder (competition: tuning_data20251105)
 sft_datasets: dict = {"math_drill": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}, "math_chat": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 2}}  # SFT datasets map (official knobs); {} for every file
 dpo_datasets: dict = {"math_pref": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}}  # DPO datasets map (official knobs); {} for every file
 tokenizer: str = "tiny"  # "tiny", "llmjp", an HF model/tokenizer dir or a run dir
+seed: int = 1234  # random seed
+# --- data
+data_dir: str = "datasets"  # folder holding <data_version>/{tuning,preference}/train/*.jsonl
+data_version: str = "sample"  # data version subfolder (competition: tuning_data20251105)
 max_seq_length: int = 512  # training sequence length (llm-jp-4-8b: 4096)
 max_dev_samples: int = 100  # at most this many dev records per dataset (official)
 max_dev_ratio: float = 0.1  # at most this share of each dataset goes to dev (official)
 dev_split: str = "head"  # head: the first lines of each file (official) | hash: by content hash
 upsample_dev: bool = False  # True: also repeat dev records by upsampling_factor (official kit)
 template_style: str = "kit"  # kit | official (differ only for an empty system prompt)
-on_error: str = "raise"  # raise: stop on bad lines | skip: train without them (counted)
+on_error: str = "raise"  # raise: stop on bad data lines | skip: train without them (counted)
+# --- SFT packing
 packing: str = "isolated"  # isolated: documents never attend to each other | official: stream-and-cut
 overlong: str = "truncate"  # SFT examples longer than max_seq_length: truncate | drop
-dpo_overlong: str = "drop"  # DPO pairs longer than max_seq_length: drop | truncate_prompt
+# --- DPO pairs
+dpo_overlong: str = "drop"  # DPO pairs longer than max_seq_length: drop | truncate_prompt (both counted)
+# --- cost estimate
 epochs: int = 2  # epochs for the cost estimate
 nodes: int = 2  # ABCI rt_HF nodes for the cost estimate
 gpus_per_node: int = 8  # H200 GPUs per node
 assumed_tokens_per_s_per_gpu: float = 3000.0  # ASSUMED training throughput per GPU (not measured)
-seed: int = 1234  # random seed
-run_name: str = ""  # run folder name (empty: automatic)
+# --- run record
+run_name: str = ""  # run folder name (empty: automatic); the same name reopens (resumes) that run
 runs_dir: str = ""  # runs root (empty: <repo>/runs)
 
 # %%

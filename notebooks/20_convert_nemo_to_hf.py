@@ -34,10 +34,12 @@ checkpoint: str = "last"  # in a training output: last (the *-last folder) | bes
 dst: str = ""  # HF model dir to write (empty: <run dir>/hf_model/)
 dtype: str = "auto"  # auto (keep the checkpoint dtype) | bf16 | fp32
 tokenizer: str = ""  # when the checkpoint has none: llm-jp, tiny, an HF dir or a run dir (empty: the one stored with it)
-verify_logits: bool = True  # also compare Megatron-core and HF logits (one fp32 model in memory at a time)
 max_shard_gb: float = 5.0  # safetensors shard size in GB
+# --- conversion
+verify_logits: bool = True  # also compare Megatron-core and HF logits (one fp32 model in memory at a time)
 overwrite: bool = False  # replace an existing dst (the run-dir default is always this run's own)
-run_name: str = ""  # run folder name (empty: automatic)
+# --- run record
+run_name: str = ""  # run folder name (empty: automatic); the same name reopens (resumes) that run
 runs_dir: str = ""  # runs root (empty: <repo>/runs)
 
 # %%

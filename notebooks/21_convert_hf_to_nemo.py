@@ -27,9 +27,11 @@
 src: str = "tiny"  # tiny, an HF model dir, or a run dir (its hf_model/); relative paths start at the repo root
 dst: str = ""  # NeMo dir to write (empty: <run dir>/nemo/)
 dtype: str = "auto"  # auto (keep the source dtype) | bf16 | fp32
+# --- conversion
 verify_logits: bool = True  # also compare Megatron-core and HF logits (one fp32 model in memory at a time)
 overwrite: bool = False  # replace an existing dst (the run-dir default is always this run's own)
-run_name: str = ""  # run folder name (empty: automatic)
+# --- run record
+run_name: str = ""  # run folder name (empty: automatic); the same name reopens (resumes) that run
 runs_dir: str = ""  # runs root (empty: <repo>/runs)
 
 # %%

@@ -25,18 +25,21 @@
 
 # %% tags=["parameters"]
 model: str = "tiny"  # base model: "tiny", an HF model dir, or a run dir (uses its hf_model/)
-data_dir: str = "datasets"  # folder holding <data_version>/tuning/train/*.jsonl
-data_version: str = "sample"  # data version subfolder (competition: tuning_data20251105)
 datasets: dict = {"math_drill": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}, "math_chat": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}}  # datasets map with the official knobs; {} for every file
+# --- data
+data_dir: str = "datasets"  # folder holding <data_version>/{tuning,preference}/train/*.jsonl
+data_version: str = "sample"  # data version subfolder (competition: tuning_data20251105)
+max_seq_length: int = 512  # packed sequence length (llm-jp-4-8b: 4096)
 max_dev_samples: int = 100  # at most this many dev records per dataset (official)
 max_dev_ratio: float = 0.1  # at most this share of each dataset goes to dev (official)
 dev_split: str = "head"  # head: the first lines of each file (official) | hash: by content hash
 upsample_dev: bool = False  # True: also repeat dev records by upsampling_factor (official kit)
-packing: str = "isolated"  # isolated: documents never attend to each other | official: stream-and-cut
-overlong: str = "truncate"  # examples longer than max_seq_length: truncate | drop
 template_style: str = "kit"  # kit | official (differ only for an empty system prompt)
 on_error: str = "raise"  # raise: stop on bad data lines | skip: train without them (counted)
-max_seq_length: int = 512  # packed sequence length (llm-jp-4-8b: 4096)
+# --- SFT packing
+packing: str = "isolated"  # isolated: documents never attend to each other | official: stream-and-cut
+overlong: str = "truncate"  # SFT examples longer than max_seq_length: truncate | drop
+# --- training
 global_batch_size: int = 8  # sequences per optimizer step, all processes together (official: 64)
 micro_batch_size: int = 4  # sequences per forward/backward per process (official: 4)
 epochs: int = 1  # passes over the training data (official: 2)
@@ -49,11 +52,6 @@ weight_decay: float = 0.1  # AdamW weight decay on matrices (official: 0.1)
 adam_beta1: float = 0.9  # AdamW beta1 (official: 0.9)
 adam_beta2: float = 0.98  # AdamW beta2 (official: 0.98)
 grad_clip: float = 1.0  # gradient-norm clip, 0 turns it off (official: 1.0)
-peft: str = "none"  # none: full fine-tuning | lora: train LoRA adapters only, base frozen (official peft_scheme)
-lora_rank: int = 32  # LoRA rank r (official adapter_dim: 32)
-lora_alpha: float = 32.0  # LoRA alpha, updates are scaled by alpha / rank (official: alpha equals adapter_dim)
-lora_dropout: float = 0.0  # dropout on the adapter input (official adapter_dropout: 0.0)
-lora_target_modules: str = "attention_qkv"  # comma list: attention_qkv, attention_dense, mlp_fc1, mlp_fc2, attention, mlp, all, or HF names (q_proj, ..., down_proj)
 val_interval: int = 10  # validate every N steps, 0: only at checkpoints (official: 500)
 save_interval: int = 20  # checkpoint every N steps and at the end, 0: only at the end (official: 500)
 keep_top_k: int = 1  # keep the last checkpoint plus this many with the lowest val loss
@@ -69,17 +67,23 @@ max_train_minutes: float = 0.0  # stop (checkpointed) after this many minutes, 0
 walltime_margin_minutes: float = 10.0  # in PBS: checkpoint and stop this long before the walltime
 wandb: str = "disabled"  # disabled | offline | online (key only from $WANDB_API_KEY)
 wandb_project: str = "tunekit"  # wandb project name
-run_name: str = ""  # run folder name (empty: automatic); the same name resumes that run
+# --- LoRA
+peft: str = "none"  # none: full fine-tuning | lora: train LoRA adapters only, base frozen (official peft_scheme)
+lora_rank: int = 32  # LoRA rank r (official adapter_dim: 32)
+lora_alpha: float = 32.0  # LoRA alpha, updates are scaled by alpha / rank (official: alpha equals adapter_dim)
+lora_dropout: float = 0.0  # dropout on the adapter input (official adapter_dropout: 0.0)
+lora_target_modules: str = "attention_qkv"  # comma list: attention_qkv, attention_dense, mlp_fc1, mlp_fc2, attention, mlp, all, or HF names (q_proj, ..., down_proj)
+# --- run record
+run_name: str = ""  # run folder name (empty: automatic); the same name reopens (resumes) that run
 runs_dir: str = ""  # runs root (empty: <repo>/runs)
 
 # %%
 from tunekit.runtime import notebook_setup, seed_everything
 notebook_setup()
-import pandas as pd
 from tunekit.runs import start_run
-from tunekit.train.monitor import loss_curve_figure
+from tunekit.train import report
 from tunekit.train.params import SFTParams
-from tunekit.train.sft import check_summary, prepare_sft, published_files, run_sft
+from tunekit.train.sft import prepare_sft, run_sft
 
 cfg = SFTParams.from_globals(globals())
 run = start_run("sft", cfg, cfg.run_name, cfg.runs_dir)
@@ -97,16 +101,16 @@ run
 # %%
 prep = prepare_sft(cfg)
 print(f"model: {prep.model_dir}")
-prep.sources()
+report.sources(prep)
 
 # %%
-prep.packing()
+report.packing(prep)
 
 # %%
-prep.preview(5)
+report.sft_preview(prep, 5)
 
 # %%
-prep.plan_table()
+report.plan_table(prep)
 
 # %% [markdown]
 # ## 2. Train
@@ -116,37 +120,29 @@ prep.plan_table()
 
 # %%
 result = run_sft(cfg, run, prep)
-pd.Series({k: result[k] for k in ("status", "step", "total_steps", "resumed_from", "final_loss",
-                                  "initial_val_loss", "best_val_loss", "best_step", "tokens_per_s",
-                                  "world_size", "attn_implementation", "compute_dtype", "peft",
-                                  "trainable_params")}, name="result").to_frame()
+report.result_table(result)
 
 # %% [markdown]
 # ## 3. Loss curve
 
 # %%
-fig = loss_curve_figure(run.metrics(), title=f"SFT {run.name}")
+fig = report.loss_curve_figure(run.metrics(), title=f"SFT {run.name}")
 png = run.save_figure(fig, "loss_curve")
 
 # %%
-pd.DataFrame(result["val_history"], columns=["step", "val_loss"])
+report.val_history(result)
 
 # %% [markdown]
 # ## 4. The trained model
 # `hf_model/` is a plain HF model directory (safetensors, config, tokenizer with the kit's chat
-# template). Use the run directory itself as `model` in `40_dpo` or `50_evaluate`.
+# template). Use the run directory itself as `init` in `40_dpo`, or in `models` of `50_evaluate`.
 
 # %%
-published_files(result)
+report.published_files(result)
 
 # %%
-summary = run.finish({"status": result["status"], "steps": result["step"],
-                      "initial_val_loss": result["initial_val_loss"], "final_val_loss": result["final_val_loss"],
-                      "best_val_loss": result["best_val_loss"], "best_step": result["best_step"],
-                      "final_loss": result["final_loss"], "tokens_seen": result["tokens_seen"],
-                      "tokens_per_s": result["tokens_per_s"], "hf_model": result["hf_model"],
-                      "world_size": result["world_size"]})
+summary = run.finish(report.sft_summary(result))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(check_summary(summary))
+print(report.sft_check(summary))

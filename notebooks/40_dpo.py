@@ -38,17 +38,29 @@
 
 # %% tags=["parameters"]
 init: str = ""  # starting policy and reference: an SFT run dir, an HF model dir or tiny; empty: the tiny base model
+datasets: dict = {"math_pref": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}}  # datasets map with the official knobs; {} for every file
+# --- data
 data_dir: str = "datasets"  # folder holding <data_version>/preference/train/*.jsonl
 data_version: str = "sample"  # data version subfolder (competition: tuning_data20251105)
-datasets: dict = {"math_pref": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}}  # datasets map with the official knobs; {} for every file
-max_dev_samples: int = 100  # at most this many dev pairs per dataset (official)
+max_seq_length: int = 256  # longest prompt + response, per chosen/rejected sequence (llm-jp-4-8b: 4096)
+max_dev_samples: int = 100  # at most this many dev records per dataset (official)
 max_dev_ratio: float = 0.2  # at most this share of each dataset goes to dev (official: 0.1)
 dev_split: str = "head"  # head: the first lines of each file (official) | hash: by content hash
-upsample_dev: bool = False  # True: also repeat dev pairs by upsampling_factor (official kit)
-dpo_overlong: str = "drop"  # pairs longer than max_seq_length: drop | truncate_prompt (both counted)
-template_style: str = "kit"  # kit | official (use the same as the SFT run)
+upsample_dev: bool = False  # True: also repeat dev records by upsampling_factor (official kit)
+template_style: str = "kit"  # kit | official (differ only for an empty system prompt)
 on_error: str = "raise"  # raise: stop on bad data lines | skip: train without them (counted)
-max_seq_length: int = 256  # longest prompt + response, per chosen/rejected sequence (llm-jp-4-8b: 4096)
+# --- DPO pairs
+dpo_overlong: str = "drop"  # DPO pairs longer than max_seq_length: drop | truncate_prompt (both counted)
+# --- DPO loss
+ref_policy_kl_penalty: float = 0.5  # beta: strength of the KL anchor to the reference (official: 0.5)
+preference_loss: str = "dpo"  # dpo | ipo | rpo_sq | rpo_bwd_kl | rpo_fwd_kl (official names)
+gt_reward_scale: float = 1.0  # scale of the ground-truth reward gap in the rpo_* losses (official: 1.0)
+preference_loss_weight: float = 1.0  # weight of the preference loss (official: 1)
+sft_loss_weight: float = 0.0  # weight of the NLL of the chosen response (official: 0)
+preference_average_log_probs: bool = False  # per-token mean instead of sum of log-probs (official: false)
+label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels, dpo only (0: off)
+pack_pairs: bool = True  # True: all sequences of a micro-batch in one isolated row | False: one padded row each
+# --- training
 global_batch_size: int = 16  # pairs per optimizer step, all processes together (official: 256)
 micro_batch_size: int = 8  # pairs per forward/backward per process (official: 2)
 epochs: int = 6  # passes over the training pairs (official: 2)
@@ -58,39 +70,33 @@ min_lr: float = 0.0003  # final learning rate of the cosine (official: 5e-7)
 warmup_steps: int = 2  # linear warmup steps
 constant_steps: int = 0  # steps held at min_lr at the end
 weight_decay: float = 0.0  # AdamW weight decay on matrices
-adam_beta1: float = 0.9  # AdamW beta1
-adam_beta2: float = 0.98  # AdamW beta2
-grad_clip: float = 1.0  # gradient-norm clip, 0 turns it off
+adam_beta1: float = 0.9  # AdamW beta1 (official: 0.9)
+adam_beta2: float = 0.98  # AdamW beta2 (official: 0.98)
+grad_clip: float = 1.0  # gradient-norm clip, 0 turns it off (official: 1.0)
+val_interval: int = 5  # validate every N steps, 0: only at checkpoints (official: 200)
+save_interval: int = 10  # checkpoint every N steps and at the end, 0: only at the end (official: 200)
+keep_top_k: int = 1  # keep the last checkpoint plus this many with the lowest val loss
+publish: str = "final"  # weights written to hf_model/: final | best (lowest dev DPO loss, the official top-1)
+delete_optimizer_state: bool = False  # drop optimizer state after training to save disk (official: yes)
+seed: int = 1234  # random seed (data order is a function of seed and step)
+precision: str = "auto"  # auto: bf16 compute on GPU, fp32 on CPU | bf16 | fp32
+activation_checkpointing: bool = False  # recompute layers in backward: less memory, ~25% slower
+attn_implementation: str = "auto"  # auto: FlashAttention varlen on GPU if installed, else SDPA | sdpa | flash_attention_2 | eager
+loss_chunk_tokens: int = 1024  # tokens per chunk of the output layer + loss (bounds logits memory)
+nproc_per_node: int = 1  # training processes per node (GPUs per node on ABCI: 8)
+max_train_minutes: float = 0.0  # stop (checkpointed) after this many minutes, 0: no own limit
+walltime_margin_minutes: float = 10.0  # in PBS: checkpoint and stop this long before the walltime
+wandb: str = "disabled"  # disabled | offline | online (key only from $WANDB_API_KEY)
+wandb_project: str = "tunekit"  # wandb project name
+# --- LoRA
 peft: str = "none"  # none: full fine-tuning | lora: train LoRA adapters only, base frozen (official peft_scheme)
 lora_rank: int = 32  # LoRA rank r (official adapter_dim: 32)
 lora_alpha: float = 32.0  # LoRA alpha, updates are scaled by alpha / rank (official: alpha equals adapter_dim)
 lora_dropout: float = 0.0  # dropout on the adapter input (official adapter_dropout: 0.0)
 lora_target_modules: str = "attention_qkv"  # comma list: attention_qkv, attention_dense, mlp_fc1, mlp_fc2, attention, mlp, all, or HF names (q_proj, ..., down_proj)
 lora_reference: str = "cache"  # with peft lora: cache (reference log-probs computed once) | base (policy with adapters off, no cache)
-ref_policy_kl_penalty: float = 0.5  # beta: strength of the KL anchor to the reference (official: 0.5)
-preference_loss: str = "dpo"  # dpo | ipo | rpo_sq | rpo_bwd_kl | rpo_fwd_kl (official names)
-gt_reward_scale: float = 1.0  # scale of the ground-truth reward gap in the rpo_* losses (official: 1.0)
-preference_loss_weight: float = 1.0  # weight of the preference loss (official: 1)
-sft_loss_weight: float = 0.0  # weight of the NLL of the chosen response (official: 0)
-preference_average_log_probs: bool = False  # per-token mean instead of sum of log-probs (official: false)
-label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels, dpo only (0: off)
-pack_pairs: bool = True  # True: all sequences of a micro-batch in one isolated row | False: one padded row each
-val_interval: int = 5  # validate every N steps, 0: only at checkpoints (official: 200)
-save_interval: int = 10  # checkpoint every N steps and at the end, 0: only at the end (official: 200)
-keep_top_k: int = 1  # keep the last checkpoint plus this many with the lowest val loss
-publish: str = "final"  # weights written to hf_model/: final | best (lowest dev DPO loss, the official top-1)
-delete_optimizer_state: bool = False  # drop optimizer state after training to save disk (official: yes)
-seed: int = 1234  # random seed (pair order is a function of seed and step)
-precision: str = "auto"  # auto: bf16 compute on GPU, fp32 on CPU | bf16 | fp32
-activation_checkpointing: bool = False  # recompute layers in backward: less memory, ~25% slower
-attn_implementation: str = "auto"  # auto: FlashAttention varlen on GPU if installed, else SDPA | sdpa | flash_attention_2 | eager
-loss_chunk_tokens: int = 1024  # tokens per chunk of the output layer (bounds logits memory)
-nproc_per_node: int = 1  # training processes per node (GPUs per node on ABCI: 8)
-max_train_minutes: float = 0.0  # stop (checkpointed) after this many minutes, 0: no own limit
-walltime_margin_minutes: float = 10.0  # in PBS: checkpoint and stop this long before the walltime
-wandb: str = "disabled"  # disabled | offline | online (key only from $WANDB_API_KEY)
-wandb_project: str = "tunekit"  # wandb project name
-run_name: str = ""  # run folder name (empty: automatic); the same name resumes that run
+# --- run record
+run_name: str = ""  # run folder name (empty: automatic); the same name reopens (resumes) that run
 runs_dir: str = ""  # runs root (empty: <repo>/runs)
 
 # %%
@@ -98,9 +104,9 @@ from tunekit.runtime import notebook_setup, seed_everything
 notebook_setup()
 import pandas as pd
 from tunekit.runs import start_run
-from tunekit.train.dpo import check_summary, dpo_figure, dpo_history, prepare_dpo, run_dpo, summary_of
-from tunekit.train.dpo_params import DPOParams
-from tunekit.train.sft import published_files
+from tunekit.train import report
+from tunekit.train.dpo import prepare_dpo, run_dpo
+from tunekit.train.params import DPOParams
 
 cfg = DPOParams.from_globals(globals())
 run = start_run("dpo", cfg, cfg.run_name, cfg.runs_dir)
@@ -118,16 +124,16 @@ run
 # %%
 prep = prepare_dpo(cfg)
 print(f"starting model (policy and reference): {prep.model_dir}")
-prep.sources()
+report.sources(prep)
 
 # %%
-prep.overlong()
+report.overlong(prep)
 
 # %%
-prep.preview(3)
+report.pair_preview(prep, 3)
 
 # %%
-prep.plan_table()
+report.plan_table(prep)
 
 # %% [markdown]
 # ## 2. Train
@@ -138,10 +144,7 @@ prep.plan_table()
 
 # %%
 result = run_dpo(cfg, run, prep)
-pd.Series({k: result[k] for k in ("status", "step", "total_steps", "resumed_from", "final_loss",
-                                  "initial_val_loss", "best_val_loss", "best_step", "tokens_per_s",
-                                  "world_size", "attn_implementation", "compute_dtype", "peft",
-                                  "trainable_params")}, name="result").to_frame()
+report.result_table(result)
 
 # %%
 pd.Series(result["data"]["reference_cache"], name="reference log-probs").to_frame()
@@ -154,11 +157,11 @@ pd.Series(result["data"]["reference_cache"], name="reference log-probs").to_fram
 # the data's sequences.
 
 # %%
-fig = dpo_figure(run.metrics(), title=f"DPO {run.name}")
+fig = report.dpo_figure(run.metrics(), title=f"DPO {run.name}")
 png = run.save_figure(fig, "dpo_rewards")
 
 # %%
-train_hist, dev_hist = dpo_history(run.metrics())
+train_hist, dev_hist = report.dpo_history(run.metrics())
 dev_hist[["step", "val_loss", "val_reward_accuracy", "val_reward_margin", "val_chosen_reward",
           "val_rejected_reward", "val_chosen_logp", "val_rejected_logp", "val_kl"]].round(4)
 
@@ -168,11 +171,11 @@ dev_hist[["step", "val_loss", "val_reward_accuracy", "val_reward_margin", "val_c
 # template). Use the run directory as a model in `50_evaluate`.
 
 # %%
-published_files(result)
+report.published_files(result)
 
 # %%
-summary = run.finish(summary_of(result, run.metrics()))
+summary = run.finish(report.dpo_summary(result, run.metrics()))
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(check_summary(summary))
+print(report.dpo_check(summary))

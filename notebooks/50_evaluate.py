@@ -22,8 +22,9 @@ batch_size: int = 8  # problems generated together (transformers backend)
 backend: str = "auto"  # auto (vLLM on a GPU node where installed) | transformers | vllm
 scorer: str = "auto"  # auto (official math-eval where installed) | tunekit | official
 seed: int = 0  # sampling seed
-run_name: str = ""  # run folder name (default: PBS job id or time stamp)
-runs_dir: str = ""  # runs root (default: $TUNEKIT_RUNS_DIR or <repo>/runs)
+# --- run record
+run_name: str = ""  # run folder name (empty: automatic); the same name reopens (resumes) that run
+runs_dir: str = ""  # runs root (empty: <repo>/runs)
 
 # %%
 from tunekit.runtime import notebook_setup, seed_everything

@@ -173,7 +173,7 @@ def test_round_trip_is_bit_exact(nemo_dir, tiny, tmp_path):
 def test_hf_output_carries_the_kit_chat_template(nemo_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunekit.data.template import chat_template_for
+    from tunekit.template import chat_template_for
 
     out = tmp_path / "hf"
     api.nemo_to_hf(str(nemo_dir), out, verify_logits=False, **QUIET)

@@ -26,7 +26,8 @@ def test_hf_config_without_hidden_size(tiny, tmp_path):
     cfg = json.loads((src / "config.json").read_text())
     del cfg["hidden_size"]
     (src / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UserError, match=r"config\.json: missing field 'hidden_size' \(is this a LLaMA config\.json\?\)"):
+    want = r"config\.json: missing field 'hidden_size' \(is this a LLaMA config\.json\?\)"
+    with pytest.raises(UserError, match=want):
         api.hf_to_nemo(str(src), tmp_path / "out", **QUIET)
     assert not (tmp_path / "out").exists()
 

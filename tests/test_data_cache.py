@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from tunekit.data import cache, template
+from tunekit import template
+from tunekit.data import cache
 from tunekit.model import tiny_tokenizer_dir
 
 

@@ -15,7 +15,7 @@ import sentencepiece as spm
 from transformers import AutoTokenizer
 
 from tunekit.data import encode
-from tunekit.data.template import (CHAT_TEMPLATE, CHAT_TEMPLATE_FIRST, DEFAULT_SYSTEM,
+from tunekit.template import (CHAT_TEMPLATE, CHAT_TEMPLATE_FIRST, DEFAULT_SYSTEM,
                                    chat_template_for, prefixes_after_special)
 from tunekit.model import llmjp_tokenizer_dir, tiny_tokenizer_dir
 

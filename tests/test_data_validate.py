@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tunekit.cli import main
-from tunekit.data.schema import validate_file
+from tunekit.data.validate import validate_file
 
 SYS = {"role": "system", "content": "s"}
 U = {"role": "user", "content": "q"}
@@ -64,10 +64,12 @@ DPO_CASES = [
     (j({"messages": [SYS, U], "chosen_response": "c", "rejected_response": None}), "error",
      "'rejected_response' must be a string"),
     (j({"messages": [SYS, U], "chosen_response": "same", "rejected_response": "same"}), "warning", "identical"),
-    (j({"messages": [SYS, U], "chosen_response": " ", "rejected_response": "r"}), "warning", "chosen_response is empty"),
+    (j({"messages": [SYS, U], "chosen_response": " ", "rejected_response": "r"}), "warning",
+     "chosen_response is empty"),
     (j({"messages": [SYS, U], "chosen_response": "c", "rejected_response": "\u200b"}), "warning",
      "rejected_response is empty to a reader"),
-    (j({"messages": [SYS, U], "chosen_response": "c", "rejected_response": "r"}), "warning", "exact duplicate of line 1"),
+    (j({"messages": [SYS, U], "chosen_response": "c", "rejected_response": "r"}), "warning",
+     "exact duplicate of line 1"),
 ]
 
 

@@ -5,33 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from tunekit.train.batches import IGNORE_INDEX
-from tunekit.train.dpo_batch import build_pair_batch, document, make_pair, policy_logps, sequence_logps
-from tunekit.train.modeling import CausalLMForTraining
+from helpers import random_pairs, tiny_lm
+from tunekit.train.batches import (IGNORE_INDEX, build_pair_batch, document, make_pair, policy_logps,
+                                   sequence_logps)
+from tunekit.train.engine import CausalLMForTraining
 
 VOCAB = 61
-
-
-def tiny_lm(seed: int = 0):
-    """A 2-layer LLaMA with hidden 32 (fp32, SDPA)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=4, attn_implementation="sdpa")
-    return LlamaForCausalLM(cfg).eval()
-
-
-def random_pairs(n: int, seed: int = 1):
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for _ in range(n):
-        p = [1] + rng.integers(5, VOCAB, rng.integers(2, 7)).tolist()
-        c = rng.integers(5, VOCAB, rng.integers(1, 6)).tolist()
-        r = rng.integers(5, VOCAB, rng.integers(1, 6)).tolist()
-        pairs.append(make_pair(p, c, r))
-    return pairs
 
 
 def reference_logp(lm, ids: np.ndarray, n_prompt: int) -> float:

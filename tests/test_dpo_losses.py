@@ -6,8 +6,13 @@ import math
 import pytest
 import torch
 
-from tunekit.train.dpo_losses import (PREFERENCE_LOSSES, PreferenceLossConfig, add_sums,
-                                      mean_metrics, pair_terms, preference_losses, reduce_logps)
+from tunekit.errors import UserError
+from tunekit.train.dpo_loss import METRIC_KEYS, pair_terms, preference_losses, reduce_logps
+from tunekit.train.params import PREFERENCE_LOSSES, PreferenceParams
+
+def mean_metrics(sums: dict) -> dict[str, float]:
+    """Per-pair means of the summed metric terms (what the engine reports after dividing by pairs)."""
+    return {k: float(sums[k]) / float(sums["pairs"]) for k in METRIC_KEYS}
 
 
 def _sig(x: float) -> float:
@@ -24,7 +29,7 @@ DELTA_SUM = (PI_C - REF_C) - (PI_R - REF_R)            # = 2
 DELTA_AVG = (PI_C - REF_C) / N_C - (PI_R - REF_R) / N_R  # = 0.25 + 0.5 = 0.75
 
 
-def _terms(cfg: PreferenceLossConfig, rewards=None, requires_grad=False):
+def _terms(cfg: PreferenceParams, rewards=None, requires_grad=False):
     pol_c, pol_r = _t(PI_C).requires_grad_(requires_grad), _t(PI_R).requires_grad_(requires_grad)
     ref_c, ref_r = _t(REF_C).requires_grad_(requires_grad), _t(REF_R).requires_grad_(requires_grad)
     kw = {}
@@ -55,7 +60,7 @@ def _kl_bern(p: float, q: float) -> float:
     ("rpo_fwd_kl", 0.5, 3.0, (1.0, 0.5), _kl_bern(_sig(0.5 * DELTA_SUM), _sig(1.5))),
 ])
 def test_loss_matches_closed_form(kind, beta, scale, rewards, expected):
-    cfg = PreferenceLossConfig(preference_loss=kind, ref_policy_kl_penalty=beta, gt_reward_scale=scale)
+    cfg = PreferenceParams(preference_loss=kind, ref_policy_kl_penalty=beta, gt_reward_scale=scale)
     terms, _ = _terms(cfg, rewards)
     assert terms.loss.item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
     assert terms.preference.item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
@@ -68,13 +73,13 @@ def test_every_official_loss_is_covered():
 def test_rpo_kl_losses_vanish_when_model_matches_target():
     # beta * delta == scale * (r_c - r_r): both KLs are exactly zero, rpo_sq too.
     for kind in ("rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl"):
-        cfg = PreferenceLossConfig(preference_loss=kind, ref_policy_kl_penalty=0.5, gt_reward_scale=1.0)
+        cfg = PreferenceParams(preference_loss=kind, ref_policy_kl_penalty=0.5, gt_reward_scale=1.0)
         terms, _ = _terms(cfg)  # beta * delta = 1 = 1 * (1 - 0)
         assert abs(terms.loss.item()) < 1e-12
 
 
 def test_average_log_probs_normalises_each_sequence_by_its_tokens():
-    cfg = PreferenceLossConfig(preference_loss="dpo", ref_policy_kl_penalty=0.5,
+    cfg = PreferenceParams(preference_loss="dpo", ref_policy_kl_penalty=0.5,
                                preference_average_log_probs=True)
     terms, _ = _terms(cfg)
     assert terms.loss.item() == pytest.approx(-math.log(_sig(0.5 * DELTA_AVG)), rel=1e-12)
@@ -84,7 +89,7 @@ def test_average_log_probs_normalises_each_sequence_by_its_tokens():
 
 
 def test_label_smoothing_is_conservative_dpo():
-    cfg = PreferenceLossConfig(preference_loss="dpo", ref_policy_kl_penalty=0.5, label_smoothing=0.1)
+    cfg = PreferenceParams(preference_loss="dpo", ref_policy_kl_penalty=0.5, label_smoothing=0.1)
     terms, _ = _terms(cfg)
     z = 0.5 * DELTA_SUM
     expected = -0.9 * math.log(_sig(z)) - 0.1 * math.log(_sig(-z))
@@ -92,7 +97,7 @@ def test_label_smoothing_is_conservative_dpo():
 
 
 def test_sft_term_and_weights():
-    cfg = PreferenceLossConfig(preference_loss="dpo", ref_policy_kl_penalty=0.5,
+    cfg = PreferenceParams(preference_loss="dpo", ref_policy_kl_penalty=0.5,
                                preference_loss_weight=2.0, sft_loss_weight=0.25)
     terms, _ = _terms(cfg)
     pref = -math.log(_sig(0.5 * DELTA_SUM))
@@ -101,11 +106,11 @@ def test_sft_term_and_weights():
 
 
 def test_metrics_rewards_margin_accuracy_kl():
-    cfg = PreferenceLossConfig(preference_loss="dpo", ref_policy_kl_penalty=0.5)
+    cfg = PreferenceParams(preference_loss="dpo", ref_policy_kl_penalty=0.5)
     # Two pairs: the first prefers chosen, the second is a tie (policy == reference).
     terms = pair_terms(_t(-10.0, -5.0), _t(-12.0, -7.0), _t(-11.0, -5.0), _t(-11.0, -7.0),
                        _t(4, 3), _t(2, 3), cfg)
-    m = mean_metrics(add_sums({}, terms.sums()))
+    m = mean_metrics(terms.sums())
     assert m["chosen_reward"] == pytest.approx((0.5 * 1.0 + 0.0) / 2)
     assert m["rejected_reward"] == pytest.approx((0.5 * -1.0 + 0.0) / 2)
     assert m["reward_margin"] == pytest.approx((1.0 + 0.0) / 2)
@@ -117,7 +122,7 @@ def test_metrics_rewards_margin_accuracy_kl():
 
 @pytest.mark.parametrize("kind", PREFERENCE_LOSSES)
 def test_gradients_reach_the_policy_only(kind):
-    cfg = PreferenceLossConfig(preference_loss=kind, ref_policy_kl_penalty=0.7, gt_reward_scale=0.3,
+    cfg = PreferenceParams(preference_loss=kind, ref_policy_kl_penalty=0.7, gt_reward_scale=0.3,
                                sft_loss_weight=0.1)
     terms, (pol_c, pol_r, ref_c, ref_r) = _terms(cfg, requires_grad=True)
     terms.loss.sum().backward()
@@ -127,7 +132,7 @@ def test_gradients_reach_the_policy_only(kind):
 
 
 def test_dpo_gradient_closed_form():
-    cfg = PreferenceLossConfig(preference_loss="dpo", ref_policy_kl_penalty=0.5)
+    cfg = PreferenceParams(preference_loss="dpo", ref_policy_kl_penalty=0.5)
     terms, (pol_c, pol_r, _, _) = _terms(cfg, requires_grad=True)
     terms.loss.sum().backward()
     # d/d pi_c of -log sigmoid(beta * delta) = -beta * sigmoid(-beta * delta); pi_r gets the opposite.
@@ -137,23 +142,24 @@ def test_dpo_gradient_closed_form():
 
 
 def test_config_problems_are_sentences():
-    assert PreferenceLossConfig().problems() == []
-    bad = PreferenceLossConfig(preference_loss="kto", ref_policy_kl_penalty=0.0, label_smoothing=0.7)
-    text = " ".join(bad.problems())
-    assert "preference_loss must be one of" in text and "beta" in text and "label_smoothing" in text
-    both_zero = PreferenceLossConfig(preference_loss_weight=0.0, sft_loss_weight=0.0)
-    assert any("cannot both be 0" in p for p in both_zero.problems())
-    with pytest.raises(ValueError):
-        preference_losses(_t(1.0), _t(1.0), PreferenceLossConfig(preference_loss="kto"))
+    assert PreferenceParams().loss_problems() == []
+    with pytest.raises(UserError) as err:
+        PreferenceParams.parse({"preference_loss": "kto", "ref_policy_kl_penalty": 0.0, "label_smoothing": 0.7})
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3 and "parameter 'preference_loss' must be one of dpo|ipo" in lines[1]
+    assert "'ref_policy_kl_penalty' must be > 0" in lines[0] and "'label_smoothing' must be < 0.5" in lines[2]
+    with pytest.raises(UserError, match="cannot both be 0"):
+        PreferenceParams.parse({"preference_loss_weight": 0.0, "sft_loss_weight": 0.0})
+    with pytest.raises(ValueError):  # the loss itself refuses a kind validation would have stopped
+        preference_losses(_t(1.0), _t(1.0), PreferenceParams.model_construct(preference_loss="kto"))
 
 
 def test_weighted_sums_ignore_blank_pairs():
     # A validation shard padded with a blank (weight 0) must report the real pairs' means only.
-    cfg = PreferenceLossConfig(preference_loss="dpo", ref_policy_kl_penalty=0.5)
+    cfg = PreferenceParams(preference_loss="dpo", ref_policy_kl_penalty=0.5)
     terms = pair_terms(_t(-10.0, -1.0), _t(-12.0, -50.0), _t(-11.0, -3.0), _t(-11.0, -3.0),
                        _t(4, 1), _t(2, 1), cfg)
-    m = mean_metrics(add_sums({}, terms.sums(_t(1.0, 0.0))))
-    alone = mean_metrics(add_sums({}, pair_terms(_t(-10.0), _t(-12.0), _t(-11.0), _t(-11.0), _t(4), _t(2),
-                                                 cfg).sums()))
+    m = mean_metrics(terms.sums(_t(1.0, 0.0)))
+    alone = mean_metrics(pair_terms(_t(-10.0), _t(-12.0), _t(-11.0), _t(-11.0), _t(4), _t(2), cfg).sums())
     assert m == pytest.approx(alone)
     assert float(terms.sums(_t(1.0, 0.0))["pairs"]) == 1.0

@@ -7,12 +7,11 @@ import time
 import pytest
 import torch
 
-from tunekit.train.dpo_batch import build_pair_batch, micro_batches, policy_logps
-from tunekit.train.modeling import CausalLMForTraining
-from tunekit.train.refcache import (LiveReference, ReferenceLogps, _file_lock, cache_key,
-                                    ensure_reference_logps, entry_dir, weights_fingerprint)
-
-from test_dpo_batch import random_pairs, tiny_lm
+from helpers import live_reference, micro_batches, random_pairs, tiny_lm
+from tunekit.train.batches import build_pair_batch, policy_logps
+from tunekit.train.engine import CausalLMForTraining
+from tunekit.train.refcache import (ReferenceLogps, _file_lock, cache_key, ensure_reference_logps, entry_dir,
+                                    weights_fingerprint)
 
 
 @pytest.fixture()
@@ -52,11 +51,11 @@ def test_cached_equals_live_reference_and_is_computed_once(model_dir, tmp_path):
     again = _ensure(fn, pairs, model_dir, cache)
     assert again.info["hit"] is True and calls["n"] == 3  # nothing recomputed
     # A live reference (its own copy of the model) on the training batches gives the same numbers.
-    live = LiveReference(CausalLMForTraining(AutoModelForCausalLM.from_pretrained(model_dir), 7))
+    live = live_reference(CausalLMForTraining(AutoModelForCausalLM.from_pretrained(model_dir), 7))
     for group in micro_batches(pairs, 2):  # a different grouping than the cache was built with
         pb = build_pair_batch(group, packed=True, pad_id=4)
         cached_c, cached_r = again.for_batch(pb)
-        live_c, live_r = live.for_batch(pb)
+        live_c, live_r = live(None, pb)
         torch.testing.assert_close(cached_c, live_c, rtol=0, atol=2e-5)
         torch.testing.assert_close(cached_r, live_r, rtol=0, atol=2e-5)
         assert not live_c.requires_grad
@@ -134,25 +133,26 @@ def test_missing_pair_is_a_clear_error():
 def test_dpo_loss_with_cached_reference_equals_live_reference(model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from tunekit.train.dpo import DPOTask
-    from tunekit.train.dpo_losses import PreferenceLossConfig
+    from tunekit.train.dpo import DPOTask, cached_reference
+    from tunekit.train.params import PreferenceParams
 
     pairs = random_pairs(6, seed=9)
     dev = random_pairs(5, seed=10)
     ref_model = CausalLMForTraining(AutoModelForCausalLM.from_pretrained(model_dir), chunk_tokens=8)
     cached = _ensure(lambda pb: policy_logps(ref_model, pb), pairs, model_dir, tmp_path / "c",
                      eval_pairs=dev, micro_batch_size=2)
-    live = LiveReference(CausalLMForTraining(AutoModelForCausalLM.from_pretrained(model_dir), 8))
+    live_model = CausalLMForTraining(AutoModelForCausalLM.from_pretrained(model_dir), 8)
+    live = live_reference(live_model)
     policy = CausalLMForTraining(tiny_lm(seed=11), chunk_tokens=8).train()  # a different model
-    cfg = PreferenceLossConfig(preference_loss="dpo", ref_policy_kl_penalty=0.5)
+    cfg = PreferenceParams(preference_loss="dpo", ref_policy_kl_penalty=0.5)
     for group in micro_batches(pairs, 3):
         pb = build_pair_batch(group, packed=True, pad_id=4)
-        loss_cached, m_cached = DPOTask(cfg, cached).loss(policy, pb)
+        loss_cached, m_cached = DPOTask(cfg, cached_reference(cached)).loss(policy, pb)
         loss_live, m_live = DPOTask(cfg, live).loss(policy, pb)
         torch.testing.assert_close(loss_cached, loss_live, rtol=1e-6, atol=1e-5)
         torch.testing.assert_close(m_cached["reward_margin"], m_live["reward_margin"], rtol=1e-6, atol=1e-5)
         loss_live.backward()
-    assert all(p.grad is None for p in live.model.parameters())  # the reference never gets gradients
+    assert all(p.grad is None for p in live_model.parameters())  # the reference never gets gradients
     assert any(p.grad is not None for p in policy.parameters())
     # dev pairs were cached in the evaluation layout (groups of 2 filled with pair 0): bit-identical
     for i in range(0, len(dev), 2):
@@ -160,5 +160,5 @@ def test_dpo_loss_with_cached_reference_equals_live_reference(model_dir, tmp_pat
         group = group + [dev[0]] * (2 - len(group))
         pb = build_pair_batch(group, packed=True, pad_id=4)
         c, r = cached.for_batch(pb)
-        lc, lr = live.for_batch(pb)
+        lc, lr = live(None, pb)
         assert torch.equal(c, lc.float()) and torch.equal(r, lr.float())

@@ -1,46 +1,21 @@
 """The DPO stage in real subprocesses: SIGKILL then resume equals uninterrupted; 2 processes = 1.
 
-Uses the worker entry (`python -m tunekit.train.dpo --params P.yaml`), the tiny model and a slice
+Uses the worker entry (`tunekit train dpo --params P.yaml`), the tiny model and a slice
 of the sample preference data, with runs and caches under a temporary folder.
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import run_worker
 from tunekit.runs import read_metrics
 from tunekit.train.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.slow
-
-# SIGKILL right after the loop reported training step N (the engine's own crash test does the same).
-KILLER = r'''
-import os, signal, sys
-at, argv = int(sys.argv[1]), sys.argv[2:]
-import tunekit.train.loop as loop
-orig = loop.Monitor.step
-def step(self, record):
-    orig(self, record)
-    if record["step"] == at:
-        os.kill(os.getpid(), signal.SIGKILL)
-loop.Monitor.step = step
-from tunekit.train.dpo import main
-sys.exit(main(argv))
-'''
-
-
-def _env(cache: Path) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TUNEKIT_HEADLESS="1", PYTHONHASHSEED="0",
-               TUNEKIT_CACHE_DIR=str(cache))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def _params(tmp: Path, name: str) -> Path:
@@ -53,19 +28,11 @@ def _params(tmp: Path, name: str) -> Path:
     return p
 
 
-def _run(tmp: Path, name: str, *, kill_at: int | None = None, nproc: int = 1,
-         cache: str = "cache") -> subprocess.CompletedProcess:
-    args = ["--params", str(_params(tmp, name))]
-    if kill_at is not None:
-        script = tmp / "killer.py"
-        script.write_text(KILLER)
-        cmd = [sys.executable, str(script), str(kill_at), *args]
-    elif nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "tunekit.train.dpo", *args]
-    else:
-        cmd = [sys.executable, "-m", "tunekit.train.dpo", *args]
-    return subprocess.run(cmd, env=_env(tmp / cache), capture_output=True, text=True, timeout=600)
+def _run(tmp: Path, name: str, *, kill_at: int | None = None, nproc: int = 1, cache: str = "cache"):
+    """`tunekit train dpo --params P` (via tests/helpers.py, which can SIGKILL it after step N)."""
+    kill = ["--kill-after-step", str(kill_at)] if kill_at else []
+    args = ["cli", *kill, "train", "dpo", "--params", str(_params(tmp, name))]
+    return run_worker(args, nproc=nproc, timeout=600, env={"TUNEKIT_CACHE_DIR": str(tmp / cache)})
 
 
 def _dir(tmp: Path, name: str) -> Path:

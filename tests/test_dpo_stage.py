@@ -6,8 +6,11 @@ import math
 import pytest
 
 from tunekit.train import refcache
-from tunekit.train.dpo import check_summary, dpo_figure, dpo_history, prepare_dpo, run_dpo, summary_of
-from tunekit.train.dpo_params import DPOParams
+from tunekit.train.dpo import prepare_dpo, run_dpo
+from tunekit.train.params import DPOParams
+from tunekit.train.report import dpo_check as check_summary
+from tunekit.train.report import dpo_figure, dpo_history, overlong
+from tunekit.train.report import dpo_summary as summary_of
 
 SMALL = dict(datasets={"math_pref": {"max_train_samples": 40, "split_dev": True, "upsampling_factor": 1}},
              max_dev_samples=8, max_seq_length=160, global_batch_size=8, micro_batch_size=4,
@@ -35,7 +38,7 @@ def test_stage_trains_records_publishes_and_reuses_the_reference_cache(isolated)
     run, prep, result = _train("a")
     assert result["status"] == "completed" and result["step"] == 4
     assert (run.dir / "hf_model" / "model.safetensors").is_file()
-    table = prep.overlong()  # over-length pairs are dropped and counted: pairs = kept + dropped
+    table = overlong(prep)  # over-length pairs are dropped and counted: pairs = kept + dropped
     assert table["pairs"].tolist() == [40, 8]
     assert (table["pairs"] == table["kept"] + table["dropped_overlong"]).all()
     assert table["dropped_overlong"].sum() > 0  # max_seq_length 160 is short for some pairs
@@ -93,7 +96,7 @@ def test_changed_data_or_length_gets_a_new_cache_entry(isolated):
 def test_bad_parameters_fail_before_any_work():
     from tunekit.errors import UserError
 
-    with pytest.raises(UserError, match="preference_loss must be one of"):
+    with pytest.raises(UserError, match="parameter 'preference_loss' must be one of"):
         DPOParams.parse({"preference_loss": "sigmoid"})
     with pytest.raises(UserError, match="dpo_overlong"):
         DPOParams.parse({"dpo_overlong": "cut"})
@@ -119,8 +122,8 @@ def test_rewards_on_data_lines_reach_the_pairs(tmp_path):
                                   encoding="utf-8")
     cfg = DPOParams.parse({"data_dir": str(tmp_path / "data"), "data_version": "v1",
                            "datasets": {"rw": {}}, "max_dev_samples": 2})
-    train, dev, report, _ = build_dpo_data(cfg, resolve_model("tiny"), show_progress=False)
-    rewards = [(p.chosen_reward, p.rejected_reward) for p in train.all()]
+    train, dev, report = build_dpo_data(cfg, resolve_model("tiny"), show_progress=False)
+    rewards = [(train[i].chosen_reward, train[i].rejected_reward) for i in range(len(train))]
     assert len(dev) == 2 and len(train) == 10
     assert rewards[3] == (0.9, 0.2)  # line 6 = train pair 4
     assert rewards.count((1.0, 0.0)) == 9  # every other pair has the official defaults

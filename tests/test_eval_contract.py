@@ -24,8 +24,8 @@ GOLD = [
 
 
 def write(path, lines):
-    path.write_text("".join((l if isinstance(l, str) else json.dumps(l, ensure_ascii=False)) + "\n"
-                            for l in lines), encoding="utf-8")
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)) + "\n"
+                            for x in lines), encoding="utf-8")
     return path
 
 

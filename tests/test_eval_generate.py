@@ -21,7 +21,7 @@ GOLD = [{"id": f"q{i}", "problem": p, "solution": s, "category": c, "unit": "u"}
 
 def _chat_template() -> str:
     try:
-        from tunekit.data.template import CHAT_TEMPLATE
+        from tunekit.template import CHAT_TEMPLATE
         return CHAT_TEMPLATE
     except ImportError:  # the data area not built yet: the same shape, spelled out
         return ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
@@ -88,7 +88,7 @@ def test_eval_prompt_is_the_training_prompt_on_the_kit_tiny_model(style):
     from transformers import AutoTokenizer
 
     from tunekit.data.encode import prompt_ids as training_prompt_ids
-    from tunekit.data.template import DEFAULT_SYSTEM
+    from tunekit.template import DEFAULT_SYSTEM
     from tunekit.evaluate.records import load_gold
     from tunekit.model import resolve_model
     from tunekit.paths import repo_root

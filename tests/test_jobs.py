@@ -13,11 +13,12 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_pbs"))
-from helpers import install_fake_pbs, register_stand_ins  # noqa: E402
+from pbs_helpers import install_fake_pbs, register_stand_ins  # noqa: E402
 
 from tunekit.cli import main as cli_main  # noqa: E402
 from tunekit.errors import UserError  # noqa: E402
-from tunekit.jobs import chain, node, paramfile, pbs, resources  # noqa: E402
+from tunekit import paramfile  # noqa: E402
+from tunekit.jobs import chain, node, pbs, resources  # noqa: E402
 from tunekit.jobs.render import render_script, shell_word  # noqa: E402
 from tunekit.jobs.site import load_site, templates_dir  # noqa: E402
 from tunekit.jobs.spec import JobRequest, plan_job  # noqa: E402

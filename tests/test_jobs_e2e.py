@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_pbs"))
-from helpers import install_fake_pbs  # noqa: E402
+from pbs_helpers import install_fake_pbs  # noqa: E402
 
 from tunekit.jobs import job_status, submit_job  # noqa: E402
 from tunekit.notebooks import spec  # noqa: E402

@@ -1,6 +1,6 @@
 """Jobs executed end to end by the fake PBS (tests/fake_pbs): the rendered script really runs.
 
-The stand-in notebooks (tests/fake_pbs/helpers.py) keep these independent of the real notebooks;
+The stand-in notebooks (tests/fake_pbs/pbs_helpers.py) keep these independent of the real notebooks;
 tests/test_jobs_sft.py runs the real SFT notebook the same way.
 """
 from __future__ import annotations
@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_pbs"))
-from helpers import SHIM_DIR, install_fake_pbs, register_stand_ins  # noqa: E402
+from pbs_helpers import SHIM_DIR, install_fake_pbs, register_stand_ins  # noqa: E402
 
 from tunekit.errors import UserError  # noqa: E402
 from tunekit.jobs import cancel_job, job_status, submit_job  # noqa: E402
+from tunekit.jobs import chain as chainmod  # noqa: E402
 from tunekit.jobs.spec import JobRequest, plan_job  # noqa: E402
 from tunekit.jobs.submit import submit_plan  # noqa: E402
 from tunekit.paths import repo_root  # noqa: E402
@@ -133,7 +134,10 @@ def test_cancel_deletes_the_running_and_queued_jobs(fake, runs_dir):
     sub = submit_job("98_fake_train", group="gab50000", queue="rt_HC", walltime="00:10:00",
                      run_name="cancel", chain=2, params={"sleep_s": 300.0})
     deadline = time.time() + 120
-    while fake.job(sub.job_ids[0])["state"] != "R":
+    # Running = PBS says R AND the job script has recorded its start (on a busy machine the
+    # script takes a moment after PBS starts it; cancelled before that, it never started).
+    while fake.job(sub.job_ids[0])["state"] != "R" or (chainmod.read_link(sub.job_dir, 1) or {}).get("state") \
+            != chainmod.RUNNING:
         assert time.time() < deadline, "the first job never started"
         time.sleep(0.3)
     # A run with queued or running jobs cannot be submitted again by accident.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunekit.cli import build_parser
-from tunekit.jobs import paramfile
+from tunekit import paramfile
 from tunekit.jobs.cli import request_from_args
 from tunekit.jobs.site import templates_dir
 from tunekit.jobs.spec import plan_job

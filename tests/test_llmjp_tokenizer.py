@@ -132,7 +132,7 @@ def test_old_symbol_names_are_ordinary_text_as_in_the_competition_tokenizer(whic
 
 @pytest.mark.parametrize("which", ["llmjp", "tiny"])
 def test_special_ids_names_and_bos_eos_policy(which, request):
-    from tunekit.data.template import CHAT_TEMPLATE
+    from tunekit.template import CHAT_TEMPLATE
 
     sp, tok = request.getfixturevalue(which)
     # The names of the competition's tokenizer (llm-jp-tokenizer hf/ver4.0/alpha_1.0, Sept. 2025).
@@ -150,7 +150,7 @@ def test_special_ids_names_and_bos_eos_policy(which, request):
 
 
 def test_chat_template_prompt_matches_training_ids(llmjp):
-    from tunekit.data.template import DEFAULT_SYSTEM
+    from tunekit.template import DEFAULT_SYSTEM
 
     sp, tok = llmjp
     msgs = [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": "1 + 2 を計算しなさい。"}]

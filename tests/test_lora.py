@@ -1,6 +1,6 @@
-"""LoRA building blocks (tunekit.train.lora*): names, FSDP2 units, checkpoints, merge, publishing.
+"""LoRA building blocks (tunekit.train.lora): names, FSDP2 units, checkpoints, the adapters-off switch.
 
-Models are built exactly the way the engine builds them (meta device -> attach_lora -> fully_shard
+Models are the engine's own (engine.load_for_training: meta device -> attach_lora -> fully_shard
 per layer + root -> to_empty -> weights from rank 0), in this process (world size 1, gloo).
 A 2-process gloo run is in test_lora_dist.py.
 """
@@ -12,69 +12,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from helpers import LORA_SPEC as SPEC
+from helpers import benchmark_module, perturb_adapters, trainable_summary, training_model
+from helpers import random_batch as batch
 from tunekit.errors import UserError
-from tunekit.train.lora import (LoraSpec, adapters_disabled, attach_lora, checkpoint_options,
-                                complete_state_dict, count_adapter_params, describe, lora_problems,
-                                lora_spec_of, param_problems, resolve_target_modules, spec_from_params,
-                                trainable_summary)
-from tunekit.train.synthetic import tiny_llama_dir
+from tunekit.train.engine import build_optimizer, read_config
+from tunekit.train.lora import (LoraSpec, adapters_disabled, attach_lora, checkpoint_options, lora_spec_of,
+                                resolve_target_modules, spec_from_params)
+from tunekit.train.params import DPOParams, SFTParams
 
-VOCAB = 96
-SPEC = LoraSpec(rank=4, alpha=8.0, dropout=0.0, targets=("q_proj", "v_proj", "o_proj", "down_proj"), seed=7)
+pytestmark = pytest.mark.usefixtures("one_thread")  # CPU matmul results depend on the thread count
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # CPU matmul results depend on the thread count; pin it so comparisons are tight.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_llama_dir(tmp_path_factory.mktemp("tiny") / "model", vocab=VOCAB)
-
-
-def build_lora_model(model_dir: Path, spec: LoraSpec | None, frozen_dtype=None, mp_dtype=None):
-    """The engine's FSDP2 construction with the LoRA hooks (what load_for_training(lora=) does)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import AutoModelForCausalLM
-
-    from tunekit.train.distributed import init_distributed
-    from tunekit.train.modeling import (WEIGHT_PREFIX, CausalLMForTraining, _reinit_rotary_buffers,
-                                        load_full_state_dict, read_config)
-
-    env = init_distributed()
-    with torch.device("meta"):
-        lm = AutoModelForCausalLM.from_config(read_config(model_dir), dtype=torch.float32,
-                                              attn_implementation="sdpa")
-    if spec is not None:
-        attach_lora(lm, spec, frozen_dtype=frozen_dtype)
-    model = CausalLMForTraining(lm)
-    mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
-    fully_shard(lm.model.embed_tokens, mp_policy=mp)
-    for layer in lm.model.layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    model.to_empty(device=env.device)
-    with torch.no_grad():
-        _reinit_rotary_buffers(model)
-    full = {WEIGHT_PREFIX + k: v for k, v in load_full_state_dict(model_dir).items()} if env.is_main else {}
-    if env.is_main:
-        full = complete_state_dict(model, full)
-    res = set_model_state_dict(model, full, options=StateDictOptions(
-        full_state_dict=True, broadcast_from_rank0=True, strict=True))
-    assert not res.missing_keys and not res.unexpected_keys
-    return model.train(), env
-
-
-def batch(seed: int = 0, n: int = 2, t: int = 16):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, VOCAB, (n, t), generator=g)
-    return ids, torch.roll(ids, -1, 1)
+def build_lora_model(model_dir: Path, spec: LoraSpec | None, bf16: bool = False):
+    """The engine's own FSDP2 training model (what train() trains), LoRA attached when `spec`."""
+    return training_model(model_dir, spec, precision="bf16" if bf16 else "fp32")
 
 
 def base_logps(model_dir: Path, ids, labels):
@@ -91,16 +43,6 @@ def full(t) -> torch.Tensor:
     """The whole tensor of a parameter or gradient (DTensor when sharded, plain when FSDP2 has it gathered)."""
     t = t.detach()
     return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def perturb_adapters(model, seed: int = 1, scale: float = 0.3) -> None:
-    """Give B non-zero values (as training would), so adapters change the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if ".lora_B." in n:
-                local = p.to_local() if hasattr(p, "to_local") else p
-                local.copy_(torch.randn(local.shape, generator=g) * scale)
 
 
 # ------------------------------------------------------------------------------ names, params
@@ -130,36 +72,33 @@ def test_defaults_are_the_official_ones():
     assert s.scaling == 1.0
 
 
-def test_param_problems_and_spec():
-    ok = SimpleNamespace(peft="lora", lora_rank=8, lora_alpha=16.0, lora_dropout=0.1,
-                         lora_target_modules="attention,mlp_fc1", seed=5)
-    assert param_problems(ok) == []
+def test_params_become_a_spec():
+    ok = SFTParams(peft="lora", lora_rank=8, lora_alpha=16.0, lora_dropout=0.1,
+                   lora_target_modules="attention,mlp_fc1", seed=5)
     spec = spec_from_params(ok)
     assert spec == LoraSpec(8, 16.0, 0.1, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"), 5)
-    assert spec_from_params(SimpleNamespace(**{**vars(ok), "peft": "none"})) is None
-    assert spec_from_params(object()) is None and param_problems(object()) == []
-    probs = lora_problems("qlora", 0, 0.0, 1.0, "attn")
-    assert len(probs) == 5 and all(isinstance(p, str) for p in probs)
-    bad_ref = SimpleNamespace(**{**vars(ok), "peft": "none", "lora_reference": "base"})
-    assert any("lora_reference='base' needs peft='lora'" in p for p in param_problems(bad_ref))
-    assert any("lora_reference must be" in p
-               for p in param_problems(SimpleNamespace(**{**vars(ok), "lora_reference": "live"})))
+    assert spec_from_params(SFTParams()) is None
+    with pytest.raises(UserError) as err:
+        SFTParams.parse({"peft": "qlora", "lora_rank": 0, "lora_alpha": 0.0, "lora_dropout": 1.0,
+                         "lora_target_modules": "attn"})
+    assert len(str(err.value).splitlines()) == 5  # one sentence per bad LoRA parameter
+    with pytest.raises(UserError, match="lora_reference='base' needs peft='lora'"):
+        DPOParams.parse({"lora_reference": "base"})
+    with pytest.raises(UserError, match="parameter 'lora_reference' must be one of cache|base"):
+        DPOParams.parse({"peft": "lora", "lora_reference": "live"})
 
 
 # ------------------------------------------------------------------------------ model + FSDP2
 def test_attached_model_starts_as_the_base_and_trains_only_adapters(model_dir):
-    from tunekit.train.session import build_optimizer
-
     model, _ = build_lora_model(model_dir, SPEC)
     assert lora_spec_of(model) == SPEC
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     # one adapter pair per target per layer, and the count formula agrees with the model
     assert len(names) == 2 * len(SPEC.targets) * 2
-    from tunekit.train.modeling import read_config
     config = read_config(model_dir)
-    assert trainable_summary(model)["trainable_params"] == count_adapter_params(config, SPEC)
-    assert describe(SPEC, config)["adapter_params"] == count_adapter_params(config, SPEC)
+    estimate = benchmark_module("memory_estimate")
+    assert trainable_summary(model)["trainable_params"] == estimate.count_adapter_params(config, SPEC)
     # every adapter lives in the same FSDP unit as its frozen base weight (DTensor params of the layer)
     layer0 = model.lm.model.layers[0]
     assert type(layer0).__name__.startswith("FSDP")
@@ -183,7 +122,7 @@ def test_attached_model_starts_as_the_base_and_trains_only_adapters(model_dir):
 
 def test_frozen_base_in_compute_dtype_with_fp32_adapters(model_dir):
     # GPU layout: base stored bf16 (no fp32 master copy), adapters fp32 masters, bf16 compute.
-    model, _ = build_lora_model(model_dir, SPEC, frozen_dtype=torch.bfloat16, mp_dtype=torch.bfloat16)
+    model, _ = build_lora_model(model_dir, SPEC, bf16=True)
     for n, p in model.named_parameters():
         assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), n
     ids, labels = batch()
@@ -237,8 +176,6 @@ def test_checkpoint_holds_only_adapters_and_their_optimizer_state(model_dir, tmp
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    from tunekit.train.session import build_optimizer
-
     hp = SimpleNamespace(weight_decay=0.0, lr=0.01, adam_beta1=0.9, adam_beta2=0.98)
     model, _ = build_lora_model(model_dir, SPEC)
     opt = build_optimizer(model, hp)
@@ -290,8 +227,9 @@ def test_full_fine_tuning_checkpoint_options_are_unchanged(model_dir):
 
 # ------------------------------------------------------------------------------ memory estimate
 def test_lora_memory_estimate_terms():
-    from tunekit.train.lora_memory import estimate_lora, main
-    from tunekit.train.memory import GB, LLMJP_4_8B, count_params, estimate
+    m = benchmark_module("memory_estimate")
+    GB, LLMJP_4_8B, count_params, estimate = m.GB, m.LLMJP_4_8B, m.count_params, m.estimate
+    estimate_lora, count_adapter_params, main = m.estimate_lora, m.count_adapter_params, m.main
 
     cfg = dict(LLMJP_4_8B)
     spec = LoraSpec()
@@ -303,11 +241,10 @@ def test_lora_memory_estimate_terms():
     assert lora.sharded_state == pytest.approx((2 * total + 16 * a) / GB, abs=0.05)
     assert lora.activations == full.activations and lora.output_layer == full.output_layer
     assert lora.total < full.total - 100  # full fine-tuning state alone is 16 B/param = 137 GB
-    assert main(["--gpus", "1"]) == 0
+    assert main(["--lora", "--gpus", "1"]) == 0
 
 
 def test_adapter_count_matches_a_real_model(model_dir):
-    from tunekit.train.memory import load_config
-
+    m = benchmark_module("memory_estimate")
     model, _ = build_lora_model(model_dir, SPEC)
-    assert count_adapter_params(load_config(str(model_dir)), SPEC) == trainable_summary(model)["trainable_params"]
+    assert m.count_adapter_params(m.load_config(str(model_dir)), SPEC) == trainable_summary(model)["trainable_params"]

@@ -5,24 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunekit.train.dpo import DPOTask
-from tunekit.train.dpo_batch import build_pair_batch, micro_batches, policy_logps
-from tunekit.train.dpo_losses import PreferenceLossConfig
-from tunekit.train.lora_dpo import AdaptersOffDPOTask, AdaptersOffReference
+from helpers import LORA_SPEC as SPEC
+from helpers import micro_batches, perturb_adapters, random_pairs, training_model
+from tunekit.train.batches import build_pair_batch, policy_logps
+from tunekit.train.dpo import DPOTask, adapters_off_logps, cached_reference
+from tunekit.train.params import PreferenceParams
 from tunekit.train.refcache import ensure_reference_logps
 
-from test_dpo_batch import random_pairs
-from test_lora import SPEC, build_lora_model, model_dir, perturb_adapters  # noqa: F401
-
 PAD = 4
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # CPU matmul results depend on the thread count
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +22,9 @@ def pairs():
 
 
 @pytest.fixture(scope="module")
-def cached(model_dir, pairs, tmp_path_factory):  # noqa: F811
+def cached(model_dir, pairs, tmp_path_factory):
     """Reference log-probs through the DPO stage's cache path: the init model without adapters."""
-    ref_model, env = build_lora_model(model_dir, None)
+    ref_model, env = training_model(model_dir, None)
     ref_model.eval()
     return ensure_reference_logps(lambda pb: policy_logps(ref_model, pb), pairs, model_dir=model_dir,
                                   template="t", max_seq_length=64, compute_dtype="float32",
@@ -42,8 +33,8 @@ def cached(model_dir, pairs, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def trained_lora(model_dir):  # noqa: F811
-    model, _ = build_lora_model(model_dir, SPEC)
+def trained_lora(model_dir):
+    model, _ = training_model(model_dir, SPEC)
     perturb_adapters(model, seed=2, scale=0.2)  # as after some training: policy != reference
     return model
 
@@ -51,11 +42,10 @@ def trained_lora(model_dir):  # noqa: F811
 @pytest.mark.parametrize("packed", [True, False])
 def test_adapters_off_reference_equals_the_cache(cached, trained_lora, pairs, packed):
     assert cached.info["hit"] is False and len(cached) == len(pairs)
-    ref = AdaptersOffReference(trained_lora)
     for group in micro_batches(pairs, 3):
         pb = build_pair_batch(group, packed=packed, pad_id=PAD)
         c_cache, r_cache = cached.for_batch(pb)
-        c_off, r_off = ref.for_batch(pb)
+        c_off, r_off = adapters_off_logps(trained_lora, pb)
         torch.testing.assert_close(c_off, c_cache, atol=2e-5, rtol=0)
         torch.testing.assert_close(r_off, r_cache, atol=2e-5, rtol=0)
         # and the policy itself (adapters on) is really different from it
@@ -64,12 +54,11 @@ def test_adapters_off_reference_equals_the_cache(cached, trained_lora, pairs, pa
 
 
 def test_training_step_is_the_same_with_either_reference(cached, trained_lora, pairs):
-    cfg = PreferenceLossConfig(ref_policy_kl_penalty=0.5)
+    cfg = PreferenceParams(ref_policy_kl_penalty=0.5)
     model = trained_lora.train()
     pb = build_pair_batch(pairs[:4], packed=True, pad_id=PAD)
     results = []
-    for task in (DPOTask(cfg, cached, pad_id=PAD),
-                 AdaptersOffDPOTask(cfg, AdaptersOffReference(), pad_id=PAD)):
+    for task in (DPOTask(cfg, cached_reference(cached), pad_id=PAD), DPOTask(cfg, adapters_off_logps, pad_id=PAD)):
         model.zero_grad(set_to_none=True)
         loss, extras = task.loss(model, pb)
         loss.backward()
@@ -86,7 +75,3 @@ def test_training_step_is_the_same_with_either_reference(cached, trained_lora, p
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
     model.zero_grad(set_to_none=True)
 
-
-def test_unbound_reference_fails_loudly(pairs):
-    with pytest.raises(RuntimeError, match="before a model was bound"):
-        AdaptersOffReference().for_batch(build_pair_batch(pairs[:1], pad_id=PAD))

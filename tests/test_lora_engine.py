@@ -1,8 +1,6 @@
 """`peft: lora` through the real engine (train_sft / train_dpo, world size 1): learns, checkpoints
 only adapters, resumes exactly, publishes a merged model and a PEFT adapter that agree.
 
-Needs the integration patch (the notebooks' `peft` parameter and the engine hooks); without it
-the whole module is skipped with that reason.
 """
 from __future__ import annotations
 
@@ -12,30 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import synthetic_packed
 from tunekit.runs import start_run
-from tunekit.train import deadline as deadline_mod
+from tunekit.train import plan as plan_mod
 from tunekit.train.checkpoint import list_checkpoints
-from tunekit.train.params import SFTParams
-from tunekit.train.synthetic import synthetic_packed, tiny_llama_dir
+from tunekit.train.params import DPOParams, SFTParams
 
-pytestmark = pytest.mark.skipif("peft" not in SFTParams.model_fields,
-                                reason="LoRA integration patch not applied (no `peft` parameter)")
 SEQ, VOCAB = 64, 96
 LORA = dict(peft="lora", lora_rank=4, lora_alpha=8.0, lora_target_modules="attention,mlp_fc2")
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path):
+def _isolated(monkeypatch, tmp_path, one_thread):
     monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_llama_dir(tmp_path_factory.mktemp("tiny") / "model", vocab=VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +83,16 @@ def test_sft_lora_deadline_stop_then_resume_equals_uninterrupted(tmp_path, model
 
     _, ref = _sft(tmp_path, "ref", model_dir, data)
     calls = {"n": 0}
-    real = deadline_mod.Deadline.remaining
+    real = plan_mod.Deadline.remaining
 
     def soon(self, now=None):
         calls["n"] += 1
         return 0.0 if calls["n"] > 3 else float("inf")  # 3 steps, then "the walltime is near"
 
-    monkeypatch.setattr(deadline_mod.Deadline, "remaining", soon)
+    monkeypatch.setattr(plan_mod.Deadline, "remaining", soon)
     run, first = _sft(tmp_path, "cut", model_dir, data)
     assert first["status"] == "deadline" and first["step"] == 3
-    monkeypatch.setattr(deadline_mod.Deadline, "remaining", real)
+    monkeypatch.setattr(plan_mod.Deadline, "remaining", real)
     run2, second = _sft(tmp_path, "cut", model_dir, data)
     assert second["resumed_from"] == 3 and second["status"] == "completed"
     assert second["final_loss"] == pytest.approx(ref["final_loss"], rel=1e-6)
@@ -128,16 +115,16 @@ def test_sft_lora_with_activation_checkpointing_changes_nothing(tmp_path, model_
 def test_bad_lora_params_are_one_sentence(tmp_path):
     from tunekit.errors import UserError
 
-    with pytest.raises(UserError, match="lora_target_modules: unknown module 'qkv'"):
-        SFTParams(peft="lora", lora_target_modules="qkv")
-    with pytest.raises(UserError, match="peft must be one of none|lora"):
-        SFTParams(peft="qlora")
+    with pytest.raises(UserError, match="parameter 'lora_target_modules' unknown module 'qkv'"):
+        SFTParams.parse({"peft": "lora", "lora_target_modules": "qkv"})
+    with pytest.raises(UserError, match=r"parameter 'peft' must be one of none\|lora"):
+        SFTParams.parse({"peft": "qlora"})
 
 
 # ------------------------------------------------------------------------------ DPO
 def _pairs(n: int, seed: int):
     """Learnable preference pairs: chosen continues the prompt +1, rejected is random."""
-    from tunekit.train.dpo_batch import make_pair
+    from tunekit.train.batches import make_pair
 
     rng = np.random.default_rng(seed)
     out = []
@@ -149,7 +136,6 @@ def _pairs(n: int, seed: int):
 
 def _dpo(tmp_path, name, model_dir, reference, **over):
     from tunekit.train.dpo import train_dpo
-    from tunekit.train.dpo_params import DPOParams
 
     base = dict(max_seq_length=SEQ, global_batch_size=8, micro_batch_size=4, max_steps=10, lr=0.02,
                 min_lr=0.002, warmup_steps=1, val_interval=5, save_interval=5, publish="final",
@@ -179,7 +165,6 @@ def test_dpo_lora_learns_with_either_reference_and_both_agree(tmp_path, model_di
 
 def test_base_reference_without_lora_is_refused():
     from tunekit.errors import UserError
-    from tunekit.train.dpo_params import DPOParams
 
     with pytest.raises(UserError, match="lora_reference='base' needs peft='lora'"):
-        DPOParams(lora_reference="base")
+        DPOParams.parse({"lora_reference": "base"})

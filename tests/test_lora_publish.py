@@ -7,19 +7,13 @@ import json
 import pytest
 import torch
 
-from tunekit.train.lora_publish import (ADAPTER_DIR, ADAPTER_WEIGHTS, merge_adapters, publish_hook,
-                                        split_state_dict)
-from tunekit.train.publish import gather_full_state_dict
+from helpers import LORA_SPEC as SPEC
+from helpers import perturb_adapters, training_model
+from helpers import random_batch as batch
+from tunekit.train.publish import (ADAPTER_DIR, ADAPTER_WEIGHTS, gather_full_state_dict, merge_adapters,
+                                   publish_hook, split_state_dict)
 
-from test_lora import SPEC, batch, build_lora_model, model_dir, perturb_adapters  # noqa: F401
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # CPU matmul results depend on the thread count
 
 
 def _logps(hf_model, ids, labels):
@@ -29,9 +23,9 @@ def _logps(hf_model, ids, labels):
 
 
 @pytest.fixture(scope="module")
-def published(model_dir, tmp_path_factory):  # noqa: F811
+def published(model_dir, tmp_path_factory):
     """A LoRA model with non-zero adapters, its live log-probs, and what publishing produced."""
-    model, _ = build_lora_model(model_dir, SPEC)
+    model, _ = training_model(model_dir, SPEC)
     perturb_adapters(model, seed=4)
     ids, labels = batch(5, n=3, t=20)
     with torch.no_grad():
@@ -43,7 +37,7 @@ def published(model_dir, tmp_path_factory):  # noqa: F811
                 adapter_dir=out.parent / ADAPTER_DIR)
 
 
-def test_merged_model_equals_base_plus_adapter(published, model_dir):  # noqa: F811
+def test_merged_model_equals_base_plus_adapter(published, model_dir):
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -59,7 +53,7 @@ def test_merged_model_equals_base_plus_adapter(published, model_dir):  # noqa: F
     assert (_logps(base, published["ids"], published["labels"]) - got).abs().max() > 1e-2
 
 
-def test_unadapted_weights_pass_through_bit_exact(published, model_dir):  # noqa: F811
+def test_unadapted_weights_pass_through_bit_exact(published, model_dir):
     from safetensors.torch import load_file
 
     base = load_file(str(model_dir / "model.safetensors"))
@@ -72,7 +66,7 @@ def test_unadapted_weights_pass_through_bit_exact(published, model_dir):  # noqa
             assert torch.equal(published["merged"][k], v), k
 
 
-def test_adapter_dir_loads_in_peft_and_matches_live_and_merged(published, model_dir):  # noqa: F811
+def test_adapter_dir_loads_in_peft_and_matches_live_and_merged(published, model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -100,8 +94,8 @@ def test_provenance_names_the_adapter(published):
     assert prov["lora"]["targets"] == list(SPEC.targets) and prov["lora"]["scaling"] == SPEC.scaling
 
 
-def test_no_lora_publishes_unchanged(model_dir, tmp_path):  # noqa: F811
-    model, _ = build_lora_model(model_dir, None)
+def test_no_lora_publishes_unchanged(model_dir, tmp_path):
+    model, _ = training_model(model_dir, None)
     sd = gather_full_state_dict(model)
     out, prov = publish_hook(model, sd, tmp_path / "hf_model", model_dir, {"step": 1})
     assert out is sd and prov == {"step": 1} and not (tmp_path / ADAPTER_DIR).exists()

@@ -151,7 +151,7 @@ def test_nemo_training_output_with_trainer_state_converts_with_verification(padd
 # ------------------------------------------------------------------ the official exporter's logic
 OFFICIAL_CHAT_TEMPLATE = (  # the official export script's template (qsub_nemo_to_hf_llama.sh)
     "{% for message in messages %}{% if message['role'] == 'user' %}{{ '\\n\\n### 指示:\\n' + message['content'] }}"
-    "{% elif message['role'] == 'system' %}{{ '以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。' }}"
+    "{% elif message['role'] == 'system' %}{{ '以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。' }}"  # noqa: E501
     "{% elif message['role'] == 'assistant' %}{{ '\\n\\n### 応答:\\n' + message['content'] + eos_token }}{% endif %}"
     "{% if loop.last and add_generation_prompt %}{{ '\\n\\n### 応答:\\n' }}{% endif %}{% endfor %}")
 
@@ -204,7 +204,8 @@ def _official_export_mapping(cfg: dict, sd: dict, dtype: torch.dtype) -> dict:
         out[f"model.layers.{n}.mlp.down_proj.weight"] = sd[pre + "mlp.linear_fc2.weight"].to(dtype)
         out[f"model.layers.{n}.input_layernorm.weight"] = \
             sd[pre + "self_attention.linear_qkv.layer_norm_weight"].to(dtype)
-        out[f"model.layers.{n}.post_attention_layernorm.weight"] = sd[pre + "mlp.linear_fc1.layer_norm_weight"].to(dtype)
+        out[f"model.layers.{n}.post_attention_layernorm.weight"] = \
+            sd[pre + "mlp.linear_fc1.layer_norm_weight"].to(dtype)
     out["model.norm.weight"] = sd["model.decoder.final_layernorm.weight"].to(dtype)
     out["lm_head.weight"] = sd["model.output_layer.weight"].to(dtype)
     return out

@@ -55,7 +55,7 @@ def test_two_runs_are_identical_and_seed_matters(gen, tmp_path):
                                       ("tuning/train/math_chat.jsonl", "sft"),
                                       ("preference/train/math_pref.jsonl", "dpo")])
 def test_training_files_pass_the_kits_validator(rel, kind):
-    from tunekit.data.schema import validate_file
+    from tunekit.data.validate import validate_file
 
     report = validate_file(SAMPLE / rel, kind)
     n = len(_rows(rel))
@@ -122,7 +122,7 @@ def test_eval_problems_never_appear_in_training_data(gen):
 
 
 def test_prompt_wrappers_and_system_match_the_kit(gen):
-    from tunekit.data.template import DEFAULT_SYSTEM
+    from tunekit.template import DEFAULT_SYSTEM
     from tunekit.evaluate.prompts import PROMPT_STYLES
 
     # If the evaluator's prompts or the template's default system change, update the generator and

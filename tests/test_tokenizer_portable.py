@@ -26,7 +26,7 @@ def _load(d):
 
 @pytest.fixture(scope="module")
 def llmjp_with_template():
-    from tunekit.data.template import install_chat_template
+    from tunekit.template import install_chat_template
     from tunekit.model import llmjp_tokenizer_dir
 
     tok = _load(llmjp_tokenizer_dir())
@@ -61,7 +61,8 @@ def test_the_probe_really_compares_ids(tmp_path, llmjp_with_template):
 
 @pytest.mark.parametrize("env", VERSIONS)
 def test_config_written_by_transformers_5_loses_rope_theta_there_unless_made_portable(env, tmp_path):
-    from tunekit.convert.configs import portable_config, read_json
+    from tunekit.convert.configs import read_json
+    from tunekit.model.portable import portable_model_config
     from tunekit.model import tiny_model_dir
 
     d = tmp_path / "m"
@@ -74,7 +75,7 @@ def test_config_written_by_transformers_5_loses_rope_theta_there_unless_made_por
     diffs = compat.check_folder(d, env)["differences"]
     assert diffs and "rope_theta" in diffs[0]            # 4.x would silently run theta 10000
     assert ("dtype" in diffs[0]) is (env == "official-training")   # 4.47 reads only torch_dtype
-    (d / "config.json").write_text(json.dumps(portable_config(cfg)))
+    (d / "config.json").write_text(json.dumps(portable_model_config(cfg)))
     assert compat.check_folder(d, env)["differences"] == []
 
 

@@ -7,7 +7,7 @@ import torch
 
 from tunekit.train.batches import (IGNORE_INDEX, block_causal_mask, collate_packed, cu_seqlens_from,
                                    real_token_count)
-from tunekit.train.synthetic import Doc, _labels_of, make_documents, pack_documents
+from helpers import Doc, labels_of, make_documents, pack_documents
 
 
 def test_block_causal_mask_by_hand():
@@ -56,7 +56,7 @@ def _tiny_model():
 
 def _doc_loss_sum(model, doc: Doc) -> float:
     ids = torch.as_tensor(doc.ids)[None]
-    labels = torch.as_tensor(_labels_of(doc))[None]
+    labels = torch.as_tensor(labels_of(doc))[None]
     logits = model(input_ids=ids).logits.float()
     return torch.nn.functional.cross_entropy(logits[0], labels[0], ignore_index=IGNORE_INDEX,
                                              reduction="sum").item()

@@ -7,51 +7,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import run_worker, tiny_llama_dir
 from tunekit.runs import read_metrics
 from tunekit.train.checkpoint import latest_checkpoint, list_checkpoints
-from tunekit.train.synthetic import tiny_llama_dir
 
 pytestmark = pytest.mark.slow
-
-# Runs the synthetic-data worker with one fault injected: SIGKILL after training step N
-# ("train N"), or right after the model part of checkpoint N was written ("save N").
-KILLER = r'''
-import os, signal, sys
-mode, at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-if mode == "train":
-    import tunekit.train.loop as loop
-    orig = loop.Monitor.step
-    def step(self, record):
-        orig(self, record)
-        if record["step"] == at:
-            os.kill(os.getpid(), signal.SIGKILL)
-    loop.Monitor.step = step
-else:
-    import torch.distributed.checkpoint as dcp
-    orig_save = dcp.save
-    def save(state, checkpoint_id=None, **kw):
-        orig_save(state, checkpoint_id=checkpoint_id, **kw)
-        if "step_%08d" % at in str(checkpoint_id):
-            os.kill(os.getpid(), signal.SIGKILL)
-    dcp.save = save
-from tunekit.train.synthetic import main
-sys.exit(main(argv))
-'''
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", TUNEKIT_HEADLESS="1", PYTHONHASHSEED="0")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 def _params(tmp: Path, name: str) -> Path:
@@ -63,18 +28,11 @@ def _params(tmp: Path, name: str) -> Path:
     return p
 
 
-def _worker(tmp: Path, model: Path, name: str, *prefix: str, nproc: int = 1) -> subprocess.CompletedProcess:
-    args = ["--params", str(_params(tmp, name)), "--model-dir", str(model), "--n-train", "120", "--n-dev", "30"]
-    if prefix:
-        script = tmp / "killer.py"
-        script.write_text(KILLER)
-        cmd = [sys.executable, str(script), *prefix, *args]
-    elif nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "tunekit.train.synthetic", *args]
-    else:
-        cmd = [sys.executable, "-m", "tunekit.train.synthetic", *args]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+def _worker(tmp: Path, model: Path, name: str, *kill: str, nproc: int = 1):
+    """The synthetic-data SFT rank (tests/helpers.py); `kill` = ("--kill-after-step", "5") etc."""
+    args = ["sft", "--params", str(_params(tmp, name)), "--model-dir", str(model), "--n-train", "120",
+            "--n-dev", "30", *kill]
+    return run_worker(args, nproc=nproc, timeout=300)
 
 
 def _run_dir(tmp: Path, name: str) -> Path:
@@ -116,7 +74,7 @@ def test_two_processes_follow_the_one_process_trajectory(setup):
 
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(setup):
     tmp, model = setup
-    killed = _worker(tmp, model, "killed", "train", "5")
+    killed = _worker(tmp, model, "killed", "--kill-after-step", "5")
     assert killed.returncode == -9
     assert [c.step for c in list_checkpoints(_run_dir(tmp, "killed") / "checkpoints")][-1] == 4
     resumed = _worker(tmp, model, "killed")
@@ -132,7 +90,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(setup):
 
 def test_save_killed_mid_write_is_never_loaded(setup):
     tmp, model = setup
-    killed = _worker(tmp, model, "torn", "save", "6")
+    killed = _worker(tmp, model, "torn", "--kill-in-save", "6")
     assert killed.returncode == -9
     ck = _run_dir(tmp, "torn") / "checkpoints"
     assert (ck / ".step_00000006.partial" / "model").is_dir()  # half-written, under a name never trusted
@@ -168,7 +126,7 @@ def test_notebook_entry_launches_two_workers(tmp_path, monkeypatch):
 def test_resume_on_a_different_process_count(setup):
     """DCP reshards on load: a 1-process run killed at step 5 finishes on 2 processes."""
     tmp, model = setup
-    assert _worker(tmp, model, "reshard", "train", "5").returncode == -9
+    assert _worker(tmp, model, "reshard", "--kill-after-step", "5").returncode == -9
     resumed = _worker(tmp, model, "reshard", nproc=2)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     result = json.loads((_run_dir(tmp, "reshard") / "train_result.json").read_text())

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from tunekit.train.schedule import DataOrder, LRSchedule, total_steps
+from tunekit.train.plan import DataOrder, LRSchedule, total_steps
 
 
 def test_schedule_warmup_cosine_hold():

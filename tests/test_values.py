@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_pbs"))
-from helpers import ReportParams, install_fake_pbs, register_stand_ins  # noqa: E402
+from pbs_helpers import ReportParams, install_fake_pbs, register_stand_ins  # noqa: E402
 
 from tunekit import atomic  # noqa: E402
 from tunekit.cli import main as cli_main, parse_args  # noqa: E402
 from tunekit.errors import UserError  # noqa: E402
-from tunekit.jobs import paramfile  # noqa: E402
+from tunekit import paramfile  # noqa: E402
 from tunekit.jobs.cli import request_from_args  # noqa: E402
 from tunekit.jobs.spec import plan_job  # noqa: E402
 from tunekit.notebooks import convert_params, params_from_args, spec  # noqa: E402

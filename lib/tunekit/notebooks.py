@@ -1,8 +1,12 @@
 """The kit's notebooks: registry, parameter checks, headless execution, and py:percent pairing.
 
 Every notebook lives in `notebooks/` as a py:percent file (the reviewed source) and its paired
-`.ipynb` (what JupyterLab opens and nbval checks). The `.ipynb` carries no outputs except the
-final `# NBVAL_CHECK_OUTPUT` summary cell(s), whose stored output is the regression reference.
+`.ipynb` (what JupyterLab opens and papermill runs). The `.ipynb` carries no outputs except the
+final `# NBVAL_CHECK_OUTPUT` summary cell(s), whose stored output is the regression reference:
+what the cell prints in the demo chain (`DEMO`, run by `make demo` and by the test suite;
+`refresh` stores it). The marker keeps nbval's name, and its comparison rules (tests/nbval_sanitize.cfg).
+The `parameters` cell is generated from the notebook's params model (`tunekit.params.parameters_cell`):
+`sync` writes it into the .py twin, `check` fails when the committed cell differs.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import UserError, is_rendered_user_error
 from .paths import repo_root, runs_root, resolve
@@ -52,7 +56,7 @@ NOTEBOOKS = [
     NotebookSpec("20_convert_nemo_to_hf", "convert_nemo_to_hf", "tunekit.convert.params:NemoToHFParams"),
     NotebookSpec("21_convert_hf_to_nemo", "convert_hf_to_nemo", "tunekit.convert.params:HFToNemoParams"),
     NotebookSpec("30_sft", "sft", "tunekit.train.params:SFTParams"),
-    NotebookSpec("40_dpo", "dpo", "tunekit.train.dpo_params:DPOParams"),
+    NotebookSpec("40_dpo", "dpo", "tunekit.train.params:DPOParams"),
     NotebookSpec("50_evaluate", "evaluate", "tunekit.evaluate.params:EvalParams"),
 ]
 
@@ -170,11 +174,45 @@ def strip_outputs(nb) -> None:
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
 
 
+_PARAMS_MARK = '# %% tags=["parameters"]\n'
+
+
+def _parameters_span(text: str, name: str) -> tuple[int, int]:
+    """Where the parameters cell's source lies in a py:percent text (start, end offsets)."""
+    if _PARAMS_MARK not in text:
+        raise UserError(f"{name}: no `{_PARAMS_MARK.strip()}` cell")
+    start = text.index(_PARAMS_MARK) + len(_PARAMS_MARK)
+    end = text.find("\n# %%", start)
+    return start, (len(text) if end < 0 else end + 1)
+
+
+def generated_parameters(nb: NotebookSpec) -> str:
+    """The parameters cell source generated from the notebook's params model (`name: type = value  # help`)."""
+    from .params import parameters_cell
+
+    return parameters_cell(nb.params_model()) + "\n"
+
+
+def sync_parameters(nb: NotebookSpec) -> bool:
+    """Write the generated parameters cell into the .py twin; True if it changed."""
+    from .atomic import write_text
+
+    text = nb.py.read_text(encoding="utf-8")
+    start, end = _parameters_span(text, nb.py.name)
+    new = text[:start] + generated_parameters(nb) + "\n" + text[end:].lstrip("\n")
+    if new == text:
+        return False
+    write_text(nb.py, new)
+    return True
+
+
 def sync(nb: NotebookSpec) -> bool:
-    """Rewrite the .ipynb from its .py twin, keeping the check cells' stored outputs; True if changed."""
+    """Regenerate the .py's parameters cell, then the .ipynb from the .py (keeping the check cells'
+    stored outputs); True if anything changed."""
     import jupytext
     import nbformat
 
+    params_changed = sync_parameters(nb)
     new = _read_py(nb.py)
     if nb.ipynb.exists():
         old = nbformat.read(nb.ipynb, as_version=4)
@@ -182,7 +220,7 @@ def sync(nb: NotebookSpec) -> bool:
     strip_outputs(new)
     text = nbformat.writes(new) + "\n"
     if nb.ipynb.exists() and nb.ipynb.read_text(encoding="utf-8") == text:
-        return False
+        return params_changed
     from .atomic import write_text
 
     write_text(nb.ipynb, text)
@@ -196,6 +234,11 @@ def check(nb: NotebookSpec) -> list[str]:
     problems = []
     if not nb.py.exists() or not nb.ipynb.exists():
         return [f"{nb.name}: both {nb.py.name} and {nb.ipynb.name} must exist (run `make sync-notebooks`)"]
+    text = nb.py.read_text(encoding="utf-8")
+    start, end = _parameters_span(text, nb.py.name)
+    if text[start:end].strip() != generated_parameters(nb).strip():
+        problems.append(f"{nb.py.name}: the parameters cell differs from what "
+                        f"{nb.params_class.split(':')[1]} declares (run `make sync-notebooks`)")
     want = [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ())))
             for c in _read_py(nb.py).cells]
     have_nb = nbformat.read(nb.ipynb, as_version=4)
@@ -214,45 +257,110 @@ def check(nb: NotebookSpec) -> list[str]:
     if not checks:
         problems.append(f"{nb.ipynb.name}: no `# {CHECK_MARK}` summary cell")
     elif not all(c.get("outputs") for c in checks):
-        problems.append(f"{nb.ipynb.name}: a {CHECK_MARK} cell has no stored output, so nbval would "
+        problems.append(f"{nb.ipynb.name}: a {CHECK_MARK} cell has no stored output, so the tests would "
                         f"check nothing (run `tunekit notebooks refresh {nb.name}`)")
     return problems
 
 
-def refresh(nb: NotebookSpec, params: Mapping[str, Any] | None = None) -> Path:
-    """Execute the notebook with its defaults and store the check cells' outputs as the reference."""
+# ---------------------------------------------------------------- the demo chain and the references
+@dataclass(frozen=True)
+class Step:
+    """One step of the chain: a notebook and a function from earlier run dirs to its parameters."""
+
+    notebook: str
+    params: Callable[[dict[str, Path]], dict[str, Any]]
+
+
+def _stage_dir(done: dict[str, Path], stage: str) -> str:
+    return str(done[stage]) if stage in done else ""
+
+
+# The demo chain (`make demo`), which is also what the test suite executes: every notebook once,
+# later steps taking earlier run directories as parameters exactly as a user would chain them.
+# Params not given here take the notebook's defaults (the tiny CPU configuration). The check
+# cells' stored outputs are what each notebook prints in this chain.
+DEMO: list[Step] = [
+    Step("10_inspect_data", lambda done: {}),
+    Step("21_convert_hf_to_nemo", lambda done: {}),
+    Step("20_convert_nemo_to_hf", lambda done: {"src": _stage_dir(done, "convert_hf_to_nemo")}),
+    # The notebook's own default (40 steps) shows the loss falling; the demo trains ~16 epochs
+    # (about a minute on 2 cores) so that evaluation shows the SFT model beating the base model.
+    Step("30_sft", lambda done: {"epochs": 16, "val_interval": 50, "save_interval": 200}),
+    # From the SFT model, the notebook's default lr (tuned from the untrained base) unlearns the
+    # answers; a 10x lower lr plus the chosen-NLL term (sft_loss_weight) keeps generation intact
+    # while dev reward accuracy still rises (measured: 0 -> 0.65, eval accuracy ~ SFT's).
+    Step("40_dpo", lambda done: {"init": _stage_dir(done, "sft"), "lr": 3e-4, "min_lr": 3e-5,
+                                 "sft_loss_weight": 1.0, "epochs": 2}),
+    Step("50_evaluate", lambda done: {"models": ["tiny"] + [str(done[s]) for s in ("sft", "dpo") if s in done]}),
+]
+
+
+def run_chain(run_name: str, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Execute every built notebook of DEMO once, in order, into `<runs>/<stage>/<run_name>/`; {stage: run_dir}."""
+    import time
+
+    done: dict[str, Path] = {}
+    for step in DEMO:
+        nb = spec(step.notebook)
+        if not nb.exists():
+            log(f"[demo] {nb.name}: skipped (this stage is not built yet)")
+            continue
+        params = {k: v for k, v in step.params(done).items() if v not in ("", None)}
+        params["run_name"] = run_name
+        log(f"[demo] {nb.name}: running ...")
+        t0 = time.time()
+        done[nb.stage] = run_notebook(nb.name, params, source=f"demo step {nb.name}")
+        log(f"[demo] {nb.name}: done in {time.time() - t0:.0f} s -> {done[nb.stage]}")
+    return done
+
+
+def check_outputs(ipynb: Path) -> list[list[dict[str, Any]]]:
+    """The outputs of each `# NBVAL_CHECK_OUTPUT` cell of a notebook file, in order."""
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    return [[dict(o) for o in c.get("outputs", [])] for c in nb.cells if _is_check_cell(c)]
+
+
+def refresh(names: list[str] | None = None) -> list[Path]:
+    """Run the demo chain in a scratch folder and store its check-cell outputs as the references.
+
+    Every notebook's reference is what it prints in the chain (the test suite runs the same chain),
+    so refreshing one notebook runs the steps before it too. Returns the notebooks written.
+    """
     import tempfile
 
     import nbformat
 
-    sync(nb)
+    wanted = [spec(n) for n in names] if names else [nb for nb in NOTEBOOKS if nb.exists()]
+    for nb in wanted:
+        sync(nb)
     with tempfile.TemporaryDirectory(prefix="tunekit-refresh-") as tmp:
         old_runs = os.environ.get("TUNEKIT_RUNS_DIR")
         os.environ["TUNEKIT_RUNS_DIR"] = tmp
         try:
-            out_dir = run_notebook(nb.name, {**(params or {}), "run_name": "refresh"})
-            executed = nbformat.read(out_dir / f"{nb.name}.ipynb", as_version=4)
+            done = run_chain("demo-refresh")
+            executed = {nb.name: check_outputs(done[nb.stage] / f"{nb.name}.ipynb") for nb in wanted}
         finally:
             if old_runs is None:
                 os.environ.pop("TUNEKIT_RUNS_DIR", None)
             else:
                 os.environ["TUNEKIT_RUNS_DIR"] = old_runs
-    committed = nbformat.read(nb.ipynb, as_version=4)
-    executed_checks = [c for c in executed.cells if _is_check_cell(c)]
-    committed_checks = [c for c in committed.cells if _is_check_cell(c)]
-    for mine, ran in zip(committed_checks, executed_checks):
-        mine.outputs = ran.outputs
-    strip_outputs(committed)
     from .atomic import write_text
 
-    write_text(nb.ipynb, nbformat.writes(committed) + "\n")
-    return nb.ipynb
+    for nb in wanted:
+        committed = nbformat.read(nb.ipynb, as_version=4)
+        for mine, outputs in zip([c for c in committed.cells if _is_check_cell(c)], executed[nb.name]):
+            mine.outputs = [nbformat.from_dict(o) for o in outputs]
+        strip_outputs(committed)
+        write_text(nb.ipynb, nbformat.writes(committed) + "\n")
+    return [nb.ipynb for nb in wanted]
 
 
 # ---------------------------------------------------------------- CLI
 def params_from_args(args) -> dict[str, Any]:
     """`-f FILE` then `-p NAME VALUE` pairs, unconverted (run_notebook converts them by type)."""
-    from .jobs import paramfile
+    from . import paramfile
 
     params = paramfile.load(resolve(args.file, Path.cwd())) if args.file else {}
     params.update({name: Text(value) for name, value in (args.param or [])})
@@ -282,8 +390,8 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_refresh(args) -> int:
-    for name in args.notebooks:
-        print(f"refreshed {refresh(spec(name))}")
+    for path in refresh(args.notebooks or None):
+        print(f"refreshed {path}")
     return 0
 
 
@@ -304,6 +412,6 @@ def register(subparsers) -> None:
     s.set_defaults(func=_cmd_sync)
     c = sub.add_parser("check", help="check pairing, stray outputs and reference outputs")
     c.set_defaults(func=_cmd_check)
-    f = sub.add_parser("refresh", help="re-execute and store new reference outputs for nbval")
-    f.add_argument("notebooks", nargs="+")
+    f = sub.add_parser("refresh", help="run the demo chain and store its summary-cell outputs as the references")
+    f.add_argument("notebooks", nargs="*", help="names (default: every notebook)")
     f.set_defaults(func=_cmd_refresh)

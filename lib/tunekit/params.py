@@ -1,20 +1,25 @@
-"""Typed notebook parameters: the second cell of every notebook turns the `parameters` cell into a
-frozen, validated config.
+"""Typed notebook parameters, declared once: the second cell of every notebook turns the
+`parameters` cell into a frozen, validated config.
 
-papermill injects values but only *warns* about unknown names and never checks types, so each
-notebook declares a pydantic model whose fields mirror its `parameters` cell exactly (a test checks
-names, types and defaults agree), and `from_globals` rejects ill-typed values with one sentence
-per problem. Unknown names are rejected before execution by `tunekit.notebooks.check_params`.
-Values typed as text (`-p`, params files) are converted by the field's declared type first, by
-the one parser every entry point shares (`tunekit.values`).
+A notebook's parameters model is composed of shared groups (`RunParams` here, the data groups in
+`tunekit.data.params`, the training groups in `tunekit.train.params`); each field carries its type,
+its limits (`Literal` choices, `Field(ge=..)`), its default and its help text. The notebook's
+`parameters` cell is generated from the model (`tunekit notebooks sync`, `parameters_cell`), so
+the two cannot drift. papermill injects values but only *warns* about unknown names and never
+checks types: `parse`/`from_globals` reject unknown names and bad values with one sentence per
+problem, naming the parameter.
+Values typed as text (`-p`, params files) are first converted by each field's declared type,
+by the one parser every entry point shares (`tunekit.values`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from typing import Any, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from .errors import UserError
 from .values import convert_params
@@ -24,10 +29,13 @@ class NotebookParams(BaseModel):
     """Base class for a notebook's parameters: strict types, no extra keys, immutable."""
 
     # strict: "3" is not an int, 1 is not a bool; ints are still accepted for float fields.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # validate_default: a default that breaks its own limits fails at import, not in a user's run.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
 
     # Fields that may change between a run and its resumption (e.g. a new walltime deadline).
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset()
+    # A short title printed above this group's fields in the generated parameters cell.
+    SECTION: ClassVar[str] = ""
 
     @classmethod
     def from_globals(cls, namespace: Mapping[str, Any]):
@@ -51,7 +59,7 @@ class NotebookParams(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise UserError(format_validation_error(exc, source)) from None
+            raise UserError(format_validation_error(exc, source, cls)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data (what params.json stores)."""
@@ -62,15 +70,148 @@ class NotebookParams(BaseModel):
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
+    def resume_diff(self, old: Mapping[str, Any]) -> list[str]:
+        """`name: old -> new` for every recorded parameter that differs and may not change on resume."""
+        new = self.to_dict()
+        may_change = type(self).RESUME_MAY_CHANGE | {"run_name", "runs_dir"}
+        names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in may_change)
+        return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in names]
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per bad parameter: `source: parameter 'x': what is wrong (got value)`."""
+
+class RunParams(NotebookParams):
+    """Where a notebook's run record goes (the last two parameters of every notebook)."""
+
+    SECTION: ClassVar[str] = "run record"
+
+    run_name: str = Field(
+        "", description="run folder name (empty: automatic); the same name reopens (resumes) that run")
+    runs_dir: str = Field("", description="runs root (empty: <repo>/runs)")
+
+
+def stage_default(base: type[BaseModel], name: str, default: Any, help: str | None = None) -> FieldInfo:
+    """The field `name` as `base` declares it (type, limits, help) with a stage's own default (and help).
+
+    Use it in a stage's params class for a shared parameter whose tiny default differs per stage:
+        max_seq_length: int = stage_default(DataParams, "max_seq_length", 256, "longest ...")
+    """
+    info = base.model_fields[name]
+    extra: dict[str, Any] = {"description": help} if help else {}
+    if isinstance(default, (dict, list)):
+        value = json.loads(json.dumps(default))
+        return FieldInfo.merge_field_infos(info, default_factory=lambda: json.loads(json.dumps(value)),
+                                           **extra)
+    return FieldInfo.merge_field_infos(info, default=default, **extra)
+
+
+def cell_fields(cls: type[NotebookParams]) -> list[tuple[str, list[str]]]:
+    """(section title, field names) in parameters-cell order.
+
+    The class's own new fields come first, then each base group in the order the class lists its
+    bases (a group's own bases before its own fields), e.g. `SFTParams(DataParams, TrainParams, ...)`.
+    """
+    seen: set[str] = set()
+    out: list[tuple[str, list[str]]] = []
+
+    def own(c) -> list[str]:
+        return [n for n in c.__dict__.get("__annotations__", {}) if n in cls.model_fields]
+
+    def walk(c) -> None:
+        for b in c.__bases__:
+            if isinstance(b, type) and issubclass(b, NotebookParams) and b is not NotebookParams:
+                walk(b)
+        names = [n for n in own(c) if n not in seen]
+        seen.update(names)
+        if names:
+            out.append((c.__dict__.get("SECTION", ""), names))
+
+    inherited = {n for b in cls.__mro__[1:] for n in b.__dict__.get("__annotations__", {})}
+    first = [n for n in own(cls) if n not in inherited]
+    seen.update(first)
+    out.append(("", first))
+    for b in cls.__bases__:
+        if issubclass(b, NotebookParams) and b is not NotebookParams:
+            walk(b)
+    return [(title, names) for title, names in out if names]
+
+
+def _literal(value: Any) -> str:
+    """A Python literal for the parameters cell (double-quoted strings, as a person would type)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, BaseModel):
+        return _literal(value.model_dump(mode="json"))
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return repr(value)
+
+
+def cell_type(annotation: Any) -> str:
+    """The plain type name papermill shows for a field (`Literal["a", "b"]` -> str, dict[...] -> dict)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return type(typing.get_args(annotation)[0]).__name__
+    return (origin or annotation).__name__
+
+
+def parameters_cell(cls: type[NotebookParams]) -> str:
+    """The notebook's `parameters` cell source: `name: type = default  # help`, one per line."""
+    lines: list[str] = []
+    for title, names in cell_fields(cls):
+        if title:
+            lines.append(f"# --- {title}")
+        for name in names:
+            info = cls.model_fields[name]
+            help_text = (info.description or "").strip()
+            if not help_text or "=" in help_text or "\n" in help_text:
+                raise ValueError(f"{cls.__name__}.{name}: the description must be one line without '=' "
+                                 "(it becomes the papermill help comment)")
+            default = info.get_default(call_default_factory=True)
+            lines.append(f"{name}: {cell_type(info.annotation)} = {_literal(default)}  # {help_text}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ error messages
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
+           "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+
+
+def _choices(cls: type[BaseModel] | None, loc: tuple) -> str | None:
+    if cls is None or len(loc) != 1 or loc[0] not in cls.model_fields:
+        return None
+    ann = cls.model_fields[loc[0]].annotation
+    if typing.get_origin(ann) is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(ann))
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(exc: ValidationError, source: str, cls: type[BaseModel] | None = None) -> str:
+    """One line per problem: `source: parameter 'x' must be ... (got value)`, or the cross-check's sentence."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        got = err.get("input")
-        got_s = repr(got)
-        if len(got_s) > 60:
-            got_s = got_s[:57] + "..."
-        lines.append(f"{source}: parameter '{loc}': {err['msg']} (got {got_s})")
+        loc = tuple(err["loc"])
+        kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+        if kind == "value_error":
+            text = msg.removeprefix("Value error, ")
+            if not loc:  # a check across parameters: its own sentences, one per line
+                lines.extend(f"{source}: {line}" for line in text.splitlines())
+                continue
+        elif kind == "literal_error" and _choices(cls, loc):
+            text = f"must be one of {_choices(cls, loc)}"
+        elif kind in _BOUNDS:
+            key, op = _BOUNDS[kind]
+            bound = ctx.get(key)
+            text = f"must be {op} {int(bound) if isinstance(bound, float) and bound.is_integer() else bound}"
+        else:
+            text = msg.replace("Input should be", "must be")
+        name = ".".join(str(p) for p in loc) or "<root>"
+        lines.append(f"{source}: parameter '{name}' {text} (got {_shown(err.get('input'))})")
     return "\n".join(lines)

@@ -1,69 +1,28 @@
 """`tunekit demo`: the whole pipeline on the tiny CPU model and the bundled sample data.
 
 Each step executes one notebook headless (papermill) into `runs/<stage>/demo-<stamp>/`; later
-steps receive earlier run directories as parameters, exactly as a user would chain them. A step
-whose notebook does not exist yet is skipped with a line saying so.
+steps receive earlier run directories as parameters, exactly as a user would chain them (the
+chain is `tunekit.notebooks.DEMO`, which the test suite runs too). A step whose notebook does
+not exist yet is skipped with a line saying so.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .notebooks import spec, run_notebook
+from .notebooks import DEMO, run_chain
 from .runs import read_summary
 
-Params = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One demo step: a notebook and a function from earlier run dirs to its parameters."""
-
-    notebook: str
-    params: Callable[[dict[str, Path], str], Params]
-
-
-def _stage_dir(done: dict[str, Path], stage: str) -> str:
-    return str(done[stage]) if stage in done else ""
-
-
-# The demo plan. Params not given here take the notebook's defaults (the tiny CPU configuration).
-DEMO: list[Step] = [
-    Step("10_inspect_data", lambda done, name: {}),
-    Step("21_convert_hf_to_nemo", lambda done, name: {}),
-    Step("20_convert_nemo_to_hf", lambda done, name: {"src": _stage_dir(done, "convert_hf_to_nemo")}),
-    # The notebook's own default (40 steps) shows the loss falling; the demo trains ~16 epochs
-    # (about a minute on 2 cores) so that evaluation shows the SFT model beating the base model.
-    Step("30_sft", lambda done, name: {"epochs": 16, "val_interval": 50, "save_interval": 200}),
-    # From the SFT model, the notebook's default lr (tuned from the untrained base) unlearns the
-    # answers; a 10x lower lr plus the chosen-NLL term (sft_loss_weight) keeps generation intact
-    # while dev reward accuracy still rises (measured: 0 -> 0.65, eval accuracy ~ SFT's).
-    Step("40_dpo", lambda done, name: {"init": _stage_dir(done, "sft"), "lr": 3e-4, "min_lr": 3e-5,
-                                       "sft_loss_weight": 1.0, "epochs": 2}),
-    Step("50_evaluate", lambda done, name: {
-        "models": ["tiny"] + [str(done[s]) for s in ("sft", "dpo") if s in done]}),
-]
+__all__ = ["DEMO", "headline", "run_demo"]
 
 
 def run_demo(stamp: str | None = None) -> dict[str, Path]:
-    """Run every built step of the demo in order; returns {stage: run_dir}."""
+    """Run every built step of the demo chain in order; returns {stage: run_dir}."""
     name = f"demo-{stamp or _dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    done: dict[str, Path] = {}
     t_all = time.time()
-    for step in DEMO:
-        nb = spec(step.notebook)
-        if not nb.exists():
-            print(f"[demo] {nb.name}: skipped (this stage is not built yet)", flush=True)
-            continue
-        params = {k: v for k, v in step.params(done, name).items() if v not in ("", None)}
-        params["run_name"] = name
-        print(f"[demo] {nb.name}: running ...", flush=True)
-        t0 = time.time()
-        done[nb.stage] = run_notebook(nb.name, params, source=f"demo step {nb.name}")
-        print(f"[demo] {nb.name}: done in {time.time() - t0:.0f} s -> {done[nb.stage]}", flush=True)
+    done = run_chain(name, log=lambda line: print(line, flush=True))
     print(f"\n[demo] finished in {time.time() - t_all:.0f} s. Results:")
     for stage, path in done.items():
         print(f"  {stage:<20} {path}")

@@ -189,7 +189,6 @@ def start_run(stage: str, params, run_name: str = "", runs_dir: str = "") -> Run
     """
     as_dict = params.to_dict() if hasattr(params, "to_dict") else dict(params)
     fingerprint = params.fingerprint() if hasattr(params, "fingerprint") else ""
-    may_change = getattr(type(params), "RESUME_MAY_CHANGE", frozenset())
     root = resolve(runs_dir) if runs_dir else runs_root()
     name = run_name or default_run_name(stage, fingerprint)
     if "/" in name or name in (".", "..") or not name.strip():
@@ -200,10 +199,13 @@ def start_run(stage: str, params, run_name: str = "", runs_dir: str = "") -> Run
     resumed = params_file.exists()
     if resumed:
         old = json.loads(params_file.read_text(encoding="utf-8"))
-        diff = sorted(k for k in set(old) | set(as_dict)
-                      if old.get(k) != as_dict.get(k) and k not in may_change)
+        if hasattr(params, "resume_diff"):
+            diff = params.resume_diff(old)
+        else:  # a plain dict of parameters: every one of them must match
+            diff = [f"{k}: {old.get(k)!r} -> {as_dict.get(k)!r}" for k in sorted(set(old) | set(as_dict))
+                    if old.get(k) != as_dict.get(k)]
         if diff:
-            detail = "; ".join(f"{k}: {old.get(k)!r} -> {as_dict.get(k)!r}" for k in diff[:6])
+            detail = "; ".join(diff[:6])
             raise UserError(
                 f"{path}: this run already exists with different parameters ({detail}) "
                 "(choose a new run_name, or delete the folder to start over)")

@@ -47,9 +47,10 @@ def lab(tmp_path_factory):
         yield root, base, token, driver
 
 
+# One notebook: the Tour's. Every notebook already runs headless in test_pipeline.py; this checks
+# the interactive path (JupyterLab, live progress bars, inline tables and plots) once.
 @pytest.mark.parametrize("name, min_tables, min_images", [
     ("10_inspect_data", 1, 1),
-    ("30_sft", 1, 1),
 ])
 def test_notebook_runs_in_jupyterlab(lab, name, min_tables, min_images):
     root, base, token, driver = lab
@@ -101,7 +102,8 @@ def test_user_error_shows_in_the_failing_cell(lab, case):
                          data_version='"v1"', sft_datasets="{}", dpo_datasets="{}", on_error='"raise"')
     seen = run_notebook_in_lab(driver, base, token, f"notebooks/{name}.ipynb")
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    driver.execute_script("const e = window.jupyterapp.shell.currentWidget.node.querySelector('.jp-OutputArea-output[data-mime-type*=stderr]');"
+    driver.execute_script("const e = window.jupyterapp.shell.currentWidget.node"
+                          ".querySelector('.jp-OutputArea-output[data-mime-type*=stderr]');"
                           "if (e) e.scrollIntoView({block: 'center'});")
     driver.save_screenshot(str(OUTPUT / f"lab-{name}.png"))
     assert len(seen["errors"]) == 1, seen

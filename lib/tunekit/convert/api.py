@@ -59,7 +59,8 @@ def _prepare_dst(dst: str | Path, src_dir: Path, overwrite: bool) -> Path:
     # A destination does not exist yet: relative means relative to the current directory.
     path = resolve(str(dst), Path.cwd())
     if path.exists() and not overwrite:
-        raise UserError(f"{path}: already exists (choose another destination, or pass --overwrite / overwrite=True to replace it)")
+        raise UserError(f"{path}: already exists (choose another destination, or pass --overwrite / "
+                        "overwrite=True to replace it)")
     src = src_dir.resolve()
     # Replacing dst must never remove the source (dst == source, or a folder containing it).
     if path == src or path in src.parents:

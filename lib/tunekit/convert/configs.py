@@ -135,24 +135,6 @@ def hf_config_dict(spec: LlamaSpec, dtype: str, token_ids: Mapping[str, int | No
     return data
 
 
-def portable_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """An HF config.json dict that transformers 4.x reads like 5.x does (legacy keys added).
-
-    transformers 5 writes `rope_parameters` and `dtype`; 4.x (the submission image's 4.57.0, the
-    official training environment's 4.47.0) read `rope_theta`, `rope_scaling` and `torch_dtype`,
-    and would silently fall back to theta 10000 without them. Existing keys are kept.
-    """
-    out = dict(cfg)
-    rope = dict(out.get("rope_parameters") or {})
-    if "rope_theta" not in out and "rope_theta" in rope:
-        out["rope_theta"] = rope["rope_theta"]
-    if "rope_scaling" not in out and rope.get("rope_type", "default") != "default":
-        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-    if "torch_dtype" not in out and out.get("dtype"):
-        out["torch_dtype"] = out["dtype"]
-    return out
-
-
 # ---------------------------------------------------------------- NeMo side
 def nemo_config_dict(spec: LlamaSpec, dtype: str, tokenizer_dir: Path | None) -> dict[str, Any]:
     """model_config.yaml content (NeMo GPT config) for these weights."""

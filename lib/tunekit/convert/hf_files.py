@@ -161,11 +161,11 @@ def write_reference_model(hf_dir: Path, weights: "HFWeights", dst: Path) -> str:
     import os
 
     from ..model.portable import publish_tokenizer
-    from .configs import portable_config
+    from ..model.portable import portable_model_config
 
     dst.mkdir(parents=True, exist_ok=True)
     publish_tokenizer(hf_dir, dst, template="kit")
-    atomic.write_json(dst / "config.json", portable_config(read_json(hf_dir / "config.json")))
+    atomic.write_json(dst / "config.json", portable_model_config(read_json(hf_dir / "config.json")))
     if (hf_dir / "generation_config.json").is_file():
         shutil.copy2(hf_dir / "generation_config.json", dst / "generation_config.json")
     how = "hard links"

@@ -1,66 +1,46 @@
-"""Parameters of notebooks/20_convert_nemo_to_hf and 21_convert_hf_to_nemo (field order, names,
-types and defaults mirror their `parameters` cells exactly)."""
+"""Parameters of notebooks/20_convert_nemo_to_hf and 21_convert_hf_to_nemo (their `parameters` cells
+are generated from these models)."""
 from __future__ import annotations
 
-from pydantic import field_validator
+from typing import ClassVar, Literal
 
-from ..params import NotebookParams
+from pydantic import Field
 
-DTYPE_CHOICES = ("auto", "bf16", "fp32")
+from ..params import NotebookParams, RunParams
 
-
-def _dtype(value: str) -> str:
-    if value not in DTYPE_CHOICES:
-        raise ValueError(f"must be one of {', '.join(DTYPE_CHOICES)}")
-    return value
+Dtype = Literal["auto", "bf16", "fp32"]
+_VERIFY = "also compare Megatron-core and HF logits (one fp32 model in memory at a time)"
+_OVERWRITE = "replace an existing dst (the run-dir default is always this run's own)"
 
 
-class NemoToHFParams(NotebookParams):
+class ConvertParams(NotebookParams):
+    """What both conversion directions share."""
+
+    SECTION: ClassVar[str] = "conversion"
+
+    verify_logits: bool = Field(True, description=_VERIFY)
+    overwrite: bool = Field(False, description=_OVERWRITE)
+
+
+class NemoToHFParams(ConvertParams, RunParams):
     """Parameters of notebooks/20_convert_nemo_to_hf."""
 
-    src: str = ""
-    checkpoint: str = "last"
-    dst: str = ""
-    dtype: str = "auto"
-    tokenizer: str = ""
-    verify_logits: bool = True
-    max_shard_gb: float = 5.0
-    overwrite: bool = False
-    run_name: str = ""
-    runs_dir: str = ""
-
-    @field_validator("dtype")
-    @classmethod
-    def _check_dtype(cls, v: str) -> str:
-        return _dtype(v)
-
-    @field_validator("checkpoint")
-    @classmethod
-    def _check_checkpoint(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must be 'last', 'best' or a checkpoint folder name")
-        return v
-
-    @field_validator("max_shard_gb")
-    @classmethod
-    def _check_shard(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError("must be > 0")
-        return v
+    src: str = Field("", description="NeMo dir, official-kit training output, step-N folder or run dir of 21 "
+                                     "(empty: make one from the tiny model first)")
+    checkpoint: str = Field(
+        "last", pattern=r"\S", description="in a training output: last (the *-last folder) | best (lowest loss in "
+                                           "the folder name) | a folder name")
+    dst: str = Field("", description="HF model dir to write (empty: <run dir>/hf_model/)")
+    dtype: Dtype = Field("auto", description="auto (keep the checkpoint dtype) | bf16 | fp32")
+    tokenizer: str = Field("", description="when the checkpoint has none: llm-jp, tiny, an HF dir or a run dir "
+                                           "(empty: the one stored with it)")
+    max_shard_gb: float = Field(5.0, gt=0, description="safetensors shard size in GB")
 
 
-class HFToNemoParams(NotebookParams):
+class HFToNemoParams(ConvertParams, RunParams):
     """Parameters of notebooks/21_convert_hf_to_nemo."""
 
-    src: str = "tiny"
-    dst: str = ""
-    dtype: str = "auto"
-    verify_logits: bool = True
-    overwrite: bool = False
-    run_name: str = ""
-    runs_dir: str = ""
-
-    @field_validator("dtype")
-    @classmethod
-    def _check_dtype(cls, v: str) -> str:
-        return _dtype(v)
+    src: str = Field("tiny", description="tiny, an HF model dir, or a run dir (its hf_model/); relative paths "
+                                         "start at the repo root")
+    dst: str = Field("", description="NeMo dir to write (empty: <run dir>/nemo/)")
+    dtype: Dtype = Field("auto", description="auto (keep the source dtype) | bf16 | fp32")

@@ -36,7 +36,8 @@ import numpy as np
 from .. import atomic
 from ..errors import UserError
 from ..paths import cache_root
-from . import cache_entry, encode, schema, template, tokenizer, validate
+from .. import template
+from . import cache_entry, encode, schema, tokenizer, validate
 from .cache_entry import entry_problem, read_manifest, save_array
 from .files import refusal
 from .schema import FileReport, Kind, Problem, id_hash, record_hash  # noqa: F401 (re-exported)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import UserError
-from .template import INSTRUCTION, RESPONSE, official_style_refusal
+from ..template import INSTRUCTION, RESPONSE, official_style_refusal
 
 STYLES = ("kit", "official")
 

@@ -369,13 +369,6 @@ def finish_file(report: FileReport) -> None:
     report.add(Problem(report.path, 0, "warning", f"{what}; nothing is trained from it"), "empty file")
 
 
-def validate_file(path: str | os.PathLike, kind: Kind) -> FileReport:
-    """Check one file (no tokenizer needed): file-level, per-line and duplicate problems."""
-    from .validate import validate_files
-
-    return validate_files([(Path(path), kind)])[0]
-
-
 def record_hash(obj: dict, kind: Kind) -> int:
     """A 64-bit hash of the record's training content (roles, contents, responses; not extra keys)."""
     parts = [m["role"] + "\x1e" + m["content"] for m in obj["messages"]]

@@ -9,6 +9,7 @@ handed to `on_problem` as they are found, so a long run shows them at once.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -78,3 +79,8 @@ def validate_entry(entry: Entry, index: DuplicateIndex,
                                              "file and the disk, then validate again)"), "read failed")
     finish_file(report)
     return report
+
+
+def validate_file(path: str | os.PathLike, kind: Kind) -> FileReport:
+    """Check one file (no tokenizer needed): file-level, per-line and duplicate problems."""
+    return validate_files([(Path(path), kind)])[0]

@@ -61,17 +61,9 @@ class Generation:
 
 def resolve_model_dir(spec: str | os.PathLike) -> Path:
     """An HF model directory from a spec: "tiny", an HF dir, or a run dir (its `hf_model/`)."""
-    try:
-        from ..model import resolve_model
-    except ImportError:  # the model area is optional at import time; plain folders still work
-        resolve_model = None
-    if resolve_model is not None:
-        return Path(resolve_model(str(spec)))
-    p = Path(str(spec)).expanduser()
-    for cand in (p, p / "hf_model"):
-        if (cand / "config.json").exists():
-            return cand
-    raise UserError(f"{spec}: not an HF model folder or a run folder with hf_model/ (give one of those)")
+    from ..model import resolve_model  # the kit's one model-spec resolver
+
+    return Path(resolve_model(str(spec)))
 
 
 def pick_device() -> str:
@@ -194,7 +186,7 @@ def generate_answers(model_spec: str | os.PathLike, problems: list[str], style: 
     if backend == "vllm" or (backend == "auto" and loaded is None and vllm_available()):
         from .vllm_backend import generate_vllm
 
-        return generate_vllm(resolve_model_dir(model_spec), messages, decoding)
+        return Generation(*generate_vllm(resolve_model_dir(model_spec), messages, decoding), "vllm")
     model, tok = loaded or load_model(resolve_model_dir(model_spec))
     prompts = [prompt_ids(tok, m) for m in messages]
     return generate_ids(model, tok, prompts, decoding, progress=progress)

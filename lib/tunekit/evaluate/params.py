@@ -1,70 +1,45 @@
-"""Parameters of notebooks/50_evaluate (mirrors its `parameters` cell exactly)."""
+"""Parameters of notebooks/50_evaluate (its `parameters` cell is generated from this model)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
-from ..params import NotebookParams
+from ..params import RunParams
+from .generate import BACKENDS
+from .prompts import PROMPT_STYLES
+from .scoring import SCORERS
 
 
-class EvalParams(NotebookParams):
+class EvalParams(RunParams):
     """Which models to evaluate on which eval set, with which prompt and decoding."""
 
-    models: list[str] = ["tiny"]
-    eval_set: str = "datasets/sample/eval"
-    max_problems: int = 0
-    prompt_style: str = "official"
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    top_p: float = 1.0
-    n_samples: int = 1
-    batch_size: int = 8
-    backend: str = "auto"
-    scorer: str = "auto"
-    seed: int = 0
-    run_name: str = ""
-    runs_dir: str = ""
+    models: list[str] = Field(
+        default_factory=lambda: ["tiny"],
+        description='model specs: "tiny", HF model dirs, or run dirs (their hf_model/ is evaluated)')
+    eval_set: str = Field("datasets/sample/eval", description="gold JSONL file or folder in the competition format")
+    max_problems: int = Field(0, ge=0, description="evaluate only the first N problems (0: all of them)")
+    prompt_style: Literal[tuple(PROMPT_STYLES)] = Field(
+        "official", description="official (answer only, as the submission example) | cot_boxed (reasoning, "
+                                "then \\boxed{})")
+    max_new_tokens: int = Field(
+        32, description="new tokens per answer (the submission example uses 64; cot_boxed needs ~1024)")
+    temperature: float = Field(0.0, description="0: greedy, as the submission example; above 0: sampling")
+    top_p: float = Field(1.0, description="nucleus sampling threshold (sampling only)")
+    n_samples: int = Field(
+        1, description="answers per problem; more than 1 needs temperature above 0 (majority vote, pass@k, maj@k)")
+    batch_size: int = Field(8, description="problems generated together (transformers backend)")
+    backend: Literal[BACKENDS] = Field(
+        "auto", description="auto (vLLM on a GPU node where installed) | transformers | vllm")
+    scorer: Literal[SCORERS] = Field(
+        "auto", description="auto (official math-eval where installed) | tunekit | official")
+    seed: int = Field(0, description="sampling seed")
 
     @field_validator("models")
     @classmethod
     def _some_models(cls, v: list[str]) -> list[str]:
         if not v or any(not s.strip() for s in v):
-            raise ValueError("give at least one model spec, none empty")
-        return v
-
-    @field_validator("prompt_style")
-    @classmethod
-    def _style(cls, v: str) -> str:
-        from .prompts import PROMPT_STYLES
-
-        if v not in PROMPT_STYLES:
-            raise ValueError(f"must be one of {', '.join(PROMPT_STYLES)}")
-        return v
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, v: str) -> str:
-        from .generate import BACKENDS
-
-        if v not in BACKENDS:
-            raise ValueError(f"must be one of {', '.join(BACKENDS)}")
-        return v
-
-    @field_validator("scorer")
-    @classmethod
-    def _scorer(cls, v: str) -> str:
-        from .scoring import SCORERS
-
-        if v not in SCORERS:
-            raise ValueError(f"must be one of {', '.join(SCORERS)}")
-        return v
-
-    @field_validator("max_problems")
-    @classmethod
-    def _non_negative(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be >= 0 (0 = all problems)")
+            raise ValueError("must name at least one model spec, none empty")
         return v
 
     def decoding(self):

@@ -1,7 +1,10 @@
 """Figures of the evaluation notebook (matplotlib; the notebook shows and saves them)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 # Fonts that can draw 中1/中2/中3 (JupyterLab on ABCI or a laptop usually has one of them).
 _CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans JP", "IPAexGothic", "IPAGothic", "TakaoGothic",

@@ -57,7 +57,7 @@ def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: the tokenizer has no chat "
                         "template, so the submission's llm.chat would fail too (export the model with the "
-                        "kit, which installs tunekit.data.template.CHAT_TEMPLATE)")
+                        "kit, which installs tunekit.template.CHAT_TEMPLATE)")
     out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     # transformers 5 returns a BatchEncoding; older versions a plain list of ids.
     ids = out["input_ids"] if hasattr(out, "keys") else out

@@ -5,7 +5,7 @@ transformers 4.57.0 (the competition's lock file): it reads a problems JSONL, se
 as one user message through `llm.chat` (so the tokenizer must carry a chat template), and writes
 the same records plus `output`. `prepare_submission` copies exactly what that needs (weights as
 safetensors, generation config), writes config.json and the tokenizer in a form transformers 4.x
-reads exactly like the kit does (`convert.configs.portable_config`, `model.portable`), checks it
+reads exactly like the kit does (`model.portable.portable_model_config`, `model.portable`), checks it
 loads here, and then loads it in a side environment with transformers 4.57.0 and compares the
 config, tokenizer ids and chat-prompt ids with this environment's (`model.compat`). If that
 environment cannot be built (no PyPI access), prepare stops with one sentence unless
@@ -76,7 +76,8 @@ def prepare_submission(spec: str | os.PathLike, out_dir: str | os.PathLike, over
     a UserError, and nothing is left at `out_dir`.
     """
     from ..atomic import atomic_dir, write_json
-    from ..convert.configs import portable_config, read_json
+    from ..convert.configs import read_json
+    from ..model.portable import portable_model_config
     from ..model.portable import publish_tokenizer
 
     src = resolve_model_dir(spec)
@@ -90,7 +91,7 @@ def prepare_submission(spec: str | os.PathLike, out_dir: str | os.PathLike, over
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for f in files:
             shutil.copy2(f, tmp / f.name)
-        write_json(tmp / "config.json", portable_config(read_json(src / "config.json")))
+        write_json(tmp / "config.json", portable_model_config(read_json(src / "config.json")))
         publish_tokenizer(src, tmp, template="keep")  # the model's own prompt format, portable
         if not (tmp / "generation_config.json").exists():
             _write_generation_config(tmp)

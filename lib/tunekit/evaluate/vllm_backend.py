@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .generate import Decoding, Generation
 from .gpu_env import check_cuda_visible_devices
 
+if TYPE_CHECKING:  # generate.py imports this module: a type-only import keeps them acyclic
+    from .generate import Decoding
 
-def generate_vllm(model_dir: Path, messages: list[list[dict[str, str]]], decoding: Decoding) -> Generation:
-    """Generate with vLLM's `llm.chat` (the submission's call) -> Generation, problem order kept."""
+
+def generate_vllm(model_dir: Path, messages: list[list[dict[str, str]]],
+                  decoding: Decoding) -> tuple[list[list[str]], int, float]:
+    """Generate with vLLM's `llm.chat` (the submission's call) -> (outputs, new tokens, seconds), order kept."""
     check_cuda_visible_devices()  # vLLM crashed on ABCI when the variable held GPU UUIDs
     from vllm import LLM, SamplingParams
 
@@ -27,4 +31,4 @@ def generate_vllm(model_dir: Path, messages: list[list[dict[str, str]]], decodin
     seconds = time.perf_counter() - t0
     outputs = [[c.text for c in r.outputs] for r in results]
     new_tokens = sum(len(c.token_ids) for r in results for c in r.outputs)
-    return Generation(outputs, new_tokens, seconds, "vllm")
+    return outputs, new_tokens, seconds

@@ -14,7 +14,7 @@ next). Every link runs the same script; at its start it calls `gate` and at its 
                                                       last checkpoint
 
 "Done" is the training engine's word: `train_result.json` with status "completed" (a deadline
-stop writes status "deadline" and exits normally, see tunekit.train.session).
+stop writes status "deadline" and exits normally, see tunekit.train.engine).
 
 Nothing here needs qsub on the compute node; all links are queued up front.
 """
@@ -63,7 +63,7 @@ def read_link(job_dir: Path, link: int) -> dict[str, Any] | None:
 
 
 TRAINING_STAGES = frozenset({"sft", "dpo"})
-TRAIN_RESULT = "train_result.json"  # written by tunekit.train.session after every attempt
+TRAIN_RESULT = "train_result.json"  # written by tunekit.train.engine after every attempt
 
 
 def run_done(run_dir: Path, stage: str) -> bool:
@@ -75,7 +75,7 @@ def training_done(run_dir: Path) -> bool:
     """True when a training run finished all its steps (not merely stopped at a deadline).
 
     The training engine writes `<run_dir>/train_result.json` at the end of every attempt with
-    `status` "completed" or "deadline" (tunekit.train.session); only "completed" is done.
+    `status` "completed" or "deadline" (tunekit.train.engine); only "completed" is done.
     """
     result = _train_result(run_dir)
     return bool(result) and result.get("status") == "completed"

@@ -29,7 +29,7 @@ class Site:
 
 def load_site(path: Path | None = None) -> Site:
     """Read `job_templates/site.yaml` (missing file = built-in defaults)."""
-    from . import paramfile
+    from .. import paramfile
 
     path = path or templates_dir() / "site.yaml"
     if not path.exists():

@@ -188,7 +188,7 @@ def detect_activation() -> Activation:
 
 
 def _merge_params(req: JobRequest) -> tuple[dict[str, Any], str]:
-    from . import paramfile
+    from .. import paramfile
 
     params: dict[str, Any] = {}
     sources = []
@@ -206,7 +206,7 @@ def _check_processes(req: JobRequest, stage: str, rt: ResourceType,
     """(processes per node, how the training engine will launch them) for this stage and type.
 
     The job itself always runs one papermill kernel on the first node. A training notebook then
-    starts its own workers (tunekit.train.launch): torchrun on one node, one mpirun across all
+    starts its own workers (tunekit.train.distributed.spawn_workers): torchrun on one node, one mpirun across all
     nodes of $PBS_NODEFILE otherwise; the job passes the per-node count as `nproc_per_node`.
     """
     if stage not in DISTRIBUTED_STAGES:
@@ -249,12 +249,9 @@ def _max_positions(cfg: Any) -> int | None:
 
 def _check_layout(cfg: Any, world_size: int) -> None:
     """The training engine's own layout check (batch divisibility, sequence length) for this job."""
-    try:
-        from ..train.layout import check_layout
-    except ImportError:  # pragma: no cover - the training engine is part of the kit
-        return
-    if all(hasattr(cfg, n) for n in ("global_batch_size", "micro_batch_size", "max_seq_length")):
-        check_layout(cfg, world_size, _max_positions(cfg))
+    check = getattr(cfg, "check_layout", None)  # training params only (tunekit.train.params.TrainParams)
+    if check is not None:
+        check(world_size, _max_positions(cfg))
 
 
 def _check_resume(run_dir: Path, cfg: Any) -> None:
@@ -264,12 +261,9 @@ def _check_resume(run_dir: Path, cfg: Any) -> None:
     old_file = run_dir / "params.json"
     if not old_file.exists():
         return
-    old = json.loads(old_file.read_text(encoding="utf-8"))
-    new = cfg.to_dict()
-    may_change = getattr(type(cfg), "RESUME_MAY_CHANGE", frozenset()) | {"run_name", "runs_dir"}
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in may_change)
+    diff = cfg.resume_diff(json.loads(old_file.read_text(encoding="utf-8")))
     if diff:
-        detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
+        detail = "; ".join(diff[:6])
         raise UserError(f"{run_dir}: this run already exists with different parameters ({detail}) "
                         "(choose a new run name, or submit with the run's own parameters to resume)")
 

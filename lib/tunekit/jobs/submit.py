@@ -31,7 +31,8 @@ from .. import atomic
 from ..errors import UserError
 from ..paths import resolve, runs_root
 from . import chain as chainmod
-from . import paramfile, pbs
+from .. import paramfile
+from . import pbs
 from .render import render_script
 from .spec import JobPlan, JobRequest, plan_job
 

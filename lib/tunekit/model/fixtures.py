@@ -57,7 +57,7 @@ def _versions(*dists: str) -> dict[str, str]:
 
 def _chat_template() -> str:
     # Owned by the data area; imported late so that this module stays importable on its own.
-    from ..data.template import CHAT_TEMPLATE
+    from ..template import CHAT_TEMPLATE
 
     return CHAT_TEMPLATE
 
@@ -204,11 +204,11 @@ def build_tiny_model(out: Path, tokenizer_dir: Path, seed: int = TINY_SEED) -> N
     finally:
         if bars_were_on:
             hf_logging.enable_progress_bar()
-    from ..convert.configs import portable_config
+    from .portable import portable_model_config
 
     # transformers 5 writes rope_parameters/dtype only; add the keys 4.x reads (same values).
     cfg_path = out / "config.json"
-    cfg_path.write_text(json.dumps(portable_config(json.loads(cfg_path.read_text(encoding="utf-8"))),
+    cfg_path.write_text(json.dumps(portable_model_config(json.loads(cfg_path.read_text(encoding="utf-8"))),
                                    indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, out / name)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import UserError
 # Texts and conversations whose ids must survive the round trip: the side-environment probe's.
@@ -58,6 +58,24 @@ def _behaviour(tok) -> tuple[bool, bool]:
     ids = tok("x")["input_ids"]
     return (bool(ids) and ids[0] == tok.bos_token_id and tok.bos_token_id is not None,
             bool(ids) and ids[-1] == tok.eos_token_id and tok.eos_token_id is not None)
+
+
+def portable_model_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """An HF config.json dict that transformers 4.x reads like 5.x does (legacy keys added).
+
+    transformers 5 writes `rope_parameters` and `dtype`; 4.x (the submission image's 4.57.0, the
+    official training environment's 4.47.0) read `rope_theta`, `rope_scaling` and `torch_dtype`,
+    and would silently fall back to theta 10000 without them. Existing keys are kept.
+    """
+    out = dict(cfg)
+    rope = dict(out.get("rope_parameters") or {})
+    if "rope_theta" not in out and "rope_theta" in rope:
+        out["rope_theta"] = rope["rope_theta"]
+    if "rope_scaling" not in out and rope.get("rope_type", "default") != "default":
+        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if "torch_dtype" not in out and out.get("dtype"):
+        out["torch_dtype"] = out["dtype"]
+    return out
 
 
 def portable_config(tok, chat_template: str | None) -> dict[str, Any]:
@@ -176,7 +194,7 @@ def publish_tokenizer(src_dir: str | Path, dst: str | Path, template: str = "kit
     """
     tok = load_tokenizer(src_dir)
     if template == "kit":
-        from ..data.template import install_chat_template
+        from ..template import install_chat_template
 
         install_chat_template(tok)
     elif template != "keep":

@@ -1,28 +1,23 @@
-"""tunekit.train: the PyTorch FSDP2 training engine shared by SFT and DPO.
+"""tunekit.train: SFT and DPO on one PyTorch FSDP2 engine (CPU/gloo for tests, GPUs/NCCL on ABCI).
 
 Kept import-light (the CLI imports this package): import the modules you need, e.g.
-`from tunekit.train.sft import run_sft`. Map of the package:
+`from tunekit.train.sft import run_sft`. Map of the package, in reading order:
 
-    params.py       TrainParams (shared) and SFTParams (notebooks/30_sft)
-    distributed.py  start-up from a plain process / torchrun / mpirun (OMPI_*, $PBS_NODEFILE)
-    layout.py       parallel-layout and plan checks before any work
-    modeling.py     HF model -> FSDP2 (per layer + root), mixed precision, attention choice
-    batches.py      packed items -> micro-batches with block-diagonal masks or varlen offsets
-    loss.py         chunked token log-probs and the SFT loss (no full-vocab logits)
-    schedule.py     warmup/cosine/hold LR schedule and the deterministic data order
-    loop.py         the generic loop over a Task (SFT here, DPO later), validation
+    params.py       the parameters of 30_sft and 40_dpo, composed of groups declared once
+    sft.py          the SFT stage: objective (`sft_loss`), data, prepare_sft / run_sft / train_sft
+    dpo.py          the DPO stage: objective with its reference (cache or adapters off), data adapter,
+                    prepare_dpo / run_dpo / train_dpo
+    dpo_loss.py     the DPO loss: the official preference-loss family (dpo, ipo, rpo_*) per pair
+    engine.py       the engine: FSDP2 model with the chunked log-prob head, AdamW, THE training loop
+                    (normalisation next to backward), validation, resume, publishing, train_result.json
+    batches.py      packed SFT sequences and DPO pairs -> micro-batches with isolated documents
+    plan.py         layout checks, step plan, LR schedule, data order, deadline (pure functions)
     checkpoint.py   atomic DCP checkpoints, keep-last + top-k, resume
-    deadline.py     own time limit and PBS walltime
-    monitor.py      metrics.jsonl, progress bar, wandb, loss curve
-    publish.py      <run_dir>/hf_model/ (safetensors + config + tokenizer with the chat template)
-    session.py      one training attempt end to end (train_session, read_result)
-    launch.py       the notebook kernel launching torchrun/mpirun workers
-    sft.py          SFTTask, run_sft (notebook), train_sft (one rank), worker entry point
-    synthetic.py    contract-exact synthetic packed data for tests and benchmarks (+ a worker)
-    memory.py       computed per-GPU memory estimate for FSDP2 full fine-tuning
-    lora.py         LoRA (peft): official target names, adapters inside FSDP2 units, adapter-only
-                    checkpoints, adapters-off switch
-    lora_publish.py merged hf_model/ + PEFT lora_adapter/ of a LoRA run
-    lora_dpo.py     DPO reference = the LoRA policy with adapters off (lora_reference: base)
-    lora_memory.py  computed per-GPU memory estimate for LoRA
+    publish.py      <run_dir>/hf_model/ (+ lora_adapter/): safetensors, config, tokenizer + chat template
+    refcache.py     DPO reference log-probs computed once and cached by content
+    lora.py         LoRA (peft): official target names, adapters inside FSDP2 units, adapters-off switch
+    distributed.py  process group from a plain process / torchrun / mpirun, collectives, launching workers
+    monitor.py      metrics.jsonl, progress bar, wandb
+    report.py       the notebooks' tables and figures, summary.json and the nbval check values
+    cli.py          `tunekit train <stage>`: the one worker entry, stages from its STAGES registry
 """

@@ -1,64 +1,86 @@
-"""The DPO stage: preference training on top of the SFT engine, with cached reference log-probs.
+"""Preference training (DPO): the objective, its reference, its data, and its notebook and worker entries.
 
-    run_dpo(cfg, run)          notebook cell: trains here, or launches N workers and waits
-    train_dpo(cfg, run, ...)   one process's part of training (what each worker runs)
-    python -m tunekit.train.dpo --params P.yaml | --run-dir D     worker entry (torchrun/mpirun)
+    prepare_dpo(cfg) -> Prepared   notebook: starting model, pairs and step plan, checked first
+    run_dpo(cfg, run, prep)        notebook: train in this kernel, or launch the workers and wait
+    train_dpo(cfg, run, ...)       one process's share of training (every `tunekit train dpo` rank)
 
 The starting policy is `init`: an SFT run dir (its published `hf_model/`), any HF model dir, or
-"tiny"; the reference is that same model. Before training, the reference log-probs of every train
-and dev pair are loaded from the content-addressed cache or computed once (`refcache`), so no
-reference model is ever held during training. The rest is the SFT engine unchanged
-(`session.train_session`: FSDP2, accumulation, schedule, validation, DCP checkpoints and exact
-resume, `hf_model/` publishing), driven by `DPOTask`, whose loss is the summed per-pair loss
-(`dpo_losses`) and whose normaliser is the number of pairs: the loss is the mean over the pairs of
-the global batch, as in the official kit.
+"tiny"; the reference is that same model. Its log-probs come from one of two places:
+
+    cache (default)   computed once before training with the freshly loaded policy, which at that
+                      moment IS the reference, and stored by content (refcache.py): no reference
+                      model is ever held during training, and a sweep over beta or lr reuses them
+    base (LoRA only)  the policy itself with its adapters switched off (`lora_reference: base`):
+                      the LoRA policy starts with B = 0, so "adapters off" is exactly the starting
+                      model; no pass before training and nothing on disk, one extra forward (no
+                      backward) per micro-batch; still never a second model in memory
+
+`DPOTask` puts both responses of every pair through ONE forward pass (batches.py), applies the
+official loss family (dpo_loss.py) per pair and returns the pairs' summed loss; the engine divides
+by the number of pairs of the global batch, so the step's loss is the mean over its pairs, as in
+the official kit.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from ..data.dpo import load_dpo_data
+from ..data.schema import iter_lines
+from ..template import TEMPLATE_VERSION
 from ..errors import UserError
-from .distributed import DistEnv, init_distributed
-from .dpo_batch import Pair, PairBatch, build_pair_batch, make_pair, policy_logps
-from .dpo_losses import METRIC_KEYS, PreferenceLossConfig, pair_terms
-from .prep import StagePrep, run_prepared
-from .dpo_params import DPOParams
-from .layout import check_layout, make_plan
-from .lora import uses_base_reference
+from .batches import Pair, PairBatch, build_pair_batch, make_pair, policy_logps
+from .distributed import DistEnv
+from .dpo_loss import METRIC_KEYS, pair_terms
+from .engine import (Prepared, load_for_training, on_main_first, prepare, resolve_precision, run_prepared,
+                     setup, train)
+from .lora import adapters_disabled, uses_base_reference
+from .params import DPOParams, PreferenceParams
+from .plan import make_plan
+from .refcache import ensure_reference_logps
 
-WORKER = "tunekit.train.dpo"
 # DPO metrics reported next to the loss, per step and per validation (the loop adds "loss").
 STEP_KEYS = tuple(k for k in METRIC_KEYS if k != "loss")
+Reference = Callable[[Any, PairBatch], tuple[torch.Tensor, torch.Tensor]]
+
+
+# ------------------------------------------------------------------ the objective
+def adapters_off_logps(model, pb: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs of a pair batch from the LoRA policy itself with its adapters switched off."""
+    with torch.no_grad(), adapters_disabled(model):
+        c, r = policy_logps(model, pb)
+    return c.detach(), r.detach()
+
+
+def cached_reference(cache) -> Reference:
+    """A Reference that looks the pairs up in precomputed log-probs (refcache.ReferenceLogps)."""
+    return lambda _model, pb: cache.for_batch(pb)
 
 
 class DPOTask:
-    """The loop's objective for DPO (see `tunekit.train.loop.Task`): per-pair losses, summed."""
+    """The engine's objective for DPO: per-pair preference losses against the reference, summed."""
 
-    def __init__(self, loss_cfg: PreferenceLossConfig, reference, *, packed: bool = True,
+    def __init__(self, loss_cfg: PreferenceParams, reference: Reference, *, packed: bool = True,
                  varlen: bool = False, pad_id: int = 0):
         self.cfg = loss_cfg
-        self.reference = reference   # ReferenceLogps (cache) or LiveReference: .for_batch(pb)
+        self.reference = reference  # (model, pair batch) -> (chosen, rejected) reference log-probs
         self.packed = packed
         self.varlen = varlen
         self.pad_id = pad_id
 
-    def collate(self, items: Sequence[Pair]) -> PairBatch:
-        return build_pair_batch(items, packed=self.packed, pad_id=self.pad_id, varlen=self.varlen)
-
-    def to_device(self, batch: PairBatch, device) -> PairBatch:
-        return batch.to(device)
+    def batch(self, items: Sequence[Pair], device) -> PairBatch:
+        """Pairs -> one forward pass's documents (packed in one row, or one row each) on `device`."""
+        return build_pair_batch(items, packed=self.packed, pad_id=self.pad_id, varlen=self.varlen).to(device)
 
     def loss(self, model, batch: PairBatch):
+        """(summed per-pair loss, summed DPO metrics) of a micro-batch; blanks weigh 0."""
         chosen, rejected = policy_logps(model, batch)
-        ref_c, ref_r = self.reference.for_batch(batch)
+        ref_c, ref_r = self.reference(model, batch)
         terms = pair_terms(chosen, rejected, ref_c, ref_r, batch.n_chosen, batch.n_rejected, self.cfg,
                            batch.chosen_reward, batch.rejected_reward)
         loss_sum = (terms.loss * batch.weights.to(terms.loss.dtype)).sum()
@@ -67,17 +89,12 @@ class DPOTask:
         sums = terms.sums(batch.weights)
         return loss_sum, {k: sums[k] for k in STEP_KEYS}
 
-    def weight(self, batch: PairBatch) -> float:
-        return float(batch.weights.sum())
-
-    def tokens(self, batch: PairBatch) -> int:
-        return batch.tokens
-
     def blank(self, item: Pair) -> Pair:
+        """The pair with weight 0: it is run but trains and counts nothing."""
         return replace(item, weight=0.0)
 
 
-# ------------------------------------------------------------------------------ data
+# ------------------------------------------------------------------ data
 class PairItems:
     """The data layer's pair dataset seen as the engine's `Pair` items (rewards attached)."""
 
@@ -93,10 +110,6 @@ class PairItems:
         c, r = self.rewards[i] if self.rewards is not None else (None, None)
         return make_pair(it["prompt"], it["chosen"], it["rejected"], c, r)
 
-    def all(self) -> list[Pair]:
-        """Every pair, materialised (for the one-off reference pass)."""
-        return [self[i] for i in range(len(self))]
-
 
 def _rewards_of(ds, mixture) -> list[tuple[float, float]] | None:
     """Ground-truth rewards per pair from `chosen_reward`/`rejected_reward` keys of the JSONL lines.
@@ -110,8 +123,6 @@ def _rewards_of(ds, mixture) -> list[tuple[float, float]] | None:
         raw = s.file.path.read_bytes() if s.file is not None else b""
         if b'"chosen_reward"' not in raw:
             continue
-        from ..data.schema import iter_lines  # the data layer's own line numbering
-
         table = {}
         for n, line in iter_lines(s.file.path):
             if b'"chosen_reward"' in line:
@@ -132,16 +143,14 @@ def _rewards_of(ds, mixture) -> list[tuple[float, float]] | None:
 
 
 def build_dpo_data(cfg: DPOParams, model_dir: Path, show_progress: bool = True):
-    """(train items, dev items, report, DPOData) from the params' data config (tunekit.data.dpo)."""
-    from ..data.dpo import load_dpo_data
-
+    """(train items, dev items, report) from the params' data options, tokenised with the model's tokenizer."""
     data = load_dpo_data({**cfg.to_dict(), "tokenizer": str(model_dir)}, show_progress=show_progress)
-    train = PairItems(data.train, _rewards_of(data.train, data.mixture))
-    dev = PairItems(data.dev, _rewards_of(data.dev, data.mixture))
-    return train, dev, data.report(), data
+    train_ds = PairItems(data.train, _rewards_of(data.train, data.mixture))
+    dev_ds = PairItems(data.dev, _rewards_of(data.dev, data.mixture))
+    return train_ds, dev_ds, data.report()
 
 
-# ------------------------------------------------------------------------------ reference
+# ------------------------------------------------------------------ the reference log-probs
 def reference_logps(cfg: DPOParams, env: DistEnv, model_dir: Path, pairs: list[Pair],
                     dev_pairs: list[Pair], *, varlen: bool, pad_id: int, log=print):
     """The reference log-probs of the train and dev pairs: cached, or computed once with `init`.
@@ -149,10 +158,6 @@ def reference_logps(cfg: DPOParams, env: DistEnv, model_dir: Path, pairs: list[P
     On a miss the init model is loaded (the same FSDP2 path as training), run over the unique
     pairs, and freed before training loads the policy: at no time are two models in memory.
     """
-    from ..data.template import TEMPLATE_VERSION
-    from .modeling import load_for_training, resolve_precision
-    from .refcache import ensure_reference_logps
-
     holder: dict[str, Any] = {}
 
     def logps_fn(pb: PairBatch):
@@ -177,13 +182,7 @@ def reference_logps(cfg: DPOParams, env: DistEnv, model_dir: Path, pairs: list[P
             torch.cuda.empty_cache()
 
 
-# ------------------------------------------------------------------------------ training
-def _pad_id(model_dir: Path) -> int:
-    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    pad = cfg.get("pad_token_id")
-    return int(pad) if isinstance(pad, int) else 0
-
-
+# ------------------------------------------------------------------ entry points
 def train_dpo(cfg: DPOParams, run, *, env: DistEnv | None = None, datasets=None,
               model_dir: Path | None = None) -> dict[str, Any]:
     """Run this process's share of DPO (collective) and return the result record.
@@ -195,213 +194,41 @@ def train_dpo(cfg: DPOParams, run, *, env: DistEnv | None = None, datasets=None,
         datasets: (train items, dev items, report) instead of building them from the params.
         model_dir: an HF model dir instead of resolving cfg.init.
     """
-    from .modeling import read_config, resolve_attention
-    from .monitor import check_wandb
-    from .session import train_session
-    from .sft import on_main_first, resolve_model_dir
-
-    env = env or init_distributed()
-    model_dir = Path(model_dir) if model_dir else on_main_first(env, lambda: resolve_model_dir(cfg.model))
-    config = read_config(model_dir)
-    check_layout(cfg, env.world_size, getattr(config, "max_position_embeddings", None))
-    check_wandb(cfg.wandb)  # on every rank: a failure on one rank only would hang the others
-    varlen = resolve_attention(cfg.attn_implementation, env) == "flash_attention_2"
+    s = setup(cfg, env, model_dir)
+    varlen = s.attn == "flash_attention_2"
     if datasets is None:
-        datasets = on_main_first(env, lambda: build_dpo_data(cfg, model_dir, env.is_main)[:3])
+        datasets = on_main_first(s.env, lambda: build_dpo_data(cfg, s.model_dir, s.env.is_main))
     train_ds, dev_ds, report = datasets
-    plan = make_plan(cfg, env.world_size, len(train_ds), len(dev_ds))
-    pad_id = _pad_id(model_dir)
-    say = print if env.is_main else (lambda _m: None)
-    task_cls = DPOTask
-    if uses_base_reference(cfg):  # LoRA: the policy with adapters off is the reference, no cache
-        from .lora_dpo import AdaptersOffDPOTask, AdaptersOffReference
-
-        ref, task_cls = AdaptersOffReference(), AdaptersOffDPOTask
+    make_plan(cfg, s.env.world_size, len(train_ds), len(dev_ds))  # fail before the reference pass
+    pad_id = s.pad_id if s.pad_id is not None else 0
+    if uses_base_reference(cfg):
+        reference = adapters_off_logps
+        info = {"key": None, "hit": None, "unique_pairs": None, "seconds": None,
+                "source": "policy with LoRA adapters disabled"}
     else:
-        ref = reference_logps(cfg, env, model_dir, _all(train_ds), _all(dev_ds), varlen=varlen,
-                              pad_id=pad_id, log=say)
-    task = task_cls(cfg.loss_config(), ref, packed=cfg.pack_pairs, varlen=varlen, pad_id=pad_id)
-    report = dict(report or {}, reference_cache={k: ref.info.get(k) for k in
-                                                 ("key", "hit", "unique_pairs", "seconds")})
-    return train_session(cfg=cfg, run=run, env=env, task=task, train_ds=train_ds,
-                         dev_ds=dev_ds if len(dev_ds) else None, model_dir=model_dir, plan=plan,
-                         data_report=report)
+        cache = reference_logps(cfg, s.env, s.model_dir, [train_ds[i] for i in range(len(train_ds))],
+                                [dev_ds[i] for i in range(len(dev_ds))], varlen=varlen, pad_id=pad_id,
+                                log=print if s.env.is_main else (lambda _m: None))
+        reference, info = cached_reference(cache), cache.info
+    task = DPOTask(cfg, reference, packed=cfg.pack_pairs, varlen=varlen, pad_id=pad_id)
+    report = dict(report or {}, reference_cache={k: info.get(k) for k in ("key", "hit", "unique_pairs", "seconds")})
+    return train(task, cfg, run, s, train_ds, dev_ds, report)
 
 
-def _all(ds) -> list[Pair]:
-    return ds.all() if hasattr(ds, "all") else [ds[i] for i in range(len(ds))]
-
-
-@dataclass
-class DPOPrep(StagePrep):
-    """What the notebook shows before training: model dir, pairs, report and step plan (rows = pairs)."""
-
-    def overlong(self):
-        """Over-length handling of the train and dev pairs (pairs = kept + dropped), one row each."""
-        return self.split_rows("pairs_")
-
-    def preview(self, n: int = 3):
-        """The first `n` training pairs decoded: prompt end, chosen and rejected (scored tokens only)."""
-        import pandas as pd
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(self.model_dir)
-        rows = []
-        for i in range(min(n, len(self.train))):
-            p = self.train[i]
-            rows.append({"pair": i, "prompt_tokens": len(p.prompt),
-                         "prompt_end": "..." + tok.decode(p.prompt[-12:].tolist()),
-                         "chosen": tok.decode(p.chosen.tolist()), "rejected": tok.decode(p.rejected.tolist()),
-                         "chosen_tokens": len(p.chosen), "rejected_tokens": len(p.rejected)})
-        return pd.DataFrame(rows)
-
-
-def prepare_dpo(cfg: DPOParams) -> DPOPrep:
-    """Resolve the starting model, check the layout, build the pairs and the plan - before training."""
-    from .modeling import read_config
-    from .sft import planned_world_size, resolve_model_dir
-
-    world, spawn = planned_world_size(cfg)
-    model_dir = resolve_model_dir(cfg.model)
-    check_layout(cfg, world, getattr(read_config(model_dir), "max_position_embeddings", None))
-    train, dev, report, _ = build_dpo_data(cfg, model_dir)
-    if len(train) == 0:
+def _pairs_to_train_on(cfg: DPOParams, model_dir: Path):
+    train_ds, dev_ds, report = build_dpo_data(cfg, model_dir)
+    if len(train_ds) == 0:
         raise UserError("data: no DPO pairs left to train on (check datasets, max_seq_length and "
                         "dpo_overlong; the over-length table says how many were dropped)")
-    plan = make_plan(cfg, world, len(train), len(dev))
-    return DPOPrep(model_dir, train, dev, report, plan, spawn)
+    return train_ds, dev_ds, report
 
 
-def run_dpo(cfg: DPOParams, run, prep: DPOPrep | None = None) -> dict[str, Any]:
+def prepare_dpo(cfg: DPOParams) -> Prepared:
+    """Resolve the starting model, check the layout, build the pairs and the plan - before training."""
+    return prepare(cfg, lambda model_dir: _pairs_to_train_on(cfg, model_dir))
+
+
+def run_dpo(cfg: DPOParams, run, prep: Prepared | None = None) -> dict[str, Any]:
     """Notebook entry: train in this kernel, or launch the worker processes and wait for them."""
     prep = prep or prepare_dpo(cfg)  # fails here, in the notebook, before any process starts
-    return run_prepared(prep, cfg, run, WORKER, train_dpo)
-
-
-# ------------------------------------------------------------------------------ reporting
-def dpo_history(records: Sequence[dict[str, Any]]):
-    """(train, dev) DataFrames of the DPO metrics per step from a run's metrics.jsonl records."""
-    import pandas as pd
-
-    train = [r for r in records if "reward_accuracy" in r and "lr" in r and "step" in r]
-    dev = [r for r in records if "val_reward_accuracy" in r and "step" in r]
-    tdf = pd.DataFrame(train).drop_duplicates("step", keep="last") if train else pd.DataFrame()
-    ddf = pd.DataFrame(dev).drop_duplicates("step", keep="last") if dev else pd.DataFrame()
-    return tdf, ddf
-
-
-def dpo_figure(records: Sequence[dict[str, Any]], title: str = "DPO"):
-    """Reward accuracy (left) and reward margin / chosen and rejected rewards (right) per step."""
-    import matplotlib
-
-    if "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tdf, ddf = dpo_history(records)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    if len(tdf):
-        ax1.plot(tdf["step"], tdf["reward_accuracy"], lw=1, alpha=0.6, label="train (global batch)")
-        ax2.plot(tdf["step"], tdf["reward_margin"], lw=1, alpha=0.6, label="train margin")
-    if len(ddf):
-        ax1.plot(ddf["step"], ddf["val_reward_accuracy"], "o-", label="dev")
-        ax2.plot(ddf["step"], ddf["val_reward_margin"], "o-", label="dev margin")
-        ax2.plot(ddf["step"], ddf["val_chosen_reward"], "^--", label="dev chosen reward")
-        ax2.plot(ddf["step"], ddf["val_rejected_reward"], "v--", label="dev rejected reward")
-    ax1.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax1.set_ylim(-0.02, 1.02)
-    ax1.set_xlabel("optimizer step")
-    ax1.set_ylabel("reward accuracy (chosen > rejected)")
-    ax2.axhline(0.0, color="grey", lw=0.8, ls=":")
-    ax2.set_xlabel("optimizer step")
-    ax2.set_ylabel("beta * log(pi / ref)")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    ax1.set_title(f"{title}: reward accuracy")
-    ax2.set_title(f"{title}: rewards and margin")
-    fig.tight_layout()
-    return fig
-
-
-def dev_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """First and last dev metrics of a run: initial_dev_<name> and final_dev_<name>."""
-    _, ddf = dpo_history(records)
-    if not len(ddf):
-        return {}
-    first, last = ddf.iloc[0], ddf.iloc[-1]
-    out = {}
-    for k in ("val_loss", "val_reward_accuracy", "val_reward_margin", "val_kl",
-              "val_chosen_reward", "val_rejected_reward"):
-        if k in ddf:
-            out[f"initial_dev_{k[4:]}"] = float(first[k])
-            out[f"final_dev_{k[4:]}"] = float(last[k])
-    out["initial_dev_step"], out["final_dev_step"] = int(first["step"]), int(last["step"])
-    return out
-
-
-def summary_of(result: dict[str, Any], records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The run's final numbers for summary.json: training result plus first/last dev DPO metrics."""
-    data = result.get("data") or {}
-    out = {k: result.get(k) for k in ("status", "step", "total_steps", "final_loss", "best_val_loss",
-                                      "best_step", "tokens_per_s", "hf_model", "published_step",
-                                      "world_size")}
-    out["train_pairs"] = (data.get("pairs_train") or {}).get("kept")
-    out["dev_pairs"] = (data.get("pairs_dev") or {}).get("kept")
-    out["reference_cache"] = data.get("reference_cache")
-    out.update(dev_summary(records))
-    return out
-
-
-def check_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """The coarse, key-sorted facts the notebook's nbval cell compares (stable on any CPU)."""
-    acc, margin = summary.get("final_dev_reward_accuracy"), summary.get("final_dev_reward_margin")
-    out = {"status": summary.get("status"), "steps": summary.get("step"),
-           "train_pairs": summary.get("train_pairs"), "dev_pairs": summary.get("dev_pairs"),
-           # 0.5 is chance; the sample's answer-only pairs cap a tiny model near 0.7 (docs/dpo.md)
-           "dev_reward_accuracy_above_0.55": acc is not None and acc >= 0.55,
-           "dev_reward_margin_positive": margin is not None and margin > 0.05,
-           "published": bool(summary.get("hf_model")), "world_size": summary.get("world_size")}
-    return dict(sorted(out.items()))
-
-
-# ------------------------------------------------------------------------------ worker entry
-def worker_main(args: argparse.Namespace) -> int:
-    """Train as one rank of whatever launched us; returns the exit code."""
-    from ..runtime import seed_everything
-    from .distributed import shutdown
-    from .sft import load_params, open_run_for_worker
-
-    cfg = load_params(args.params, args.run_dir, cls=DPOParams)
-    env = init_distributed()
-    ok = False
-    try:
-        seed_everything(cfg.seed + env.rank)
-        run = open_run_for_worker(cfg, Path(args.run_dir) if args.run_dir else None, env, stage="dpo")
-        result = train_dpo(cfg, run, env=env)
-        if env.is_main:
-            print(f"{result['status']}: step {result['step']}/{result['total_steps']}, "
-                  f"run dir {run.dir}", flush=True)
-        ok = True
-    finally:
-        shutdown(clean=ok)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tunekit.train.dpo`: a UserError becomes `error: <sentence>` and exit code 2."""
-    from .sft import add_worker_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m tunekit.train.dpo",
-                                     description=__doc__.splitlines()[0])
-    add_worker_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return worker_main(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_prepared(prep, cfg, run, train_dpo)

@@ -26,7 +26,8 @@ How the engine uses this module (all hooks are no-ops without LoRA):
                                    the adapters' initial values added, then loaded as usual
     checkpoint_options(model)      DCP state-dict options: frozen weights are never checkpointed
     adapters_disabled(model)       context: the policy computes like the base model
-Publishing (merged HF model + PEFT adapter dir) is in `lora_publish.py`.
+Publishing (merged HF model + PEFT adapter dir) is in `publish.py`; the parameters (peft, lora_*)
+are declared in `params.py`.
 """
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import UserError
 
-PEFT_CHOICES = ("none", "lora")
 HF_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 OFFICIAL_TARGETS: dict[str, tuple[str, ...]] = {
     "attention_qkv": ("q_proj", "k_proj", "v_proj"),
@@ -53,7 +53,6 @@ DEFAULT_RANK = 32          # official adapter_dim
 DEFAULT_ALPHA = 32.0       # official alpha = adapter_dim
 DEFAULT_DROPOUT = 0.0      # official adapter_dropout
 DEFAULT_TARGETS = "attention_qkv"
-REFERENCE_CHOICES = ("cache", "base")
 ADAPTER_NAME = "default"   # peft's name for the single adapter
 SPEC_ATTR = "tunekit_lora_spec"  # where attach_lora records the spec on the HF model
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+)\.weight$")
@@ -109,40 +108,7 @@ class LoraSpec:
         return d
 
 
-# ------------------------------------------------------------------------------ parameters
-def lora_problems(peft: str, rank: int, alpha: float, dropout: float, target_modules: str) -> list[str]:
-    """One sentence per bad LoRA parameter (checked even when peft='none', so typos surface early)."""
-    p = []
-    if peft not in PEFT_CHOICES:
-        p.append(f"peft must be one of {'|'.join(PEFT_CHOICES)} (got {peft!r})")
-    if rank < 1:
-        p.append(f"lora_rank must be >= 1 (got {rank})")
-    if not alpha > 0:
-        p.append(f"lora_alpha must be > 0 (got {alpha})")
-    if not 0 <= dropout < 1:
-        p.append(f"lora_dropout must be in [0, 1) (got {dropout})")
-    try:
-        resolve_target_modules(target_modules)
-    except UserError as exc:
-        p.append(str(exc))
-    return p
-
-
-def param_problems(cfg) -> list[str]:
-    """LoRA problems of a notebook config with the fields peft/lora_* (none if it has no `peft`)."""
-    if not hasattr(cfg, "peft"):
-        return []
-    p = lora_problems(cfg.peft, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
-    ref = getattr(cfg, "lora_reference", None)
-    if ref is not None:
-        if ref not in REFERENCE_CHOICES:
-            p.append(f"lora_reference must be one of {'|'.join(REFERENCE_CHOICES)} (got {ref!r})")
-        elif ref == "base" and cfg.peft != "lora":
-            p.append("lora_reference='base' needs peft='lora' (without adapters the policy has no "
-                     "base to fall back to; use 'cache')")
-    return p
-
-
+# ------------------------------------------------------------------------------ from the params
 def spec_from_params(cfg) -> LoraSpec | None:
     """The LoraSpec of a notebook config, or None for full fine-tuning (or configs without `peft`)."""
     if getattr(cfg, "peft", "none") != "lora":
@@ -256,14 +222,6 @@ def checkpoint_options(model, **extra):
     return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen, **extra)
 
 
-def trainable_summary(model) -> dict[str, Any]:
-    """Parameter counts: total, trainable and their share (adapters only under LoRA)."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"params": total, "trainable_params": trainable,
-            "trainable_share": trainable / total if total else 0.0}
-
-
 @contextlib.contextmanager
 def adapters_disabled(model) -> Iterator[None]:
     """Within the block the LoRA layers compute the base model only (restored afterwards).
@@ -285,38 +243,3 @@ def adapters_disabled(model) -> Iterator[None]:
     finally:
         for m, flag in zip(layers, before):
             m._disable_adapters = flag
-
-
-# ------------------------------------------------------------------------------ describing
-def _cfg(config, name: str, default=None):
-    # transformers configs are objects; memory.py works on config.json dicts: accept both.
-    value = config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
-    return default if value is None else value
-
-
-def adapter_shapes(config, spec: LoraSpec) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each target module of a LLaMA config (object or dict), one layer."""
-    h = int(_cfg(config, "hidden_size"))
-    heads = int(_cfg(config, "num_attention_heads"))
-    kv = int(_cfg(config, "num_key_value_heads", heads))
-    hd = int(_cfg(config, "head_dim", h // heads))
-    ffn = int(_cfg(config, "intermediate_size"))
-    dims = {"q_proj": (h, heads * hd), "k_proj": (h, kv * hd), "v_proj": (h, kv * hd),
-            "o_proj": (heads * hd, h), "gate_proj": (h, ffn), "up_proj": (h, ffn), "down_proj": (ffn, h)}
-    return {t: dims[t] for t in spec.targets}
-
-
-def count_adapter_params(config, spec: LoraSpec) -> int:
-    """Trainable LoRA parameters for a LLaMA config: rank x (in + out) per target per layer."""
-    per_layer = sum(spec.rank * (i + o) for i, o in adapter_shapes(config, spec).values())
-    return per_layer * int(_cfg(config, "num_hidden_layers"))
-
-
-def describe(spec: LoraSpec | None, config) -> dict[str, Any]:
-    """What the notebook shows before training: method, targets, rank/alpha/scaling, counts."""
-    if spec is None:
-        return {"peft": "none"}
-    n = count_adapter_params(config, spec)
-    return {"peft": "lora", "targets": ",".join(spec.targets), "rank": spec.rank, "alpha": spec.alpha,
-            "scaling": spec.scaling, "dropout": spec.dropout, "adapter_params": n,
-            "layers": int(_cfg(config, "num_hidden_layers"))}

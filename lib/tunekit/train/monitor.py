@@ -1,4 +1,4 @@
-"""What a training run reports: metrics.jsonl records, the progress bar, wandb, the loss curve.
+"""What a training run reports while it trains: metrics.jsonl records, the progress bar, wandb.
 
 Only rank 0 reports. Every optimiser step appends one record to the run's metrics.jsonl (flushed,
 so a killed job keeps it); validation appends `{"step", "val_loss", ...}` records. wandb is off
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from .. import atomic
 from ..errors import UserError
@@ -124,27 +124,3 @@ def truncate_metrics(run_dir: Path, after_step: int) -> int:
         atomic.write_text(path, "".join(x + "\n" for x in kept))
     return dropped
 
-
-def loss_curve_figure(records: Iterable[Mapping[str, Any]], title: str = "loss"):
-    """A matplotlib figure of train loss per step and validation loss at its steps."""
-    import matplotlib
-
-    if "ipykernel" not in __import__("sys").modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = list(records)
-    train = [(r["step"], r["loss"]) for r in recs if "loss" in r and "step" in r]
-    val = [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r and "step" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss", lw=1.2)
-    if val:
-        ax.plot(*zip(*val), "o-", label="val loss", lw=1.5)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross entropy (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig

@@ -1,190 +1,263 @@
-"""Typed parameters of the training notebooks (30_sft; 40_dpo adds `DPOParams` beside it).
+"""Typed parameters of the training notebooks (30_sft, 40_dpo), composed of groups declared once.
 
-`TrainParams` holds what every training stage shares (model, batch layout, optimiser, schedule,
-intervals, checkpoints, launch, logging); `SFTParams` adds the SFT data and loss knobs. Field
-order, names, types and defaults mirror the `parameters` cell of the notebook exactly.
+    TrainParams       batch layout, optimiser, schedule, intervals, checkpoints, launch, logging
+    LoraParams        peft / lora_* (the official kit's names and defaults)
+    PreferenceParams  the DPO loss family under the official `model.dpo.*` names
+    SFTParams = model, datasets + DataParams + PackingParams + TrainParams + LoraParams + RunParams
+    DPOParams = init, datasets + DataParams + PairParams + PreferenceParams + TrainParams + DPO LoRA + RunParams
 
-Checks here need only the values themselves; checks that need the world size or the model config
-(global batch vs micro batch x data-parallel size, sequence length vs the model limit) live in
-`tunekit.train.layout` and run before any work.
+A shared field is declared once (type, limits, help); a stage only restates the tiny default it
+wants (`stage_default`). The notebooks' parameters cells are generated from these classes
+(`tunekit notebooks sync`). Checks here need only the values; checks that need the world size or
+the model config (global batch vs micro batch x processes, sequence length vs the model limit)
+run in `tunekit.train.plan` before any work.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import Field, field_validator, model_validator
 
+from ..data.params import DataParams, Datasets, PackingParams, PairParams, datasets_map, knobs
 from ..errors import UserError
-from ..params import NotebookParams
-from .lora import param_problems as _lora_problems
+from ..params import NotebookParams, RunParams, stage_default
+from .lora import resolve_target_modules
+from .plan import check_layout
 
-WANDB_MODES = ("disabled", "offline", "online")
-PUBLISH_CHOICES = ("best", "final")
-ATTN_CHOICES = ("auto", "sdpa", "flash_attention_2", "eager")
-PRECISION_CHOICES = ("auto", "bf16", "fp32")
-
-# Changing these between a run and its resumption cannot change the numbers (or is meant to
-# change: a new walltime, more processes on more nodes - DCP reshards on load).
-_TRAIN_RESUME_MAY_CHANGE = frozenset({
-    "run_name", "runs_dir", "nproc_per_node", "max_train_minutes", "walltime_margin_minutes",
-    "wandb", "wandb_project", "activation_checkpointing", "attn_implementation",
-    "loss_chunk_tokens", "keep_top_k", "delete_optimizer_state",
-})
+TINY = "tiny"
+PREFERENCE_LOSSES = ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
 
 
 class TrainParams(NotebookParams):
-    """Parameters shared by SFT and DPO: model, batch layout, optimiser, schedule, checkpoints."""
+    """What every training stage shares: batch layout, optimiser, schedule, checkpoints, launch, logging."""
 
-    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = _TRAIN_RESUME_MAY_CHANGE
+    SECTION: ClassVar[str] = "training"
+    # Changing these between a run and its resumption cannot change the numbers (or is meant to
+    # change: a new walltime, more processes on more nodes - DCP reshards on load).
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({
+        "nproc_per_node", "max_train_minutes", "walltime_margin_minutes", "wandb", "wandb_project",
+        "activation_checkpointing", "attn_implementation", "loss_chunk_tokens", "keep_top_k",
+        "delete_optimizer_state",
+    })
 
-    def _check_common(self) -> list[str]:
-        """Problems in the shared fields, one sentence each."""
-        p: list[str] = []
-        if self.max_seq_length < 8:
-            p.append(f"max_seq_length must be at least 8 (got {self.max_seq_length})")
-        if self.micro_batch_size < 1:
-            p.append(f"micro_batch_size must be >= 1 (got {self.micro_batch_size})")
-        if self.global_batch_size < 1:
-            p.append(f"global_batch_size must be >= 1 (got {self.global_batch_size})")
-        elif self.micro_batch_size >= 1 and self.global_batch_size % self.micro_batch_size:
-            p.append(f"global_batch_size {self.global_batch_size} is not a multiple of "
-                     f"micro_batch_size {self.micro_batch_size}")
-        if not self.lr > 0:
-            p.append(f"lr must be > 0 (got {self.lr})")
-        if self.min_lr < 0 or self.min_lr > self.lr:
-            p.append(f"min_lr must be between 0 and lr={self.lr} (got {self.min_lr})")
-        for name in ("warmup_steps", "constant_steps", "val_interval", "save_interval"):
-            if getattr(self, name) < 0:
-                p.append(f"{name} must be >= 0 (got {getattr(self, name)})")
-        if self.epochs < 1 and self.max_steps <= 0:
-            p.append("set epochs >= 1 or max_steps > 0 (both say there is nothing to train)")
-        if self.max_steps == 0 or self.max_steps < -1:
-            p.append(f"max_steps must be -1 (use epochs) or > 0 (got {self.max_steps})")
-        if not 0 <= self.adam_beta1 < 1 or not 0 <= self.adam_beta2 < 1:
-            p.append(f"adam betas must be in [0, 1) (got {self.adam_beta1}, {self.adam_beta2})")
-        if self.weight_decay < 0:
-            p.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
-        if self.grad_clip < 0:
-            p.append(f"grad_clip must be >= 0, 0 = off (got {self.grad_clip})")
-        if self.keep_top_k < 0:
-            p.append(f"keep_top_k must be >= 0 (got {self.keep_top_k})")
-        elif self.keep_top_k == 0 and self.publish == "best":
-            p.append("publish='best' needs keep_top_k >= 1 (the best checkpoint must be kept)")
-        if self.loss_chunk_tokens < 1:
-            p.append(f"loss_chunk_tokens must be >= 1 (got {self.loss_chunk_tokens})")
-        if self.nproc_per_node < 1:
-            p.append(f"nproc_per_node must be >= 1 (got {self.nproc_per_node})")
-        if self.max_train_minutes < 0 or self.walltime_margin_minutes < 0:
-            p.append("max_train_minutes and walltime_margin_minutes must be >= 0")
-        for name, choices in (("wandb", WANDB_MODES), ("publish", PUBLISH_CHOICES),
-                              ("attn_implementation", ATTN_CHOICES), ("precision", PRECISION_CHOICES)):
-            if getattr(self, name) not in choices:
-                p.append(f"{name} must be one of {'|'.join(choices)} (got {getattr(self, name)!r})")
-        if not self.model.strip():
-            p.append("model must name a model: 'tiny', an HF model dir or a run dir")
-        p.extend(_lora_problems(self))  # peft / lora_* fields (none: nothing to check)
-        return p
-
-    def check(self) -> None:
-        """Raise UserError listing every problem (one sentence each); subclasses extend `_problems`."""
-        problems = self._problems()
-        if problems:
-            raise UserError("; ".join(f"parameters: {m}" for m in problems))
-
-    def _problems(self) -> list[str]:
-        return self._check_common()
+    global_batch_size: int = Field(
+        8, ge=1, description="sequences per optimizer step, all processes together (official: 64)")
+    micro_batch_size: int = Field(4, ge=1, description="sequences per forward/backward per process (official: 4)")
+    epochs: int = Field(1, ge=0, description="passes over the training data (official: 2)")
+    max_steps: int = Field(-1, ge=-1, description="-1: epochs decide; > 0: exactly this many optimizer steps")
+    lr: float = Field(0.003, gt=0, description="peak learning rate (official: 2e-5)")
+    min_lr: float = Field(0.0003, ge=0, description="final learning rate of the cosine (official: 2e-6)")
+    warmup_steps: int = Field(5, ge=0, description="linear warmup steps (official: 20)")
+    constant_steps: int = Field(5, ge=0, description="steps held at min_lr at the end (official: 100)")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices (official: 0.1)")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1 (official: 0.9)")
+    adam_beta2: float = Field(0.98, ge=0, lt=1, description="AdamW beta2 (official: 0.98)")
+    grad_clip: float = Field(1.0, ge=0, description="gradient-norm clip, 0 turns it off (official: 1.0)")
+    val_interval: int = Field(10, ge=0, description="validate every N steps, 0: only at checkpoints (official: 500)")
+    save_interval: int = Field(
+        20, ge=0, description="checkpoint every N steps and at the end, 0: only at the end (official: 500)")
+    keep_top_k: int = Field(1, ge=0, description="keep the last checkpoint plus this many with the lowest val loss")
+    publish: Literal["best", "final"] = Field(
+        "best", description="weights written to hf_model/: best (lowest val loss) | final")
+    delete_optimizer_state: bool = Field(
+        False, description="drop optimizer state after training to save disk (official: yes)")
+    seed: int = Field(1234, description="random seed (data order is a function of seed and step)")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 compute on GPU, fp32 on CPU | bf16 | fp32")
+    activation_checkpointing: bool = Field(
+        False, description="recompute layers in backward: less memory, ~25% slower")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="auto: FlashAttention varlen on GPU if installed, else SDPA | sdpa | "
+                            "flash_attention_2 | eager")
+    loss_chunk_tokens: int = Field(
+        1024, ge=1, description="tokens per chunk of the output layer + loss (bounds logits memory)")
+    nproc_per_node: int = Field(1, ge=1, description="training processes per node (GPUs per node on ABCI: 8)")
+    max_train_minutes: float = Field(
+        0.0, ge=0, description="stop (checkpointed) after this many minutes, 0: no own limit")
+    walltime_margin_minutes: float = Field(
+        10.0, ge=0, description="in PBS: checkpoint and stop this long before the walltime")
+    wandb: Literal["disabled", "offline", "online"] = Field(
+        "disabled", description="disabled | offline | online (key only from $WANDB_API_KEY)")
+    wandb_project: str = Field("tunekit", description="wandb project name")
 
     @model_validator(mode="after")
-    def _validate(self):
-        self.check()
+    def _consistent(self):
+        p = []
+        if self.global_batch_size % self.micro_batch_size:
+            p.append(f"global_batch_size {self.global_batch_size} is not a multiple of "
+                     f"micro_batch_size {self.micro_batch_size}")
+        if self.min_lr > self.lr:
+            p.append(f"min_lr must be between 0 and lr={self.lr} (got {self.min_lr})")
+        if self.epochs < 1 and self.max_steps <= 0:
+            p.append("set epochs >= 1 or max_steps > 0 (both say there is nothing to train)")
+        if self.max_steps == 0:
+            p.append(f"max_steps must be -1 (use epochs) or > 0 (got {self.max_steps})")
+        if self.keep_top_k == 0 and self.publish == "best":
+            p.append("publish='best' needs keep_top_k >= 1 (the best checkpoint must be kept)")
+        p.extend(self._stage_problems())
+        if p:
+            raise ValueError("\n".join(p))
         return self
+
+    def _stage_problems(self) -> list[str]:
+        """Checks across parameters of the stage's own groups (one sentence each)."""
+        return []
 
     @property
     def stage(self) -> str:
         """The run stage (folder under runs/) of this config."""
-        raise NotImplementedError
+        return type(self).STAGE
+
+    def check_layout(self, world_size: int, max_positions: int | None) -> None:
+        """Raise UserError if these params cannot run on `world_size` processes with this model."""
+        check_layout(self, world_size, max_positions)
 
 
-class SFTParams(TrainParams):
-    """Parameters of notebooks/30_sft (field order = the notebook's parameters cell)."""
+class LoraParams(NotebookParams):
+    """Parameter-efficient fine-tuning with the official kit's LoRA names and defaults (see lora.py)."""
 
-    model: str = "tiny"
-    data_dir: str = "datasets"
-    data_version: str = "sample"
-    datasets: dict[str, Any] = {
-        "math_drill": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1},
-        "math_chat": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1},
-    }
-    max_dev_samples: int = 100
-    max_dev_ratio: float = 0.1
-    dev_split: str = "head"
-    upsample_dev: bool = False
-    packing: str = "isolated"
-    overlong: str = "truncate"
-    template_style: str = "kit"
-    on_error: str = "raise"
-    max_seq_length: int = 512
-    global_batch_size: int = 8
-    micro_batch_size: int = 4
-    epochs: int = 1
-    max_steps: int = -1
-    lr: float = 0.003
-    min_lr: float = 0.0003
-    warmup_steps: int = 5
-    constant_steps: int = 5
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.98
-    grad_clip: float = 1.0
-    peft: str = "none"
-    lora_rank: int = 32
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "attention_qkv"
-    val_interval: int = 10
-    save_interval: int = 20
-    keep_top_k: int = 1
-    publish: str = "best"
-    delete_optimizer_state: bool = False
-    seed: int = 1234
-    precision: str = "auto"
-    activation_checkpointing: bool = False
-    attn_implementation: str = "auto"
-    loss_chunk_tokens: int = 1024
-    nproc_per_node: int = 1
-    max_train_minutes: float = 0.0
-    walltime_margin_minutes: float = 10.0
-    wandb: str = "disabled"
-    wandb_project: str = "tunekit"
-    run_name: str = ""
-    runs_dir: str = ""
+    SECTION: ClassVar[str] = "LoRA"
 
-    @property
-    def stage(self) -> str:
-        return "sft"
+    peft: Literal["none", "lora"] = Field(
+        "none",
+        description="none: full fine-tuning | lora: train LoRA adapters only, base frozen (official peft_scheme)")
+    lora_rank: int = Field(32, ge=1, description="LoRA rank r (official adapter_dim: 32)")
+    lora_alpha: float = Field(
+        32.0, gt=0, description="LoRA alpha, updates are scaled by alpha / rank (official: alpha equals adapter_dim)")
+    lora_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the adapter input (official adapter_dropout: 0.0)")
+    lora_target_modules: str = Field(
+        "attention_qkv", description="comma list: attention_qkv, attention_dense, mlp_fc1, mlp_fc2, attention, mlp, "
+                                     "all, or HF names (q_proj, ..., down_proj)")
 
-    def _problems(self) -> list[str]:
-        p = self._check_common()
-        if self.max_dev_samples < 0 or not 0 <= self.max_dev_ratio <= 1:
-            p.append("max_dev_samples must be >= 0 and max_dev_ratio in [0, 1]")
-        for name, choices in (("dev_split", ("head", "hash")), ("packing", ("isolated", "official")),
-                              ("overlong", ("truncate", "drop")), ("template_style", ("kit", "official")),
-                              ("on_error", ("raise", "skip"))):
-            if getattr(self, name) not in choices:
-                p.append(f"{name} must be one of {'|'.join(choices)} (got {getattr(self, name)!r})")
-        if not p:
-            p.extend(_data_config_problems(self))
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _targets(cls, value: str) -> str:
+        try:
+            resolve_target_modules(value)
+        except UserError as exc:
+            raise ValueError(str(exc).removeprefix("lora_target_modules: ")) from None
+        return value
+
+
+class DPOLoraParams(LoraParams):
+    """LoRA for DPO, plus where the reference log-probs come from."""
+
+    lora_reference: Literal["cache", "base"] = Field(
+        "cache", description="with peft lora: cache (reference log-probs computed once) | base (policy with "
+                             "adapters off, no cache)")
+
+
+class PreferenceParams(NotebookParams):
+    """The official kit's preference-loss knobs (NeMo-Aligner `model.dpo.*`), read by tunekit.train.dpo_loss."""
+
+    SECTION: ClassVar[str] = "DPO loss"
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({"pack_pairs"})  # same numbers either layout
+
+    ref_policy_kl_penalty: float = Field(
+        0.5, gt=0, description="beta: strength of the KL anchor to the reference (official: 0.5)")
+    preference_loss: Literal[PREFERENCE_LOSSES] = Field(
+        "dpo", description="dpo | ipo | rpo_sq | rpo_bwd_kl | rpo_fwd_kl (official names)")
+    gt_reward_scale: float = Field(
+        1.0, description="scale of the ground-truth reward gap in the rpo_* losses (official: 1.0)")
+    preference_loss_weight: float = Field(1.0, ge=0, description="weight of the preference loss (official: 1)")
+    sft_loss_weight: float = Field(0.0, ge=0, description="weight of the NLL of the chosen response (official: 0)")
+    preference_average_log_probs: bool = Field(
+        False, description="per-token mean instead of sum of log-probs (official: false)")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="conservative DPO: assumed share of flipped labels, dpo only (0: off)")
+    pack_pairs: bool = Field(
+        True, description="True: all sequences of a micro-batch in one isolated row | False: one padded row each")
+
+    def loss_problems(self) -> list[str]:
+        """Checks across the loss knobs, one sentence each."""
+        p = []
+        if self.preference_loss_weight == 0 and self.sft_loss_weight == 0:
+            p.append("preference_loss_weight and sft_loss_weight cannot both be 0 (nothing to train)")
+        if self.label_smoothing and self.preference_loss != "dpo":
+            p.append(f"label_smoothing applies to preference_loss=dpo only (got {self.preference_loss})")
         return p
 
+    @model_validator(mode="after")
+    def _loss_consistent(self):
+        p = self.loss_problems()
+        if p and not isinstance(self, TrainParams):  # a stage reports them with its other checks
+            raise ValueError("\n".join(p))
+        return self
 
-def _data_config_problems(cfg) -> list[str]:
-    """What tunekit.data's DataConfig says about the data fields (e.g. a bad `datasets` map)."""
-    try:
-        from ..data.config import DataConfig
-    except ImportError:  # data area absent: its own checks run when the data is built
-        return []
-    try:
-        DataConfig.parse(cfg.to_dict(), source="SFT parameters")
-    except UserError as exc:
-        return [str(exc)]
-    return []
+
+class SFTParams(DataParams, PackingParams, TrainParams, LoraParams, RunParams):
+    """Parameters of notebooks/30_sft."""
+
+    STAGE: ClassVar[str] = "sft"
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = TrainParams.RESUME_MAY_CHANGE
+
+    model: str = Field(TINY, description='base model: "tiny", an HF model dir, or a run dir (uses its hf_model/)')
+    datasets: Datasets = Field(default_factory=lambda: knobs(math_drill={}, math_chat={}),
+                               description="datasets map with the official knobs; {} for every file")
+    max_seq_length: int = stage_default(DataParams, "max_seq_length", 512, "packed sequence length (llm-jp-4-8b: 4096)")
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return datasets_map(value)
+
+    def _stage_problems(self) -> list[str]:
+        return [] if self.model.strip() else ["model must name a model: 'tiny', an HF model dir or a run dir"]
+
+
+class DPOParams(DataParams, PairParams, PreferenceParams, TrainParams, DPOLoraParams, RunParams):
+    """Parameters of notebooks/40_dpo: the official DPO config's knobs under their official names.
+
+    Batch sizes count PAIRS, as in the official config. The llm-jp-4-8b values are in
+    job_templates/params/llm-jp-4-8b/dpo/full.yaml (and lora.yaml).
+    """
+
+    STAGE: ClassVar[str] = "dpo"
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = TrainParams.RESUME_MAY_CHANGE | PreferenceParams.RESUME_MAY_CHANGE
+
+    init: str = Field("", description="starting policy and reference: an SFT run dir, an HF model dir or tiny; "
+                                      "empty: the tiny base model")
+    datasets: Datasets = Field(default_factory=lambda: knobs(math_pref={}),
+                               description="datasets map with the official knobs; {} for every file")
+    data_dir: str = stage_default(DataParams, "data_dir", "datasets",
+                                  "folder holding <data_version>/preference/train/*.jsonl")
+    max_seq_length: int = stage_default(DataParams, "max_seq_length", 256, "longest prompt + response, per "
+                                        "chosen/rejected sequence (llm-jp-4-8b: 4096)")
+    max_dev_ratio: float = stage_default(DataParams, "max_dev_ratio", 0.2,
+                                         "at most this share of each dataset goes to dev (official: 0.1)")
+    global_batch_size: int = stage_default(TrainParams, "global_batch_size", 16,
+                                           "pairs per optimizer step, all processes together (official: 256)")
+    micro_batch_size: int = stage_default(TrainParams, "micro_batch_size", 8,
+                                          "pairs per forward/backward per process (official: 2)")
+    epochs: int = stage_default(TrainParams, "epochs", 6, "passes over the training pairs (official: 2)")
+    lr: float = stage_default(TrainParams, "lr", 0.003, "peak learning rate (official: 9e-7)")
+    min_lr: float = stage_default(TrainParams, "min_lr", 0.0003, "final learning rate of the cosine (official: 5e-7)")
+    warmup_steps: int = stage_default(TrainParams, "warmup_steps", 2, "linear warmup steps")
+    constant_steps: int = stage_default(TrainParams, "constant_steps", 0, "steps held at min_lr at the end")
+    weight_decay: float = stage_default(TrainParams, "weight_decay", 0.0, "AdamW weight decay on matrices")
+    val_interval: int = stage_default(TrainParams, "val_interval", 5,
+                                      "validate every N steps, 0: only at checkpoints (official: 200)")
+    save_interval: int = stage_default(TrainParams, "save_interval", 10, "checkpoint every N steps and at the "
+                                       "end, 0: only at the end (official: 200)")
+    publish: Literal["best", "final"] = stage_default(
+        TrainParams, "publish", "final", "weights written to hf_model/: final | best (lowest dev DPO loss, the "
+                                         "official top-1)")
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return datasets_map(value)
+
+    @property
+    def model(self) -> str:
+        """The starting policy (= the reference) as a model spec: `init`, or 'tiny' when empty."""
+        return self.init.strip() or TINY
+
+    def _stage_problems(self) -> list[str]:
+        p = self.loss_problems()
+        if self.lora_reference == "base" and self.peft != "lora":
+            p.append("lora_reference='base' needs peft='lora' (without adapters the policy has no base to "
+                     "fall back to; use 'cache')")
+        return p
+

@@ -37,7 +37,7 @@ import torch
 from .. import atomic
 from ..paths import cache_root
 from ..runtime import progress
-from .dpo_batch import Pair, PairBatch, build_pair_batch
+from .batches import Pair, PairBatch, build_pair_batch
 
 FORMAT_VERSION = 2
 _HASH_CHUNK = 16 << 20
@@ -143,7 +143,7 @@ def _groups(pairs: Sequence[Pair], micro_batch_size: int, world_size: int,
     """Micro-batches to run, each with its number of real pairs, a multiple of `world_size` long.
 
     Unique layout: duplicates removed, the last group may be short, missing groups repeat group 0
-    (with 0 real pairs). Eval layout: exactly how `tunekit.train.loop.evaluate` groups a dataset
+    (with 0 real pairs). Eval layout: exactly how `tunekit.train.engine.evaluate` groups a dataset
     (in order, every group filled up with copies of pair 0), so the cached values of the dev pairs
     are bit-identical to what the policy computes there at step 0.
     """
@@ -299,18 +299,3 @@ def ensure_reference_logps(logps_fn: Callable[[PairBatch], tuple[torch.Tensor, t
     ref.info["hit"] = False
     return ref
 
-
-class LiveReference:
-    """A separately held frozen reference model (what the cache replaces; benchmarks and tests)."""
-
-    def __init__(self, model):
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def for_batch(self, pb: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs of a pair batch, computed now."""
-        from .dpo_batch import policy_logps
-
-        return policy_logps(self.model, pb)

@@ -14,7 +14,7 @@ first instruction without its prefix (official `[1:]`), `<|eos|>\n\n### 指示:`
 official SFT code keeps on turns >= 2, and the response after `### 応答:\n` gives sp("\n" +
 answer)[2:]. With an EMPTY system the first instruction keeps its `▁` (the official SFT code drops
 it, the official DPO code keeps it); the kit's "kit" style does the same in training, the
-"official" style reproduces the official SFT ids instead (see README.md in this folder).
+"official" style reproduces the official SFT ids instead (see data/README.md).
 
 Unlike the official export template, the real system content is used; a conversation without a
 system message gets `DEFAULT_SYSTEM` (the sentence the official template always used).
@@ -50,7 +50,8 @@ def _jinja(space_after_special: bool) -> str:
         "{%- for m in turns -%}"
         "{%- if m['role'] == 'user' -%}"
         # Turn >= 2: official SFT keeps the instruction's dummy prefix here (see module doc).
-        f"{{%- if loop.index0 > 0 and turns[loop.index0 - 1]['role'] == 'assistant' -%}}{{{{- '{sp}' -}}}}{{%- endif -%}}"
+        f"{{%- if loop.index0 > 0 and turns[loop.index0 - 1]['role'] == 'assistant' -%}}"
+        f"{{{{- '{sp}' -}}}}{{%- endif -%}}"
         "{{- '\\n\\n### 指示:\\n' + m['content'] -}}"
         "{%- elif m['role'] == 'assistant' -%}"
         "{{- '\\n\\n### 応答:\\n' + m['content'] + eos_token -}}"

@@ -1,6 +1,9 @@
-"""A computed ESTIMATE of per-GPU memory for full fine-tuning with FSDP2 (not a measurement).
+"""A computed ESTIMATE of per-GPU memory for FSDP2 training, full fine-tuning and LoRA (not a measurement).
 
-    python -m tunekit.train.memory [MODEL_DIR_or_config.json] --gpus 16 --micro-batch 4 --seq 4096
+    python benchmarks/memory_estimate.py [MODEL_DIR_or_config.json] --gpus 8 16 32 --micro-batch 4 --seq 4096
+    python benchmarks/memory_estimate.py --lora --gpus 1 8 --rank 32 --targets attention_qkv
+
+A planning aid for ABCI jobs (docs/abci_training.md, docs/lora.md), not part of the kit's library.
 
 Components (bytes per GPU; P parameters, N data-parallel GPUs, B x T tokens per micro-batch):
 
@@ -17,6 +20,18 @@ Components (bytes per GPU; P parameters, N data-parallel GPUs, B x T tokens per 
 
 These are the usual first-order terms; real peaks differ by a few GB (allocator caching, NCCL, the
 exact prefetch overlap). Measure with torch.cuda.max_memory_allocated() on the first job.
+
+LoRA (`--lora`) is built on the full fine-tuning estimate (same activation, output-layer and runtime
+terms) with LoRA's state instead of full training state (P base parameters, A adapter parameters,
+N data-parallel GPUs):
+
+- state: the frozen base in bf16, 2P/N (the engine stores frozen weights in the compute dtype:
+  they are never updated, so they need no fp32 master copy), plus 16A/N for the adapters (fp32
+  weights, gradients and two AdamW moments)
+- gathered weights: the same bf16 units as full fine-tuning (root lm_head, embedding, ~2 layers);
+  gradients exist only for the adapters (negligible), none for the gathered base weights
+- activations: the full fine-tuning figure, an upper bound (a frozen linear's input is saved only
+  where an adapter needs it)
 """
 from __future__ import annotations
 
@@ -25,6 +40,8 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from tunekit.train.lora import DEFAULT_TARGETS, LoraSpec, resolve_target_modules
 
 GB = 1e9
 
@@ -96,24 +113,73 @@ def load_config(path: str | None) -> dict:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
+# ------------------------------------------------------------------ LoRA
+def _cfg(config, name: str, default=None):
+    # transformers configs are objects; memory.py works on config.json dicts: accept both.
+    value = config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+    return default if value is None else value
+
+
+def adapter_shapes(config, spec: LoraSpec) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each target module of a LLaMA config (object or dict), one layer."""
+    h = int(_cfg(config, "hidden_size"))
+    heads = int(_cfg(config, "num_attention_heads"))
+    kv = int(_cfg(config, "num_key_value_heads", heads))
+    hd = int(_cfg(config, "head_dim", h // heads))
+    ffn = int(_cfg(config, "intermediate_size"))
+    dims = {"q_proj": (h, heads * hd), "k_proj": (h, kv * hd), "v_proj": (h, kv * hd),
+            "o_proj": (heads * hd, h), "gate_proj": (h, ffn), "up_proj": (h, ffn), "down_proj": (ffn, h)}
+    return {t: dims[t] for t in spec.targets}
+
+
+def count_adapter_params(config, spec: LoraSpec) -> int:
+    """Trainable LoRA parameters for a LLaMA config: rank x (in + out) per target per layer."""
+    per_layer = sum(spec.rank * (i + o) for i, o in adapter_shapes(config, spec).values())
+    return per_layer * int(_cfg(config, "num_hidden_layers"))
+
+
+def estimate_lora(cfg: dict, spec: LoraSpec, gpus: int, micro_batch: int, seq: int,
+                  activation_checkpointing: bool = True, chunk_tokens: int = 1024,
+                  allowance_gb: float = 4.0) -> MemoryEstimate:
+    """Per-GPU memory estimate (GB) for LoRA with bf16 compute, bf16 frozen base, fp32 adapters."""
+    full = estimate(cfg, gpus, micro_batch, seq, activation_checkpointing, chunk_tokens, allowance_gb)
+    total, layer, emb = count_params(cfg)
+    adapters = count_adapter_params(cfg, spec)
+    state = (2 * total + 16 * adapters) / gpus
+    gathered = 2 * (emb * 2 + 2 * layer)
+    return MemoryEstimate(full.params_billion, round(state / GB, 1), round(gathered / GB, 1),
+                          full.activations, full.output_layer, full.runtime_allowance)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the estimate table for a few GPU counts, with and without activation checkpointing."""
-    ap = argparse.ArgumentParser(prog="python -m tunekit.train.memory", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="benchmarks/memory_estimate.py", description=__doc__.splitlines()[0])
     ap.add_argument("config", nargs="?", help="config.json or HF model dir (default: llm-jp-4-8b's shape)")
     ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--chunk-tokens", type=int, default=1024)
+    ap.add_argument("--lora", action="store_true", help="LoRA next to full fine-tuning")
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--targets", default=DEFAULT_TARGETS)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
+    spec = LoraSpec(rank=args.rank, targets=resolve_target_modules(args.targets))
+    what = (f"LoRA rank {spec.rank} on {','.join(spec.targets)} = {count_adapter_params(cfg, spec) / 1e6:.1f}M "
+            "adapter parameters vs full fine-tuning" if args.lora else "bf16 compute, fp32 weights/grads/AdamW")
     print(f"ESTIMATE (computed, not measured): {count_params(cfg)[0] / 1e9:.2f}B parameters, micro batch "
-          f"{args.micro_batch} x {args.seq} tokens, bf16 compute, fp32 weights/grads/AdamW")
-    print(f"{'GPUs':>5} {'AC':>4} {'state':>7} {'gathered':>9} {'activ.':>7} {'output':>7} {'runtime':>8} {'total GB':>9}")
+          f"{args.micro_batch} x {args.seq} tokens; {what}")
+    print(f"{'method':>6} {'GPUs':>5} {'AC':>4} {'state':>7} {'gathered':>9} {'activ.':>7} {'output':>7} "
+          f"{'runtime':>8} {'total GB':>9}")
     for n in args.gpus:
         for ac in (True, False):
-            e = estimate(cfg, n, args.micro_batch, args.seq, ac, args.chunk_tokens)
-            print(f"{n:>5} {'on' if ac else 'off':>4} {e.sharded_state:>7.1f} {e.gathered_weights_and_grads:>9.1f} "
-                  f"{e.activations:>7.1f} {e.output_layer:>7.1f} {e.runtime_allowance:>8.1f} {e.total:>9.1f}")
+            rows = [("full", estimate(cfg, n, args.micro_batch, args.seq, ac, args.chunk_tokens))]
+            if args.lora:
+                rows.insert(0, ("lora", estimate_lora(cfg, spec, n, args.micro_batch, args.seq, ac, args.chunk_tokens)))
+            for name, e in rows:
+                print(f"{name:>6} {n:>5} {'on' if ac else 'off':>4} {e.sharded_state:>7.1f} "
+                      f"{e.gathered_weights_and_grads:>9.1f} {e.activations:>7.1f} {e.output_layer:>7.1f} "
+                      f"{e.runtime_allowance:>8.1f} {e.total:>9.1f}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The official kit's preference-loss family as pure functions on per-sequence log-probabilities.
+"""The DPO loss: the official kit's preference-loss family as pure functions on per-sequence log-probs.
 
 Inputs are, for each pair of a batch, the summed log-probability of the chosen and of the rejected
 response under the policy and under the frozen reference, plus the number of scored tokens (so the
@@ -14,7 +14,8 @@ Names and semantics follow the official kit (NeMo-Aligner's DPO model, FACTS.md 
     rpo_bwd_kl = KL(Bern(sigmoid(s dr)) || Bern(sigmoid(beta delta)))
     rpo_fwd_kl = KL(Bern(sigmoid(beta delta)) || Bern(sigmoid(s dr)))
 
-where beta is `ref_policy_kl_penalty`, s is `gt_reward_scale` and r_c/r_r are the pair's ground-truth
+where beta is `ref_policy_kl_penalty`, s is `gt_reward_scale` (the knobs are `params.PreferenceParams`,
+which DPOParams is composed of) and r_c/r_r are the pair's ground-truth
 rewards (from the data, else the official defaults 1 and 0). The total per pair is
 `preference_loss_weight * preference + sft_loss_weight * (-pi_c)`: the SFT term is the chosen
 response's NLL (summed, or averaged per token with `preference_average_log_probs`), as officially.
@@ -26,46 +27,12 @@ paper and TRL: reward = beta * (pi - ref); NeMo-Aligner logs the beta-free log-r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-PREFERENCE_LOSSES = ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
-# The official data format has no reward fields; NeMo-Aligner's DPO dataset defaults to these.
-DEFAULT_CHOSEN_REWARD = 1.0
-DEFAULT_REJECTED_REWARD = 0.0
-
-
-@dataclass(frozen=True)
-class PreferenceLossConfig:
-    """The loss knobs, named as in the official DPO config (`model.dpo.*`)."""
-
-    preference_loss: str = "dpo"
-    ref_policy_kl_penalty: float = 0.5          # beta
-    gt_reward_scale: float = 1.0
-    preference_loss_weight: float = 1.0
-    sft_loss_weight: float = 0.0
-    preference_average_log_probs: bool = False
-    label_smoothing: float = 0.0                # dpo only (cDPO)
-
-    def problems(self) -> list[str]:
-        """What is wrong with these values, one sentence each (empty when fine)."""
-        p = []
-        if self.preference_loss not in PREFERENCE_LOSSES:
-            p.append(f"preference_loss must be one of {'|'.join(PREFERENCE_LOSSES)} "
-                     f"(got {self.preference_loss!r})")
-        if not self.ref_policy_kl_penalty > 0:
-            p.append(f"ref_policy_kl_penalty (beta) must be > 0 (got {self.ref_policy_kl_penalty})")
-        if self.preference_loss_weight < 0 or self.sft_loss_weight < 0:
-            p.append("preference_loss_weight and sft_loss_weight must be >= 0")
-        if self.preference_loss_weight == 0 and self.sft_loss_weight == 0:
-            p.append("preference_loss_weight and sft_loss_weight cannot both be 0 (nothing to train)")
-        if not 0 <= self.label_smoothing < 0.5:
-            p.append(f"label_smoothing must be in [0, 0.5) (got {self.label_smoothing})")
-        if self.label_smoothing and self.preference_loss != "dpo":
-            p.append(f"label_smoothing applies to preference_loss=dpo only (got {self.preference_loss})")
-        return p
+from .batches import DEFAULT_CHOSEN_REWARD, DEFAULT_REJECTED_REWARD
+from .params import PREFERENCE_LOSSES, PreferenceParams
 
 
 def reduce_logps(sum_logps: torch.Tensor, n_tokens: torch.Tensor, average: bool) -> torch.Tensor:
@@ -81,7 +48,7 @@ def _bernoulli_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 def preference_losses(delta: torch.Tensor, gt_reward_delta: torch.Tensor,
-                      cfg: PreferenceLossConfig) -> torch.Tensor:
+                      cfg: PreferenceParams) -> torch.Tensor:
     """Per-pair preference loss from the implicit reward difference `delta` (no beta applied).
 
     Args:
@@ -154,7 +121,7 @@ class PairTerms:
 
 def pair_terms(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
                ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-               n_chosen: torch.Tensor, n_rejected: torch.Tensor, cfg: PreferenceLossConfig,
+               n_chosen: torch.Tensor, n_rejected: torch.Tensor, cfg: PreferenceParams,
                chosen_reward: torch.Tensor | None = None,
                rejected_reward: torch.Tensor | None = None) -> PairTerms:
     """Per-pair loss and metrics from SUMMED per-sequence log-probs (all tensors [N]).
@@ -194,15 +161,3 @@ def pair_terms(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
 METRIC_KEYS = ("loss", "preference_loss", "sft_loss", "reward_accuracy", "reward_margin",
                "chosen_reward", "rejected_reward", "chosen_logp", "rejected_logp", "kl")
 
-
-def mean_metrics(sums: dict[str, float]) -> dict[str, float]:
-    """Per-pair means of summed metric terms (as accumulated from `PairTerms.sums`)."""
-    n = max(float(sums.get("pairs", 0.0)), 1e-12)
-    return {k: float(sums[k]) / n for k in METRIC_KEYS if k in sums}
-
-
-def add_sums(total: dict[str, float], part: dict[str, Any]) -> dict[str, float]:
-    """Accumulate metric sums (floats or 0-dim tensors) into `total` as floats; returns it."""
-    for k, v in part.items():
-        total[k] = total.get(k, 0.0) + float(v)
-    return total

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
-from ..values import Text, TextLoader
+from .errors import UserError
+from .values import Text, TextLoader
 
 # Strings such as "2e-5" that some YAML readers take for floats: always quoted when written.
 _FLOAT_RE = re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$")

@@ -46,6 +46,12 @@ class FakeTrainParams(NotebookParams):
     run_name: str = ""
     runs_dir: str = ""
 
+    def check_layout(self, world_size: int, max_positions: int | None) -> None:
+        """The engine's layout check, as the real training params have it."""
+        from tunekit.train.plan import check_layout
+
+        check_layout(self, world_size, max_positions)
+
 
 REPORT_BODY = '''\
 import hashlib, json, os

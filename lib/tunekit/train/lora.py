@@ -117,11 +117,6 @@ def spec_from_params(cfg) -> LoraSpec | None:
                     targets=resolve_target_modules(cfg.lora_target_modules), seed=int(cfg.seed))
 
 
-def uses_base_reference(cfg) -> bool:
-    """True when DPO should take its reference from the policy with adapters off (no cache)."""
-    return getattr(cfg, "peft", "none") == "lora" and getattr(cfg, "lora_reference", "cache") == "base"
-
-
 # ------------------------------------------------------------------------------ engine hooks
 def attach_lora(lm, spec: LoraSpec, frozen_dtype=None) -> None:
     """Inject peft LoRA adapters into an HF causal LM (meta device is fine) and freeze the rest.
@@ -234,7 +229,7 @@ def adapters_disabled(model) -> Iterator[None]:
 
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
-        raise UserError("lora_reference='base' needs a model with LoRA adapters (peft='lora')")
+        raise UserError("the LoRA live reference (adapters off) needs a model with LoRA adapters (peft='lora')")
     before = [m._disable_adapters for m in layers]
     try:
         for m in layers:

@@ -10,7 +10,8 @@ training job that quietly fell back to the CPU would train there until its wallt
 - `check_cuda_usable()` stops with one sentence when GPUs are visible (nvidia-smi lists some,
   CUDA_VISIBLE_DEVICES names some, or the PBS job asked for some: $TUNEKIT_EXPECT_GPUS, set by
   the job template) but torch cannot use them, naming torch's CUDA version and the driver's;
-- `versions()` is what every GPU job prints first and records (env.json, train_result.json).
+- `versions()` is what every GPU job prints first and records (env.json, train_result.json):
+  torch and the CUDA it is built for, cuDNN, NCCL, the driver and the CUDA it supports, GPUs.
 
 `python -m tunekit.gpu` prints the versions line and runs the check (the job template calls it).
 """
@@ -151,7 +152,7 @@ def versions() -> dict[str, Any]:
     """torch, CUDA, cuDNN, NCCL and driver versions plus the GPUs torch sees (what GPU jobs record)."""
     import torch
 
-    out: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    out: dict[str, Any] = {"torch": torch.__version__, "torch_cuda": torch.version.cuda}
     if torch.cuda.is_available():
         nccl = torch.cuda.nccl.version() if hasattr(torch.cuda, "nccl") else None
         out.update({
@@ -169,7 +170,7 @@ def versions_line(v: Mapping[str, Any]) -> str:
     """The one-line form printed at the start of GPU jobs."""
     gpus = v.get("gpus") or []
     names = f"{len(gpus)} x {gpus[0]}" if gpus else "no GPU usable by torch"
-    return (f"torch {v.get('torch')} (CUDA {v.get('cuda')}), cuDNN {v.get('cudnn')}, NCCL {v.get('nccl')}, "
+    return (f"torch {v.get('torch')} (CUDA {v.get('torch_cuda')}), cuDNN {v.get('cudnn')}, NCCL {v.get('nccl')}, "
             f"driver {v.get('driver')} (CUDA {v.get('driver_cuda')}); {names}")
 
 

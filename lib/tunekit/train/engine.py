@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import atomic
-from . import attention
+from . import attention, memory
 from ..errors import UserError
 from ..model import resolve_model
 from .batches import IGNORE_INDEX
@@ -602,6 +602,9 @@ def train(task: Task, cfg, run, s: Setup, train_ds, dev_ds,
     gpu_versions = versions() if env.is_cuda else None
     if gpu_versions and env.is_main:
         print(f"[gpu] {versions_line(gpu_versions)}", flush=True)
+        # A planning check before 8B weights load: the estimate next to this GPU's memory.
+        est = memory.for_params(cfg, read_config(model_dir), env.world_size, plan.grad_accum)
+        print(memory.plan_line(est, gpu_versions.get("gpu_memory_gb")), flush=True)
     model, loaded = load_for_training(model_dir, env, precision=cfg.precision,
                                       attn_implementation=cfg.attn_implementation,
                                       activation_checkpointing=cfg.activation_checkpointing,

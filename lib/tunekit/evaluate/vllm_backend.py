@@ -76,12 +76,15 @@ def sampling(decoding: Decoding) -> dict[str, Any]:
 
 
 def run_worker(model_dir: Path, messages: list[list[dict[str, str]]], decoding: Decoding,
-               progress: bool = True) -> dict[str, Any]:
-    """Run vllm_worker.py for one model in the evaluation environment; its result dict."""
+               progress: bool = True, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run vllm_worker.py for one model in the evaluation environment; its result dict.
+
+    `engine` holds extra `vllm.LLM(...)` keyword arguments (e.g. gpu_memory_utilization).
+    """
     python = require_eval_python()
     check_cuda_visible_devices()  # vLLM crashed on ABCI when the variable held GPU UUIDs
     request = {"model": str(Path(model_dir).resolve()), "messages": messages, "sampling": sampling(decoding),
-               "seed": decoding.seed, "progress": progress}
+               "seed": decoding.seed, "progress": progress, "engine": dict(engine or {})}
     # The worker sees the evaluation environment only (not the training venv's PYTHONPATH).
     env = dict(os.environ, PYTHONPATH=os.environ.get("TUNEKIT_EVAL_PYTHONPATH", ""), PYTHONUNBUFFERED="1")
     with tempfile.TemporaryDirectory(prefix="tunekit-vllm-") as tmp:

@@ -273,3 +273,42 @@ def test_plan_line_warns_before_an_out_of_memory():
     assert ok.startswith("memory estimate: ~33.8 GB per GPU") and ok.endswith("of 141 GB")
     bad = plan_line(estimate(LLMJP_4_8B, 16, 4, 4096, activation_checkpointing=False), 141.0)
     assert "likely OUT OF MEMORY" in bad
+
+
+# ------------------------------------------------------------------ model building options
+def test_compile_layers_compiles_each_block_and_keeps_the_numbers(model_dir, monkeypatch):
+    # Traced with aot_eager (dynamo + AOT autograd, no code generation) so it runs in seconds on
+    # the CPU; on a GPU the backend is inductor. The per-document attention's graph breaks are fine.
+    from helpers import synthetic_packed
+    from tunekit.train import engine
+    from tunekit.train.batches import collate_packed
+    from tunekit.train.distributed import init_distributed
+
+    monkeypatch.setattr(engine, "COMPILE_BACKEND", "aot_eager")
+    env = init_distributed()
+    batch = collate_packed(synthetic_packed(6, 32, 96, seed=1, min_len=3, max_len=20), varlen=True, pad_id=4)
+    out = {}
+    for compiled in (False, True):
+        model, _ = engine.load_for_training(model_dir, env, compile_layers=compiled)
+        layers = model.lm.model.layers
+        assert all((getattr(layer, "_compiled_call_impl", None) is not None) == compiled for layer in layers)
+        lp = model(labels=batch.labels, **batch.model_inputs())
+        (-lp.sum()).backward()
+        out[compiled] = (lp.detach(), layers[0].mlp.down_proj.weight.grad.full_tensor().clone())
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_model_has_no_gradients_and_stores_the_compute_dtype(model_dir):
+    from tunekit.train.distributed import init_distributed
+    from tunekit.train.engine import build_optimizer, load_for_training
+    from tunekit.train.params import SFTParams
+
+    env = init_distributed()
+    frozen, setup = load_for_training(model_dir, env, precision="bf16", frozen=True)
+    assert not frozen.training and setup.n_trainable == 0
+    assert {p.dtype for p in frozen.parameters()} == {torch.bfloat16} and not any(p.requires_grad for p in
+                                                                                  frozen.parameters())
+    policy, _ = load_for_training(model_dir, env)
+    opt = build_optimizer(policy, SFTParams())
+    assert opt.defaults.get("fused") is None  # the fused kernel is CUDA-only; on GPU params it is on

@@ -60,6 +60,7 @@ from .plan import DataOrder, Deadline, LRSchedule, TrainPlan, check_layout, make
 from .publish import PROVENANCE, WEIGHT_PREFIX, publish_hf_model
 
 RESULT_FILE = "train_result.json"
+COMPILE_BACKEND = "inductor"  # torch.compile backend of `compile_layers` (tests trace with "aot_eager")
 
 
 # ------------------------------------------------------------------ the model: FSDP2 + chunked head
@@ -265,7 +266,8 @@ def load_for_training(model_dir: Path, env: DistEnv, *, precision: str = "auto",
             p.data = p.data.to(compute_dtype)  # never updated: no fp32 master copy needed
     if compile_layers:
         for layer in lm.model.layers:
-            layer.compile()  # per block, before fully_shard: FSDP's hooks stay outside the graphs
+            # Per block, before fully_shard (torchtitan's order): FSDP's hooks stay outside the graphs.
+            layer.compile(backend=COMPILE_BACKEND)
     model = CausalLMForTraining(lm, chunk_tokens)
     mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) \
         if compute_dtype != torch.float32 else MixedPrecisionPolicy()

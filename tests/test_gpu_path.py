@@ -206,6 +206,9 @@ def test_training_records_mfu_per_step_and_in_the_result(tmp_path, model_dir, mo
     assert all("peak_mem_gb" not in r for r in steps)  # no accelerator: nothing invented
     assert result["mfu"] == pytest.approx(sum(r["mfu"] for r in steps[1:]) / 2, abs=1e-4)
     assert result["gpu"] is None and result["peak_mem_gb"] is None
+    from tunekit.train.report import sft_summary
+
+    assert sft_summary(result)["mfu"] == result["mfu"]  # and so in the run's summary.json
 
 
 # ------------------------------------------------------------------ memory estimate

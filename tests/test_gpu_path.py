@@ -58,6 +58,54 @@ def test_driver_info_reads_nvidia_smi(fake_smi):
     assert info == {"driver": "570.86.15", "driver_cuda": "12.8", "gpus": ["NVIDIA H200", "NVIDIA H200"]}
 
 
+# ------------------------------------------------------------------ make setup-gpu
+SETUP_GPU = Path(__file__).resolve().parents[1] / "tools" / "setup_gpu.py"
+
+
+def _setup_gpu(*args: str) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(SETUP_GPU), "--dry-run", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("driver, cuda, flavour, index", [
+    ("570.86.15", "12.8", "cu128", "https://download.pytorch.org/whl/cu128"),
+    ("560.35.03", "12.6", "cu126", "https://download.pytorch.org/whl/cu126"),
+    ("580.65.06", "13.0", "cu130", "https://pypi.org/simple"),
+])
+def test_setup_gpu_detects_the_flavour_from_nvidia_smi(fake_smi, driver, cuda, flavour, index):
+    fake_smi(n=8, driver=driver, cuda=cuda)
+    done = _setup_gpu()
+    assert done.returncode == 0, done.stderr
+    assert f"for {flavour} (CUDA" in done.stdout and f"driver {driver} supports CUDA {cuda}" in done.stdout
+    install = next(x for x in done.stdout.splitlines() if " install " in x)
+    assert f"--index-url {index}" in install and "--only-binary=:all:" in install
+    assert install.endswith(gpu.FLAVOURS[flavour].requirement)
+    assert ("--extra-index-url https://pypi.org/simple" in install) == (flavour != "cu130")
+
+
+def test_setup_gpu_takes_the_flavour_named_and_refuses_others_in_one_sentence(fake_smi, tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi: only an explicit CUDA=... works
+    done = _setup_gpu("--cuda", "cu126")
+    assert done.returncode == 0 and "as requested" in done.stdout and "torch==2.13.0+cu126" in done.stdout
+    for args, words in ((("--cuda", "cu118"), "CUDA=cu118 is not a flavour the kit installs"),
+                        ((), "nvidia-smi is not available here")):
+        done = _setup_gpu(*args)
+        assert done.returncode == 1 and words in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    fake_smi(n=8, driver="535.104.05", cuda="12.2")  # older than every flavour
+    done = _setup_gpu()
+    assert done.returncode == 1 and "ask for a newer driver" in done.stderr
+    # the Makefile passes CUDA=... through to the script
+    plan = subprocess.run(["make", "-n", "setup-gpu", "CUDA=cu128"], cwd=SETUP_GPU.parents[1], capture_output=True,
+                          text=True, timeout=60)
+    assert "tools/setup_gpu.py --cuda cu128" in plan.stdout
+
+
 # ------------------------------------------------------------------ the refusal
 def test_visible_but_unusable_gpus_stop_training_before_the_cpu_fallback(fake_smi):
     from tunekit.train.distributed import init_distributed

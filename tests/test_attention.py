@@ -79,6 +79,41 @@ def test_packed_sft_logits_and_gradients_equal_the_dense_mask_path():
     _assert_grads_close(results["dense"][1], results["varlen"][1])
 
 
+def test_packed_sft_equals_each_document_alone_and_padded():
+    # Three independent layouts of the same documents: per-document attention over the packed rows,
+    # each document in a forward of its own (no padding, no mask), and all of them right-padded to
+    # the longest in one batch with a padding mask (the plain HF way). Logits agree on real tokens.
+    from helpers import make_documents, pack_documents
+
+    docs = make_documents(9, VOCAB, 3, 30, seed=5)
+    items = pack_documents(docs, 48, pad_id=4)
+    assert max(len(it["doc_lens"]) for it in items) >= 3
+    model = _model(attention.IMPLEMENTATION, seed=1)
+    plain = _model("sdpa", seed=1)
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        packed = model(**collate_packed(items, varlen=True, pad_id=4).model_inputs()).logits.reshape(-1, VOCAB)
+        longest = max(len(d.ids) for d in docs)
+        ids = torch.full((len(docs), longest), 4, dtype=torch.long)
+        mask = torch.zeros((len(docs), longest), dtype=torch.long)
+        for i, d in enumerate(docs):
+            ids[i, :len(d.ids)], mask[i, :len(d.ids)] = torch.as_tensor(d.ids), 1
+        padded = plain(input_ids=ids, attention_mask=mask).logits
+        at, doc = 0, 0
+        for it in items:
+            off = 0
+            for n in it["doc_lens"].tolist():
+                if it["input_ids"][off] == 1:  # a document (bos); otherwise the row's padding
+                    np.testing.assert_array_equal(it["input_ids"][off:off + n], docs[doc].ids)
+                    alone = plain(input_ids=torch.as_tensor(docs[doc].ids)[None]).logits[0]
+                    torch.testing.assert_close(packed[at + off:at + off + n], alone, rtol=1e-5, atol=1e-5)
+                    torch.testing.assert_close(padded[doc, :n], alone, rtol=1e-5, atol=1e-5)
+                    doc += 1
+                off += n
+            at += len(it["input_ids"])
+        assert doc == len(docs)  # every document was found and compared
+
+
 def test_the_comparison_can_fail_documents_that_leak_change_the_logits():
     # Guard: per-document attention over WRONG offsets (one document per row) differs clearly.
     items = synthetic_packed(14, 48, VOCAB, seed=2, min_len=3, max_len=30)

@@ -60,5 +60,28 @@ def test_every_check_runs_simulated_on_the_cpu(tmp_path):
     names = ["versions", "cuda", "nccl", "varlen", "sft", "dpo", "resume", "eval env"]
     assert [x[:6] for x in lines] == ["[ok  ]"] * 8, lines
     assert [x[9:].split("  ")[0].strip() for x in lines] == names
-    assert "all checks passed" in done.stdout and "SIMULATED on the CPU" in done.stdout
+    assert "all checks passed (8 of 8)" in done.stdout and "SIMULATED on the CPU" in done.stdout
+    assert done.stdout.split("gpu-smoke summary:\n")[1].splitlines()[:8] == [
+        f"  {i:>2} {n:<9} PASS" for i, n in enumerate(names, 1)]
     assert list((tmp_path / "runs" / "gpu-smoke").glob("*/smoke.json"))
+
+
+def _smoke_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_smoke", SMOKE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_verdict_never_calls_a_skipped_check_passed():
+    smoke = _smoke_module()
+    res = [{"check": n, "status": "ok"} for n in ("versions", "cuda", "nccl")]
+    assert smoke.verdict(res) == "all checks passed (3 of 3)"
+    res[2]["status"] = "skip"
+    assert smoke.verdict(res) == "PASSED 2 of 3 checks, 1 skipped and NOT checked (nccl)"
+    res[1]["status"] = "FAIL"
+    assert smoke.verdict(res) == "FAILED - 1 of 3 checks failed (cuda)"
+    assert smoke.table(res).splitlines() == ["gpu-smoke summary:", "   1 versions  PASS", "   2 cuda      FAIL",
+                                             "   3 nccl      SKIP"]

@@ -438,14 +438,34 @@ def main() -> int:
     else:
         for n, name in ((6, "dpo"), (7, "resume"), (8, "eval env")):
             line("skip", n, name, "needs the SFT run of check 5")
-    failed = [r["check"] for r in RESULTS if r["status"] == "FAIL"]
     total = time.perf_counter() - t0
-    (out / "smoke.json").write_text(json.dumps({"results": RESULTS, "seconds": total, "simulated": simulate},
-                                               indent=1) + "\n")
-    verdict = f"{len(failed)} failed ({', '.join(failed)})" if failed else "all checks passed"
-    print(f"gpu-smoke: {verdict} in {total:.0f} s{' (SIMULATED on the CPU)' if simulate else ''}; record: "
+    from tunekit.atomic import write_json
+
+    write_json(out / "smoke.json", {"results": RESULTS, "seconds": total, "simulated": simulate})
+    print(table(RESULTS))
+    print(f"gpu-smoke: {verdict(RESULTS)} in {total:.0f} s{' (SIMULATED on the CPU)' if simulate else ''}; record: "
           f"{out / 'smoke.json'}", flush=True)
-    return 1 if failed else 0
+    return 1 if any(r["status"] == "FAIL" for r in RESULTS) else 0
+
+
+def table(results: list[dict]) -> str:
+    """The closing PASS/FAIL/SKIP table, one row per check in order."""
+    word = {"ok": "PASS", "FAIL": "FAIL", "skip": "SKIP"}
+    rows = [f"  {i:>2} {r['check']:<9} {word[r['status']]}" for i, r in enumerate(results, 1)]
+    return "\n".join(["gpu-smoke summary:", *rows])
+
+
+def verdict(results: list[dict]) -> str:
+    """One line: all passed, or PASSED with the checks that were skipped (not proven), or FAILED naming them."""
+    failed = [r["check"] for r in results if r["status"] == "FAIL"]
+    skipped = [r["check"] for r in results if r["status"] == "skip"]
+    n = len(results)
+    if failed:
+        return f"FAILED - {len(failed)} of {n} checks failed ({', '.join(failed)})"
+    if skipped:
+        return (f"PASSED {n - len(skipped)} of {n} checks, {len(skipped)} skipped and NOT checked "
+                f"({', '.join(skipped)})")
+    return f"all checks passed ({n} of {n})"
 
 
 if __name__ == "__main__":

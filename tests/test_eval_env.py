@@ -122,3 +122,15 @@ def test_sampling_parameters_follow_the_decoding():
     assert vllm_backend.sampling(Decoding(max_new_tokens=64)) == {
         "n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "seed": 0}
     assert vllm_backend.sampling(Decoding(temperature=0.7, top_p=0.9, n_samples=4, seed=3))["n"] == 4
+
+
+def test_make_setup_eval_refuses_a_flavour_pypi_cannot_resolve(tmp_path):
+    # Only the CUDA 13.0 builds of vLLM 0.32.0 / torch 2.13.0 resolve from PyPI (test_env_resolution.py):
+    # asking for cu128 stops before building anything, in one sentence naming the way out.
+    import subprocess
+
+    repo = FAKE.parents[1]
+    done = subprocess.run(["make", "-s", "setup-eval", "CUDA=cu128", f"EVAL_VENV={tmp_path / 'eval'}"], cwd=repo,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "CUDA=cu128" in done.stderr and "backend: transformers" in done.stderr
+    assert not (tmp_path / "eval").exists()

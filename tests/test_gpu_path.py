@@ -363,3 +363,28 @@ def test_frozen_model_has_no_gradients_and_stores_the_compute_dtype(model_dir):
     policy, _ = load_for_training(model_dir, env)
     opt = build_optimizer(policy, SFTParams())
     assert opt.defaults.get("fused") is None  # the fused kernel is CUDA-only; on GPU params it is on
+
+
+def test_fused_adamw_on_gpu_parameters_and_pinned_host_memory_for_cuda_batches(monkeypatch):
+    # Simulated: what build_optimizer and to_device ask torch for when the tensors are on a GPU.
+    from tunekit.train.batches import to_device
+    from tunekit.train.engine import build_optimizer
+
+    seen = {}
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, **kw: seen.update(kw) or "opt")
+    cfg = types.SimpleNamespace(weight_decay=0.1, lr=1e-4, adam_beta1=0.9, adam_beta2=0.95)
+    for on_gpu in (True, False):
+        param = types.SimpleNamespace(requires_grad=True, ndim=2, is_cuda=on_gpu)
+        build_optimizer(types.SimpleNamespace(parameters=lambda p=param: [p]), cfg)
+        assert seen["fused"] is (True if on_gpu else None)
+
+    moved = []
+
+    class Pinned:
+        def to(self, device, non_blocking=False):
+            moved.append((device, non_blocking))
+            return "on " + device
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: Pinned())
+    assert to_device(torch.zeros(3), "cuda") == "on cuda" and moved == [("cuda", True)]
+    assert isinstance(to_device(torch.zeros(3), "cpu"), torch.Tensor) and len(moved) == 1  # no pinning for CPU

@@ -62,7 +62,7 @@ def test_driver_info_reads_nvidia_smi(fake_smi):
 SETUP_GPU = Path(__file__).resolve().parents[1] / "tools" / "setup_gpu.py"
 
 
-def _setup_gpu(*args: str) -> "subprocess.CompletedProcess[str]":
+def _setup_gpu(*args: str):
     import subprocess
     import sys
 

@@ -134,3 +134,27 @@ def test_make_setup_eval_refuses_a_flavour_pypi_cannot_resolve(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "CUDA=cu128" in done.stderr and "backend: transformers" in done.stderr
     assert not (tmp_path / "eval").exists()
+
+
+def test_backend_auto_picks_vllm_only_with_the_environment_and_a_gpu(models, monkeypatch):
+    from tunekit.evaluate import generate
+
+    class Chosen(Exception):
+        pass
+
+    def fake_vllm(*a, **k):
+        raise Chosen("vllm")
+
+    def fake_transformers(path):
+        raise Chosen("transformers")
+
+    monkeypatch.setattr(vllm_backend, "generate_vllm", fake_vllm)
+    monkeypatch.setattr(generate, "load_model", fake_transformers)
+    problems = [GOLD[0]["problem"]]
+    for has_env, device, want in ((True, "cuda", "vllm"), (True, "cpu", "transformers"),
+                                  (False, "cuda", "transformers")):
+        monkeypatch.setattr(vllm_backend, "eval_python", lambda e=has_env: sys.executable if e else None)
+        monkeypatch.setattr(generate, "pick_device", lambda d=device: d)
+        assert generate.vllm_available() is (want == "vllm")
+        with pytest.raises(Chosen, match=f"^{want}$"):
+            generate_answers(models[0], problems, backend="auto", progress=False)

@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: help setup setup-gpu demo test test-fast lab lint sync-notebooks bench clean browser-deps
+.PHONY: help setup setup-gpu setup-eval gpu-smoke demo test test-fast lab lint sync-notebooks bench clean browser-deps
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -15,8 +15,17 @@ help:  ## list the targets
 setup:  ## build .venv from environment.yml (idempotent, fast when nothing changed)
 	@bash tools/setup_venv.sh
 
-setup-gpu: setup  ## add the GPU extras of environment.gpu.yml (ABCI GPU nodes only)
-	$(PY) -m pip install -r <(python3 tools/env_requirements.py environment.gpu.yml)
+# CUDA flavour of torch 2.13.0: cu126 | cu128 | cu130; empty = the newest the driver supports (nvidia-smi).
+CUDA ?=
+setup-gpu: setup  ## torch for this node's CUDA (CUDA=cu126|cu128|cu130, default: detected; environment.gpu.yml)
+	$(PY) tools/setup_gpu.py $(if $(CUDA),--cuda $(CUDA))
+
+EVAL_VENV ?= .venv-eval
+setup-eval:  ## build .venv-eval (EVAL_VENV=...) with vLLM (environment.eval.yml) for backend: vllm, on a GPU node
+	@EVAL_VENV=$(EVAL_VENV) CUDA=$(CUDA) bash tools/setup_eval.sh
+
+gpu-smoke: setup  ## the first 5 minutes on a GPU node: versions, NCCL, varlen, SFT/DPO, resume, vLLM (skips without GPU)
+	$(PY) tools/gpu_smoke.py
 
 demo: setup  ## run the whole pipeline on the tiny CPU model and sample data into runs/
 	$(VENV)/bin/tunekit demo

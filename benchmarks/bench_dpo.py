@@ -1,36 +1,48 @@
-"""Benchmark of DPO: cached reference log-probs vs a live reference model, same model, same batches.
+"""Benchmark of DPO: the kit with `reference: cached` vs `reference: live`, and TRL's DPOTrainer, same model and pairs.
 
     .venv/bin/python benchmarks/bench_dpo.py [--steps 6] [--hidden 256] [--layers 4] [--vocab 16000]
                                              [--seq 256] [--pairs 64] [--global-batch 8] [--micro-batch 2]
 
-Both variants train through the kit's engine (`session.train_session` with `DPOTask`: FSDP2 at
-world size 1, chunked log-probs, pairs packed with isolation) on the same random LLaMA and the same
-synthetic pairs in the same order; only the source of the reference log-probs differs:
+Every variant trains the same random LLaMA on the same synthetic pairs (prompt + responses of
+`--seq / 8` to `--seq` tokens) with the same global and micro batch, each in its own fresh process
+so its peak memory is its own (VmHWM on CPU, torch.cuda.max_memory_allocated on GPU):
 
-  cached  the kit's way: one reference pass over all pairs with the freshly loaded model (timed on
-          its own, and paid once per data/model, not per run), the model freed, then training reads
-          the table; no second model exists during training
-  live    the usual way (TRL, NeMo-Aligner): a frozen copy of the model in the compute dtype
-          (bf16 on GPU, fp32 on CPU) runs a no-grad forward of every micro-batch during training
+  kit cached  `train_dpo` with `reference: cached` (the default): one reference pass before
+              training (timed on its own, paid once per data and model), no reference model during it
+  kit live    `train_dpo` with `reference: live`: a frozen sharded copy of the model runs a no-grad
+              forward of every micro-batch (the usual way: TRL, NeMo-Aligner)
+  TRL live    TRL 1.16.0's DPOTrainer (defaults: live reference model, rows padded to the longest
+              sequence) given exactly the same token ids (benchmarks/trl_dpo_baseline.py), run in a
+              side environment built once under .cache/side-envs/ with TRL on top of the kit's
+              torch and transformers (PyPI access needed the first time; without it the TRL line
+              says why it is missing)
 
-Each variant runs in its own fresh process so its peak memory is its own: VmHWM (high-water
-resident memory) on CPU, torch.cuda.max_memory_allocated on GPU. Step time is measured between the
-loop's step reports after the first (warm-up) step; variants alternate `--repeats` times and the
-fastest run of each is reported. The loss trajectories of both variants are compared as well
-(same numbers expected up to float rounding). Figures are printed, never hard-coded.
+Step time is each run's median `step_seconds` from metrics.jsonl after the first (warm-up) step
+(TRL: between its step-end callbacks); variants alternate `--repeats` times and the fastest run
+of each is reported. Targets printed next to the ratios: kit cached <= 0.6 x kit live step time,
+kit cached peak memory <= TRL's. The ratio cached / live cannot fall below about 3 / 4 by
+construction on any framework: a training step is a forward, a backward (about 2 forwards) and the
+chunked output layer's recomputation, and a live reference adds one no-grad forward; the TRL row
+shows the same ratio for TRL's own two reference modes when `--trl-precompute` is given.
+Figures are printed, never hard-coded.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing as mp
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers.py: dev-only synthetic data
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # helpers.py: dev-only tiny model builder
+TRL_PINS = ("trl==1.16.0",)
 
 
 def _peak_mb(device: str) -> float:
@@ -42,10 +54,8 @@ def _peak_mb(device: str) -> float:
     return int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) / 1024
 
 
-def _pairs(args):
+def _pairs(args) -> list[tuple[list[int], list[int], list[int]]]:
     import numpy as np
-
-    from tunekit.train.batches import make_pair
 
     rng = np.random.default_rng(0)
     out = []
@@ -54,70 +64,85 @@ def _pairs(args):
         c = int(rng.integers(args.seq // 8, args.seq - p))
         r = int(rng.integers(args.seq // 8, args.seq - p))
         ids = lambda n: rng.integers(5, args.vocab, n).tolist()  # noqa: E731
-        out.append(make_pair([1] + ids(p - 1), ids(c), ids(r)))
+        out.append(([1] + ids(p - 1), ids(c), ids(r)))
     return out
 
 
-def _variant(args, model_dir: str, kind: str) -> dict:
+def _kit(args, model_dir: str, reference: str) -> dict:
+    """One kit run through the stage's own entry point, in this (fresh) process."""
     import torch
 
-    import tunekit.train.monitor as loop_mod
     from tunekit.runs import start_run
     from tunekit.train import refcache
+    from tunekit.train.batches import make_pair
     from tunekit.train.distributed import init_distributed
-    from tunekit.train.dpo import DPOTask, cached_reference, reference_logps
-    from tunekit.train.engine import Setup, resolve_precision, train
+    from tunekit.train.dpo import train_dpo
     from tunekit.train.params import DPOParams
 
     torch.set_num_threads(args.threads)
-    refcache.cache_root = lambda: Path(args.tmp) / f"cache-{os.getpid()}"  # always computed anew
-    marks: list[float] = []
-    losses: list[float] = []
-    real_step = loop_mod.Monitor.step
-
-    def timed_step(self, record):
-        if record["step"] > 0 and "lr" in record:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            marks.append(time.perf_counter())
-            losses.append(record["loss"])
-        real_step(self, record)
-
-    loop_mod.Monitor.step = timed_step
-    cfg = DPOParams(max_seq_length=args.seq, global_batch_size=args.global_batch,
-                    micro_batch_size=args.micro_batch, max_steps=args.steps, lr=1e-4, min_lr=1e-5,
-                    warmup_steps=1, val_interval=0, save_interval=0, publish="final",
-                    run_name=f"bench-{kind}-{os.getpid()}", runs_dir=str(Path(args.tmp) / "runs"))
+    refcache.cache_root = lambda: Path(args.tmp) / f"cache-{os.getpid()}"  # computed anew every run
+    cfg = DPOParams(max_seq_length=args.seq, global_batch_size=args.global_batch, micro_batch_size=args.micro_batch,
+                    max_steps=args.steps, lr=1e-4, min_lr=1e-5, warmup_steps=1, val_interval=0, save_interval=0,
+                    publish="final", reference=reference, attn_implementation=args.attn,
+                    run_name=f"bench-{reference}-{os.getpid()}", runs_dir=str(Path(args.tmp) / "runs"))
     run = start_run("dpo", cfg, cfg.run_name, cfg.runs_dir)
-    env = init_distributed()
-    pairs = _pairs(args)
-    model_dir = Path(model_dir)
-    ref_pass_s = None
-    if kind == "cached":
-        t0 = time.perf_counter()
-        reference = cached_reference(reference_logps(cfg, env, model_dir, pairs, [], varlen=False, pad_id=4,
-                                                     log=lambda _m: None))
-        ref_pass_s = time.perf_counter() - t0
-    else:
-        from transformers import AutoModelForCausalLM
-
-        from helpers import live_reference
-        from tunekit.train.engine import CausalLMForTraining
-
-        dtype = resolve_precision(cfg.precision, env)
-        lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
-        reference = live_reference(CausalLMForTraining(lm.to(env.device), cfg.loss_chunk_tokens))
-    task = DPOTask(cfg, reference, packed=True, varlen=False, pad_id=4)
-    train(task, cfg, run, Setup(env, model_dir, "sdpa", 4), pairs, None)
+    pairs = [make_pair(*p) for p in _pairs(args)]
+    t0 = time.perf_counter()
+    result = train_dpo(cfg, run, env=init_distributed(), datasets=(pairs, [], {}), model_dir=Path(model_dir))
+    steps = [r for r in run.metrics() if "lr" in r]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    step_s = (marks[-1] - marks[0]) / max(len(marks) - 1, 1)
-    return {"step_s": step_s, "peak_mb": _peak_mb(device), "ref_pass_s": ref_pass_s, "losses": losses}
+    return {"step_s": statistics.median(r["step_seconds"] for r in steps[1:]), "peak_mb": _peak_mb(device),
+            "losses": [r["loss"] for r in steps], "ref_pass_s": result["data"]["reference_cache"]["seconds"],
+            "total_s": time.perf_counter() - t0}
 
 
 def _in_process(target, *a) -> dict:
     # A fresh interpreter per variant: its own peak memory, no state shared between variants.
     with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
         return pool.apply(target, a)
+
+
+# ------------------------------------------------------------------ TRL in a side environment
+def trl_python(log=print) -> Path:
+    """The python of a venv holding TRL on top of this one's packages (built once; raises RuntimeError)."""
+    key = hashlib.sha256(json.dumps([TRL_PINS, sys.prefix, sys.version_info[:2]]).encode()).hexdigest()[:12]
+    root = Path(os.environ.get("TUNEKIT_SIDE_ENVS") or REPO / ".cache" / "side-envs") / f"trl-bench-{key}"
+    python = root / "bin" / "python"
+    if (root / "READY").is_file():
+        return python
+    log(f"building the TRL baseline environment in {root} (once) ...")
+    tmp = root.with_name(root.name + ".partial")
+    subprocess.run(["rm", "-rf", str(tmp)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, capture_output=True)
+    import site
+
+    # The kit's venv underneath (torch, transformers): TRL is measured on the very same builds.
+    site_dir = next(p for p in site.getsitepackages() if p.endswith("site-packages"))
+    target = next((tmp / "lib").glob("python*/site-packages"))
+    (target / "tunekit-base.pth").write_text(f"import site; site.addsitedir({site_dir!r})\n")
+    proc = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                           *TRL_PINS], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [x for x in (proc.stderr or proc.stdout).splitlines() if x.strip() and "WARNING: Location" not in x]
+        raise RuntimeError(f"pip install {' '.join(TRL_PINS)} failed: {lines[-1] if lines else 'no output'}")
+    (tmp / "READY").write_text("\n".join(TRL_PINS) + "\n")
+    subprocess.run(["rm", "-rf", str(root)], check=True)
+    tmp.rename(root)
+    return python
+
+
+def _trl(args, model_dir: str, python: Path, precompute: bool) -> dict:
+    req = {"model_dir": model_dir, "pairs": _pairs(args), "micro_batch": args.micro_batch,
+           "global_batch": args.global_batch, "steps": args.steps, "threads": args.threads, "pad_id": 4,
+           "vocab": args.vocab, "precompute": precompute, "out_dir": str(Path(args.tmp) / "trl-out")}
+    rq, rs = Path(args.tmp) / "trl-request.json", Path(args.tmp) / "trl-result.json"
+    rq.write_text(json.dumps(req))
+    env = dict(os.environ, PYTHONPATH="", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([str(python), str(REPO / "benchmarks" / "trl_dpo_baseline.py"), str(rq), str(rs)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"TRL run failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+    return json.loads(rs.read_text())
 
 
 def main() -> int:
@@ -130,45 +155,70 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=64, help="synthetic training pairs")
     ap.add_argument("--global-batch", type=int, default=8, help="pairs per optimizer step")
     ap.add_argument("--micro-batch", type=int, default=2, help="pairs per forward pass")
-    ap.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    ap.add_argument("--attn", default="auto", help="the kit's attn_implementation (auto: per-document)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads per run (1: stable on a shared machine)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant; the fastest is reported")
+    ap.add_argument("--no-trl", action="store_true", help="skip the TRL baseline")
+    ap.add_argument("--trl-precompute", action="store_true", help="also run TRL with precompute_ref_log_probs")
     args = ap.parse_args()
     os.environ.setdefault("TUNEKIT_HEADLESS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from helpers import tiny_llama_dir
 
+    trl_note, python = "", None
+    if not args.no_trl:
+        try:
+            python = trl_python()
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            trl_note = f"TRL baseline unavailable: {exc}"
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
         args.tmp = tmp
         model_dir = str(tiny_llama_dir(Path(tmp) / "model", vocab=args.vocab, hidden=args.hidden,
                                        layers=args.layers, max_positions=max(args.seq, 512)))
-        res: dict[str, list[dict]] = {"cached": [], "live": []}
-        for _ in range(args.repeats):  # interleaved, so a load spike hits both variants alike
-            for kind in res:
-                res[kind].append(_in_process(_variant, args, model_dir, kind))
+        variants = {"kit cached": lambda: _in_process(_kit, args, model_dir, "cached"),
+                    "kit live": lambda: _in_process(_kit, args, model_dir, "live")}
+        if python is not None:
+            variants["TRL live"] = lambda: _trl(args, model_dir, python, False)
+            if args.trl_precompute:
+                variants["TRL precomputed"] = lambda: _trl(args, model_dir, python, True)
+        res: dict[str, list[dict]] = {k: [] for k in variants}
+        for _ in range(args.repeats):  # interleaved, so a load spike hits every variant alike
+            for name, fn in variants.items():
+                try:
+                    res[name].append(fn())
+                except RuntimeError as exc:
+                    trl_note = str(exc)
         n_params = _count_params(model_dir)
-    best = {k: min(v, key=lambda r: r["step_s"]) for k, v in res.items()}
+    best = {k: min(v, key=lambda r: r["step_s"]) for k, v in res.items() if v}
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"model: hidden {args.hidden}, layers {args.layers}, vocab {args.vocab} ({n_params / 1e6:.1f}M "
-          f"params); {args.pairs} pairs of <= {args.seq} tokens per sequence; global batch "
-          f"{args.global_batch} pairs, micro {args.micro_batch}; {args.steps} steps; device {device} "
-          f"({args.threads} threads); best of {args.repeats}")
-    print(f"{'variant':<8} {'step s':>8} {'peak MB':>9}  (all runs: step s)")
+    print(f"model: hidden {args.hidden}, layers {args.layers}, vocab {args.vocab} ({n_params / 1e6:.1f}M params); "
+          f"{args.pairs} pairs of <= {args.seq} tokens per sequence; global batch {args.global_batch} pairs, micro "
+          f"{args.micro_batch}; {args.steps} steps; kit attention {args.attn}; device {device} ({args.threads} "
+          f"thread(s)); best of {args.repeats}; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'variant':<16} {'step s':>8} {'peak MB':>9}  (all runs: step s)")
     for k, r in best.items():
         runs = ", ".join(f"{x['step_s']:.3f}" for x in res[k])
-        print(f"{k:<8} {r['step_s']:>8.3f} {r['peak_mb']:>9.0f}  ({runs})")
-    c, live = best["cached"], best["live"]
-    diff = max(abs(a - b) for a, b in zip(c["losses"], live["losses"]))
-    print(f"step time cached / live: {c['step_s'] / live['step_s']:.2f}x (target <= 0.6x)")
-    print(f"peak memory cached - live: {c['peak_mb'] - live['peak_mb']:+.0f} MB "
-          f"(the live reference's weights alone: {n_params * (2 if device == 'cuda' else 4) / 2**20:.0f} MB)")
-    print(f"one-off reference pass (cached variant, all {args.pairs} pairs): {c['ref_pass_s']:.2f} s "
+        print(f"{k:<16} {r['step_s']:>8.3f} {r['peak_mb']:>9.0f}  ({runs})")
+    if trl_note:
+        print(trl_note)
+    c, live = best["kit cached"], best["kit live"]
+    out = {"cached_step_s": round(c["step_s"], 4), "live_step_s": round(live["step_s"], 4),
+           "cached_peak_mb": round(c["peak_mb"]), "live_peak_mb": round(live["peak_mb"])}
+    print(f"step time kit cached / kit live: {c['step_s'] / live['step_s']:.2f}x (target <= 0.6x)")
+    if "TRL live" in best:
+        t = best["TRL live"]
+        print(f"peak memory kit cached / TRL live: {c['peak_mb'] / t['peak_mb']:.2f}x (target <= 1.0x); "
+              f"step time kit cached / TRL live: {c['step_s'] / t['step_s']:.2f}x")
+        out.update(trl_step_s=round(t["step_s"], 4), trl_peak_mb=round(t["peak_mb"]))
+        if "TRL precomputed" in best:
+            print(f"step time TRL precomputed / TRL live: {best['TRL precomputed']['step_s'] / t['step_s']:.2f}x")
+    print(f"one-off reference pass (kit cached, all {args.pairs} pairs): {c['ref_pass_s']:.2f} s "
           f"= {c['ref_pass_s'] / c['step_s']:.1f} training steps")
-    print(f"largest loss difference cached vs live over {len(c['losses'])} steps: {diff:.2e}")
-    print(json.dumps({"cached_step_s": round(c["step_s"], 4), "live_step_s": round(live["step_s"], 4),
-                      "cached_peak_mb": round(c["peak_mb"]), "live_peak_mb": round(live["peak_mb"]),
-                      "ref_pass_s": round(c["ref_pass_s"], 3), "max_loss_diff": diff}))
+    diff = max(abs(a - b) for a, b in zip(c["losses"], live["losses"]))
+    print(f"largest loss difference kit cached vs live over {len(c['losses'])} steps: {diff:.2e}")
+    print(json.dumps({**out, "ref_pass_s": c["ref_pass_s"], "max_loss_diff": diff}))
     return 0
 
 

@@ -18,11 +18,12 @@
 # official kit's loss family (`dpo`, `ipo`, and the reward-aware `rpo_sq`, `rpo_bwd_kl`,
 # `rpo_fwd_kl`) and its parameter names. The reference model is the starting model; its
 # log-probabilities of every pair are computed once and cached on disk by content, so no second
-# model sits in memory during training and a sweep over beta or lr never recomputes them. Training
-# reuses the SFT engine (FSDP2, checkpoints with exact resume, `hf_model/` publishing); every step
-# records loss, reward accuracy, margins, rewards, log-probs and an implicit KL estimate. With
-# `peft: lora` only LoRA adapters train (docs/lora.md); `lora_reference: base` then takes the
-# reference log-probs from the policy with its adapters switched off instead of the cache.
+# model sits in memory during training and a sweep over beta or lr never recomputes them
+# (`reference: live` computes them every step instead). Training reuses the SFT engine (FSDP2,
+# checkpoints with exact resume, `hf_model/` publishing); every step records loss, reward
+# accuracy, margins, rewards, log-probs and an implicit KL estimate. With `peft: lora` only LoRA
+# adapters train (docs/lora.md); `reference: live` then takes the reference log-probs from the
+# policy with its adapters switched off (no second model).
 #
 # **Prompt ids: `template_style`.** The default `kit` style builds every DPO prompt exactly like
 # the SFT conversation and the chat template (what vLLM's `llm.chat` sends), so SFT, DPO and
@@ -59,7 +60,8 @@ preference_loss_weight: float = 1.0  # weight of the preference loss (official: 
 sft_loss_weight: float = 0.0  # weight of the NLL of the chosen response (official: 0)
 preference_average_log_probs: bool = False  # per-token mean instead of sum of log-probs (official: false)
 label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels, dpo only (0: off)
-pack_pairs: bool = True  # True: all sequences of a micro-batch in one isolated row | False: one padded row each
+pack_pairs: bool = True  # True: a micro-batch's sequences packed by their real lengths, kept apart | False: one padded row each
+reference: str = "cached"  # cached: reference log-probs computed once before training | live: every step (a frozen copy of the model; with LoRA the policy with adapters off)
 # --- training
 global_batch_size: int = 16  # pairs per optimizer step, all processes together (official: 256)
 micro_batch_size: int = 8  # pairs per forward/backward per process (official: 2)
@@ -81,7 +83,9 @@ delete_optimizer_state: bool = False  # drop optimizer state after training to s
 seed: int = 1234  # random seed (data order is a function of seed and step)
 precision: str = "auto"  # auto: bf16 compute on GPU, fp32 on CPU | bf16 | fp32
 activation_checkpointing: bool = False  # recompute layers in backward: less memory, ~25% slower
-attn_implementation: str = "auto"  # auto: FlashAttention varlen on GPU if installed, else SDPA | sdpa | flash_attention_2 | eager
+activation_checkpointing_every: int = 1  # with activation_checkpointing: recompute every n-th layer only (1: all; 2: half, faster, more memory)
+compile_layers: bool = False  # torch.compile each decoder layer (GPU: faster after a warm-up)
+attn_implementation: str = "auto"  # auto/varlen: per-document attention (FlashAttention varlen on GPU) | sdpa | eager (dense block mask)
 loss_chunk_tokens: int = 1024  # tokens per chunk of the output layer + loss (bounds logits memory)
 nproc_per_node: int = 1  # training processes per node (GPUs per node on ABCI: 8)
 max_train_minutes: float = 0.0  # stop (checkpointed) after this many minutes, 0: no own limit
@@ -94,7 +98,6 @@ lora_rank: int = 32  # LoRA rank r (official adapter_dim: 32)
 lora_alpha: float = 32.0  # LoRA alpha, updates are scaled by alpha / rank (official: alpha equals adapter_dim)
 lora_dropout: float = 0.0  # dropout on the adapter input (official adapter_dropout: 0.0)
 lora_target_modules: str = "attention_qkv"  # comma list: attention_qkv, attention_dense, mlp_fc1, mlp_fc2, attention, mlp, all, or HF names (q_proj, ..., down_proj)
-lora_reference: str = "cache"  # with peft lora: cache (reference log-probs computed once) | base (policy with adapters off, no cache)
 # --- run record
 run_name: str = ""  # run folder name (empty: automatic); the same name reopens (resumes) that run
 runs_dir: str = ""  # runs root (empty: <repo>/runs)

@@ -19,7 +19,7 @@ temperature: float = 0.0  # 0: greedy, as the submission example; above 0: sampl
 top_p: float = 1.0  # nucleus sampling threshold (sampling only)
 n_samples: int = 1  # answers per problem; more than 1 needs temperature above 0 (majority vote, pass@k, maj@k)
 batch_size: int = 8  # problems generated together (transformers backend)
-backend: str = "auto"  # auto (vLLM on a GPU node where installed) | transformers | vllm
+backend: str = "auto"  # auto (vLLM on a GPU node with the evaluation env, make setup-eval) | transformers | vllm
 scorer: str = "auto"  # auto (official math-eval where installed) | tunekit | official
 seed: int = 0  # sampling seed
 # --- run record

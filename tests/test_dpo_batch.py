@@ -31,23 +31,61 @@ def test_labels_score_only_the_response():
     assert (empty == IGNORE_INDEX).all()
 
 
-def test_packed_layout_keeps_pairs_in_one_row_and_separate_documents():
+def test_per_document_layout_puts_the_pairs_back_to_back_in_one_row():
     pairs = random_pairs(3)
-    pb = build_pair_batch(pairs, packed=True, pad_id=4, pad_multiple=8)
+    pb = build_pair_batch(pairs, packed=True, pad_id=4, pad_multiple=8, varlen=True)
     b = pb.batch
-    assert b.input_ids.shape[0] == 1 and b.input_ids.shape[1] % 8 == 0
+    assert b.input_ids.shape[0] == 1 and b.input_ids.shape[1] % 8 == 0 and b.attention_mask is None
     lens = [n for p in pairs for n in p.lengths]
     assert b.doc_lens[0][:6].tolist() == lens and int(b.doc_lens[0].sum()) == b.input_ids.shape[1]
-    assert pb.tokens == sum(lens)
-    # every document restarts its positions at 0, and the mask never crosses a boundary
+    assert b.cu_seqlens.tolist()[:7] == np.cumsum([0] + lens).tolist()
+    assert pb.tokens == sum(lens) and b.input_ids.shape[1] - sum(lens) < 8  # only the rounding pads
     starts = np.cumsum([0] + lens[:-1])
     assert all(int(b.position_ids[0, s]) == 0 for s in starts)
-    mask = b.attention_mask[0, 0]
-    assert not mask[starts[1], starts[1] - 1] and mask[starts[1] + 1, starts[1]]
-    # scored tokens = response tokens only
     n_scored = int((b.labels != IGNORE_INDEX).sum())
     assert n_scored == sum(len(p.chosen) + len(p.rejected) for p in pairs)
     assert pb.n_chosen.tolist() == [len(p.chosen) for p in pairs]
+
+
+def test_masked_layout_rows_are_as_wide_as_the_longest_document():
+    pairs = random_pairs(6)
+    lens = [n for p in pairs for n in p.lengths]
+    pb = build_pair_batch(pairs, packed=True, pad_id=4, pad_multiple=8)
+    b = pb.batch
+    width = b.input_ids.shape[1]
+    assert width == -(-max(lens) // 8) * 8 and width % 8 == 0
+    # fewer rows than documents (pairs share rows), every document exactly once, none split
+    assert b.input_ids.shape[0] < len(lens) and b.attention_mask.shape == (b.input_ids.shape[0], 1, width, width)
+    seen = sorted(int(d) for d in pb.doc_index.unique() if d < len(lens))
+    assert seen == list(range(len(lens)))
+    for d, n in enumerate(lens):
+        rows = (pb.doc_index == d).any(dim=1).nonzero().flatten()
+        assert len(rows) == 1 and int((pb.doc_index == d).sum()) == n
+    # the mask never crosses a document boundary inside a row
+    for r in range(b.input_ids.shape[0]):
+        where = pb.doc_index[r]
+        cross = where[:, None] != where[None, :]
+        assert not (b.attention_mask[r, 0] & cross).any()
+    assert pb.tokens == sum(lens)
+    # quadratic attention cost follows the real lengths: far below one row holding everything
+    assert b.input_ids.shape[0] * width ** 2 < sum(lens) ** 2 / 2
+
+
+def test_rows_padded_for_cudnn_never_have_length_64_mod_128():
+    # pytorch#196678: with a mask, cuDNN's backward returns NaN on H200 at lengths of 64 mod 128.
+    from tunekit.train.batches import pair_rows
+    from tunekit.train.distributed import DistEnv
+    from tunekit.train.engine import resolve_attention, row_multiple
+
+    cpu = DistEnv(0, 1, 0, torch.device("cpu"), "gloo")
+    cuda = DistEnv(0, 1, 0, torch.device("cuda", 0), "nccl")  # only its device type is read
+    assert row_multiple("sdpa", cuda) == 128 and row_multiple("eager", cuda) == 128
+    assert row_multiple("sdpa", cpu) == 8 and row_multiple(resolve_attention("auto", cuda), cuda) == 8
+    lens = [40, 60, 25, 57]                   # longest 60: rounded to 8 it is 64, a NaN length
+    assert pair_rows(lens, packed=True, varlen=False, pad_multiple=8)[1] % 128 == 64
+    for packed in (True, False):
+        _, width = pair_rows(lens, packed=packed, varlen=False, pad_multiple=row_multiple("sdpa", cuda))
+        assert width == 128
 
 
 @pytest.mark.parametrize("packed", [True, False])

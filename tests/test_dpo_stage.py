@@ -148,3 +148,19 @@ def test_a_bad_reward_is_one_sentence_with_its_line(tmp_path):
                            "datasets": {"bad": {}}})
     with pytest.raises(UserError, match=r"bad\.jsonl:4: chosen_reward/rejected_reward must be numbers"):
         build_dpo_data(cfg, resolve_model("tiny"), show_progress=False)
+
+
+def test_live_reference_follows_the_cached_trajectory_without_a_cache(isolated):
+    # Full fine-tuning with `reference: live`: a frozen sharded copy of the starting model runs
+    # every micro-batch; the numbers are those of the cached reference up to float rounding.
+    cached_run, _, cached = _train("cached-ref")
+    entries = sorted((isolated / "cache").glob("refcache/*/*/logps.npz"))
+    live_run, _, live = _train("live-ref", reference="live")
+    assert live["status"] == "completed" and live["data"]["reference_cache"]["key"] is None
+    assert live["data"]["reference"] == "live: frozen copy of the starting model"
+    assert cached["data"]["reference"] == "cached log-probs"
+    assert len(entries) == 1 and sorted((isolated / "cache").glob("refcache/*/*/logps.npz")) == entries
+    a = [r["loss"] for r in cached_run.metrics() if "lr" in r]
+    b = [r["loss"] for r in live_run.metrics() if "lr" in r]
+    assert len(a) == len(b) == 4 and b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    assert live["final_val_loss"] == pytest.approx(cached["final_val_loss"], rel=1e-5)

@@ -82,6 +82,7 @@ def test_a_job_runs_its_notebook_with_hostile_values_and_secrets_intact(fake, tm
     logs = sorted((repo_root() / "logs").glob(f"{job['name']}-*"))
     out = next(p for p in logs if p.name.endswith(f"-{sub.job_ids[0].split('.')[0]}.out"))
     assert "[chain] link 1/1: done (exit code 0)" in out.read_text()
+    assert "\n[gpu] torch " in out.read_text()  # every job starts with the torch/CUDA/NCCL/driver line
     # The secret reached the job but no file the kit wrote (the fake scheduler's own job store,
     # like PBS's Variable_List, is the only place that holds it).
     for path in [*run_dir.rglob("*"), *logs]:

@@ -139,7 +139,7 @@ def _dpo(tmp_path, name, model_dir, reference, **over):
 
     base = dict(max_seq_length=SEQ, global_batch_size=8, micro_batch_size=4, max_steps=10, lr=0.02,
                 min_lr=0.002, warmup_steps=1, val_interval=5, save_interval=5, publish="final",
-                run_name=name, runs_dir=str(tmp_path / "runs"), lora_reference=reference, **LORA)
+                run_name=name, runs_dir=str(tmp_path / "runs"), reference=reference, **LORA)
     base.update(over)
     cfg = DPOParams(**base)
     run = start_run("dpo", cfg, cfg.run_name, cfg.runs_dir)
@@ -148,23 +148,19 @@ def _dpo(tmp_path, name, model_dir, reference, **over):
 
 
 def test_dpo_lora_learns_with_either_reference_and_both_agree(tmp_path, model_dir):
-    runs = {ref: _dpo(tmp_path, ref, model_dir, ref) for ref in ("cache", "base")}
+    runs = {ref: _dpo(tmp_path, ref, model_dir, ref) for ref in ("cached", "live")}
     for ref, (run, res) in runs.items():
         dev = [r for r in run.metrics() if "val_reward_accuracy" in r]
         assert res["status"] == "completed" and res["peft"] == "lora", ref
         assert dev[-1]["val_reward_accuracy"] > dev[0]["val_reward_accuracy"] + 0.2, ref
         assert run.path("lora_adapter", "adapter_config.json").is_file()
-    assert runs["cache"][1]["data"]["reference_cache"]["hit"] is False
-    assert runs["base"][1]["data"]["reference_cache"]["key"] is None  # no cache involved
-    la = [r["loss"] for r in runs["cache"][0].metrics() if "loss" in r]
-    lb = [r["loss"] for r in runs["base"][0].metrics() if "loss" in r]
+    assert runs["cached"][1]["data"]["reference_cache"]["hit"] is False
+    assert runs["live"][1]["data"]["reference_cache"]["key"] is None  # no cache involved
+    assert "adapters disabled" in runs["live"][1]["data"]["reference"]  # no second model with LoRA
+    la = [r["loss"] for r in runs["cached"][0].metrics() if "loss" in r]
+    lb = [r["loss"] for r in runs["live"][0].metrics() if "loss" in r]
     assert len(la) == len(lb) == 10
     for a, b in zip(la, lb):
         assert b == pytest.approx(a, rel=1e-4, abs=1e-5)
 
 
-def test_base_reference_without_lora_is_refused():
-    from tunekit.errors import UserError
-
-    with pytest.raises(UserError, match="lora_reference='base' needs peft='lora'"):
-        DPOParams.parse({"lora_reference": "base"})

@@ -170,10 +170,11 @@ def test_activation_checkpointing_keeps_fewer_tensors_for_backward(model_dir, da
     from tunekit.train.engine import load_for_training
 
     env = init_distributed()
-    batch = collate_packed(data[0][:2])
+    batch = collate_packed(data[0][:2], varlen=True)
     saved = {}
-    for ac in (False, True):
-        model, _ = load_for_training(model_dir, env, activation_checkpointing=ac)
+    # off, every layer, every 2nd layer (the tiny model has 2: layer 0 recomputed, layer 1 kept)
+    for ac, every in ((False, 1), (True, 1), (True, 2)):
+        model, _ = load_for_training(model_dir, env, activation_checkpointing=ac, checkpoint_every=every)
         count = [0]
 
         def pack(t):
@@ -183,5 +184,6 @@ def test_activation_checkpointing_keeps_fewer_tensors_for_backward(model_dir, da
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             lp = model(labels=batch.labels, **batch.model_inputs())
         (-lp.sum()).backward()
-        saved[ac] = count[0]
-    assert saved[True] < saved[False] / 2
+        saved[(ac, every)] = count[0]
+    assert saved[(True, 1)] < saved[(False, 1)] / 2
+    assert saved[(True, 1)] < saved[(True, 2)] < saved[(False, 1)]

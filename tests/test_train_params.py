@@ -51,7 +51,9 @@ def test_bad_params_one_sentence(values, fragment):
     ({"label_smoothing": 0.5}, "parameter 'label_smoothing' must be < 0.5"),
     ({"label_smoothing": 0.1, "preference_loss": "ipo"}, "label_smoothing applies to preference_loss=dpo only"),
     ({"preference_loss_weight": 0.0, "sft_loss_weight": 0.0}, "cannot both be 0"),
-    ({"lora_reference": "base"}, "lora_reference='base' needs peft='lora'"),
+    ({"reference": "base"}, "parameter 'reference' must be one of cached|live"),
+    ({"attn_implementation": "flash_attention_2"}, "parameter 'attn_implementation' must be one of "
+                                                   "auto|varlen|sdpa|eager"),
     ({"dpo_overlong": "cut"}, "parameter 'dpo_overlong' must be one of drop|truncate_prompt"),
 ])
 def test_bad_dpo_params_one_sentence(values, fragment):

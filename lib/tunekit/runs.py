@@ -76,8 +76,11 @@ def environment_snapshot() -> dict[str, Any]:
         import torch
 
         if torch.cuda.is_available():
+            from .gpu import versions
+
             devices = {"cuda": torch.cuda.device_count(),
-                       "names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+                       "names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+                       **versions()}  # torch, CUDA, cuDNN, NCCL and driver versions
     except ImportError:
         pass
     # Only scheduler/launcher variables that identify the job: never dump os.environ (secrets).

@@ -219,6 +219,8 @@ def _job_env(home: Path, job: dict) -> dict:
         "PBS_O_WORKDIR": job["workdir"], "PBS_O_PATH": job["path"], "PBS_O_HOME": env.get("HOME", ""),
         "PBS_QUEUE": job["queue"], "PBS_NODEFILE": str(nodefile), "PBS_LOCALDIR": str(local),
         "PBS_ENVIRONMENT": "PBS_BATCH", "ENVIRONMENT": "BATCH",
+        # The fake cluster's GPU queues run on this CPU: say so, or the kit refuses to train there.
+        "TUNEKIT_DEVICE": "cpu",
     })
     env.update(job["vars"])
     return env

@@ -1,4 +1,4 @@
-"""Answer problems with a model: batched transformers generation on CPU/GPU (vLLM optional).
+"""Answer problems with a model: batched transformers generation on CPU/GPU, or vLLM in its own environment.
 
 The prompt path is the submission's: one user message rendered by the model's chat template
 (`tunekit.evaluate.prompts`). Decoding is explicit (a fresh GenerationConfig, top_k off), so a
@@ -163,12 +163,10 @@ def _generate_ids(model, tok, prompts, decoding, progress, desc) -> Generation:
 
 
 def vllm_available() -> bool:
-    """True if vLLM can be imported and a GPU is visible."""
-    try:
-        import vllm  # noqa: F401
-    except Exception:
-        return False
-    return pick_device() == "cuda"
+    """True if the evaluation environment (vLLM, vllm_backend.eval_python) exists and a GPU is visible."""
+    from .vllm_backend import eval_python
+
+    return eval_python() is not None and pick_device() == "cuda"
 
 
 def generate_answers(model_spec: str | os.PathLike, problems: list[str], style: str = "official",
@@ -177,7 +175,8 @@ def generate_answers(model_spec: str | os.PathLike, problems: list[str], style: 
     """Answer each problem text with a model (spec: "tiny", HF dir or run dir) -> Generation.
 
     Args:
-        backend: "transformers", "vllm" (GPU node with vLLM installed) or "auto" (vLLM if usable).
+        backend: "transformers", "vllm" (GPU node with the evaluation environment, vllm_backend.py)
+            or "auto" (vLLM if usable).
         loaded: an already loaded (model, tokenizer) pair to reuse (transformers only).
     """
     if backend not in BACKENDS:
@@ -186,7 +185,7 @@ def generate_answers(model_spec: str | os.PathLike, problems: list[str], style: 
     if backend == "vllm" or (backend == "auto" and loaded is None and vllm_available()):
         from .vllm_backend import generate_vllm
 
-        return Generation(*generate_vllm(resolve_model_dir(model_spec), messages, decoding), "vllm")
+        return Generation(*generate_vllm(resolve_model_dir(model_spec), messages, decoding, progress), "vllm")
     model, tok = loaded or load_model(resolve_model_dir(model_spec))
     prompts = [prompt_ids(tok, m) for m in messages]
     return generate_ids(model, tok, prompts, decoding, progress=progress)

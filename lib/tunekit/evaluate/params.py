@@ -30,7 +30,7 @@ class EvalParams(RunParams):
         1, description="answers per problem; more than 1 needs temperature above 0 (majority vote, pass@k, maj@k)")
     batch_size: int = Field(8, description="problems generated together (transformers backend)")
     backend: Literal[BACKENDS] = Field(
-        "auto", description="auto (vLLM on a GPU node where installed) | transformers | vllm")
+        "auto", description="auto (vLLM on a GPU node with the evaluation env, make setup-eval) | transformers | vllm")
     scorer: Literal[SCORERS] = Field(
         "auto", description="auto (official math-eval where installed) | tunekit | official")
     seed: int = Field(0, description="sampling seed")
@@ -49,6 +49,13 @@ class EvalParams(RunParams):
         return Decoding(max_new_tokens=self.max_new_tokens, temperature=float(self.temperature),
                         top_p=float(self.top_p), n_samples=self.n_samples, batch_size=self.batch_size,
                         seed=self.seed)
+
+    def job_preflight(self) -> None:
+        """Checks `tunekit job submit` runs before queueing: backend vllm needs the evaluation environment."""
+        if self.backend == "vllm":
+            from .vllm_backend import require_eval_python
+
+            require_eval_python()
 
     def model_post_init(self, __context: Any) -> None:
         self.decoding()  # reject e.g. n_samples > 1 with temperature 0 before any model is loaded

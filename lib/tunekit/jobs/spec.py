@@ -325,6 +325,9 @@ def plan_job(req: JobRequest, site: Site | None = None) -> JobPlan:
     cfg = check_params(nb, params, source=source)
     if nb.stage in DISTRIBUTED_STAGES:
         _check_layout(cfg, req.nodes * nproc)
+    preflight = getattr(cfg, "job_preflight", None)  # e.g. backend: vllm needs the evaluation environment
+    if preflight is not None:
+        preflight()
 
     root = resolve(params["runs_dir"]) if params.get("runs_dir") else runs_root()
     check_text(str(root), "runs_dir")

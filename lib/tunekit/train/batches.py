@@ -5,21 +5,24 @@ where no loss), `position_ids` (restarting at 0 per document) and `doc_lens` (su
 sequence length; trailing padding is its own final document). Attention must never cross a
 document boundary, so the batch carries either
 
+- `cu_seqlens` (+ `max_seqlen`) over the flattened [1, B*T] batch for per-document attention
+  (attention.py: FlashAttention's varlen kernel on GPU, per-document SDPA on CPU; the default,
+  `attn_implementation: auto`), which needs no T x T mask, or
 - `attention_mask`: a [B, 1, T, T] boolean block-diagonal causal mask (True = may attend), which
-  transformers passes to SDPA/eager unchanged (used on CPU, and on GPU without FlashAttention), or
-- `cu_seqlens` (+ `max_seqlen`) over the flattened [1, B*T] batch for FlashAttention's varlen
-  kernel, which is faster and needs no T x T mask.
+  transformers passes to SDPA/eager unchanged (`attn_implementation: sdpa | eager`, the reference).
 
 Restarting position ids make RoPE see each document as if it were alone; together with the mask
 the logits equal those of each document run by itself (tests/test_train_batches.py).
 
 DPO pairs use the same layout: each micro-batch of N pairs becomes 2N documents `prompt + chosen`,
-`prompt + rejected` (c0, r0, c1, r1, ...), either packed side by side in ONE row padded to a
-multiple of `pad_multiple` (default: no compute spent on padding between documents) or one row
-per document padded to the longest (the official kit's layout). Labels are -100 on the prompt, on
-each document's last position and on padding: the prompt is never scored. Both responses of a
-pair therefore go through ONE forward pass, and `sequence_logps` sums the chunked head's token
-log-probs per document.
+`prompt + rejected` (c0, r0, c1, r1, ...), laid out so that attention cost and memory follow the
+documents' real lengths (`pair_rows`): back to back in one row with per-document attention, or,
+with a dense mask, in rows as wide as the longest document; `pack_pairs: false` gives one row per
+document padded to the longest (the official kit's layout). Rows are padded to a multiple of
+`pad_multiple` (128 for a mask on CUDA: cuDNN's masked backward returns NaN at lengths of 64 mod
+128 on H200, pytorch#196678). Labels are -100 on the prompt, on each document's last position and
+on padding: the prompt is never scored. Both responses of a pair therefore go through ONE forward
+pass, and `sequence_logps` sums the chunked head's token log-probs per document.
 
 Every batch type tells the loop its `weight` (its share of the loss normaliser: labelled tokens
 for SFT, pairs for DPO) and its real (non-padding) `tokens`.
@@ -72,8 +75,8 @@ class PackedBatch:
         return self.real_tokens
 
     def to(self, device) -> "PackedBatch":
-        """The same batch on `device` (non-blocking copies where possible)."""
-        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        """The same batch on `device` (from pinned host memory, asynchronously, on CUDA)."""
+        mv = lambda t: to_device(t, device)  # noqa: E731
         return PackedBatch(mv(self.input_ids), mv(self.labels), mv(self.position_ids), self.doc_lens,
                            attention_mask=mv(self.attention_mask), cu_seqlens=mv(self.cu_seqlens),
                            max_seqlen=self.max_seqlen, real_tokens=self.real_tokens, extra=self.extra,
@@ -88,6 +91,15 @@ class PackedBatch:
                     "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen}
         return {"input_ids": self.input_ids, "position_ids": self.position_ids,
                 "attention_mask": self.attention_mask}
+
+
+def to_device(t: torch.Tensor | None, device) -> torch.Tensor | None:
+    """`t` on `device`; a CPU tensor bound for CUDA goes through page-locked memory (asynchronous copy)."""
+    if t is None:
+        return None
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def block_causal_mask(doc_lens: Sequence[int], seq_len: int) -> torch.Tensor:
@@ -202,7 +214,7 @@ class PairBatch:
 
     def to(self, device) -> "PairBatch":
         """The same batch on `device`."""
-        mv = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        mv = lambda t: to_device(t, device)  # noqa: E731
         return PairBatch(self.batch.to(device), mv(self.doc_index), self.n_pairs, mv(self.n_chosen),
                          mv(self.n_rejected), mv(self.chosen_reward), mv(self.rejected_reward),
                          mv(self.weights), self.digests)
@@ -222,16 +234,45 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def pair_rows(lens: Sequence[int], *, packed: bool, varlen: bool, pad_multiple: int) -> tuple[list[list[int]], int]:
+    """Which documents share a row, and the row width, so that cost follows the documents' real lengths.
+
+    - varlen (per-document attention, no mask): every document in ONE row, back to back; attention
+      runs per document, so nothing but the final rounding is padding.
+    - packed with a dense mask: rows as wide as the longest document (rounded up), filled first-fit
+      with the longest documents first. Attention costs rows x width^2 instead of (sum of
+      lengths)^2 for one row holding everything, and the [R, 1, W, W] mask stays small.
+    - not packed: one row per document, padded to the longest (the official kit's layout).
+    """
+    if varlen and packed:
+        return [list(range(len(lens)))], _round_up(sum(lens), pad_multiple)
+    width = _round_up(max(lens), pad_multiple)
+    if not packed:
+        return [[i] for i in range(len(lens))], width
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for d in sorted(range(len(lens)), key=lambda i: (-lens[i], i)):
+        for r, free in enumerate(room):
+            if lens[d] <= free:
+                rows[r].append(d)
+                room[r] -= lens[d]
+                break
+        else:
+            rows.append([d])
+            room.append(width - lens[d])
+    return rows, width
+
+
 def build_pair_batch(pairs: Sequence[Pair], *, packed: bool = True, pad_id: int = 0,
                      pad_multiple: int = 8, varlen: bool = False) -> PairBatch:
-    """Lay out `pairs` for one forward pass (packed in one row, or one row per document).
+    """Lay out `pairs` for one forward pass (rows by `pair_rows`), documents kept apart.
 
     Args:
         pairs: the micro-batch.
-        packed: True = all documents in one row; False = one padded row per document.
+        packed: True = documents share rows (see `pair_rows`); False = one padded row per document.
         pad_id: the token id used for padding (never scored, never attended to by a document).
-        pad_multiple: round row lengths up to this (friendlier kernel shapes).
-        varlen: build cu_seqlens for FlashAttention varlen instead of a [B,1,T,T] mask.
+        pad_multiple: round row lengths up to this (engine.row_multiple: 128 for a mask on CUDA).
+        varlen: per-document attention over cu_seqlens instead of a [B,1,T,T] mask.
     """
     if not pairs:
         raise ValueError("build_pair_batch needs at least one pair")
@@ -240,8 +281,7 @@ def build_pair_batch(pairs: Sequence[Pair], *, packed: bool = True, pad_id: int 
         docs.append(document(p.prompt, p.chosen))
         docs.append(document(p.prompt, p.rejected))
     lens = [len(ids) for ids, _ in docs]
-    rows: list[list[int]] = [list(range(len(docs)))] if packed else [[i] for i in range(len(docs))]
-    width = _round_up(sum(lens) if packed else max(lens), pad_multiple)
+    rows, width = pair_rows(lens, packed=packed, varlen=varlen, pad_multiple=pad_multiple)
     items, doc_rows = [], []
     for row in rows:
         ids = np.full(width, pad_id, dtype=np.int64)

@@ -106,10 +106,20 @@ def free_port() -> int:
 
 
 def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
-    """Initialise (or reuse) the default process group and pick this rank's device."""
+    """Initialise (or reuse) the default process group and pick this rank's device.
+
+    `device` auto (or $TUNEKIT_DEVICE) = CUDA when usable. When GPUs are visible but torch cannot
+    use them (a CUDA build newer than the driver, a CPU-only torch), this stops with one sentence
+    instead of training on the CPU until the walltime (tunekit.gpu.check_cuda_usable).
+    """
     import torch
     import torch.distributed as dist
 
+    from ..gpu import check_cuda_usable
+
+    device = os.environ.get("TUNEKIT_DEVICE", device) if device == "auto" else device
+    if device == "auto":
+        check_cuda_usable()
     map_launcher_env()
     world = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
@@ -218,12 +228,25 @@ def exit_worker(code: int) -> None:
 # ------------------------------------------------------------------ launching workers from a kernel
 # The one worker entry: `python -m tunekit.cli train <stage> ...` (tunekit/train/cli.py).
 WORKER_MODULE = "tunekit.cli"
-# Environment variables forwarded to remote ranks by name (mpirun -x NAME exports the current
-# value without writing it into the command line, so secrets stay out of logs).
-_FORWARD = ["PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "HF_HOME",
-            "TMPDIR", "TUNEKIT_RUNS_DIR", "TUNEKIT_CACHE_DIR", "TUNEKIT_ROOT", "TUNEKIT_HEADLESS",
-            "TUNEKIT_DEADLINE", "WANDB_API_KEY", "WANDB_MODE", "HF_HUB_OFFLINE", "NCCL_DEBUG",
-            "NCCL_SOCKET_IFNAME", "NCCL_IB_HCA", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"]
+# Environment forwarded to remote ranks (mpirun -x NAME exports the current value without writing
+# it into the command line, so secrets stay out of logs): these names, plus every variable whose
+# name starts with one of the prefixes, so a new NCCL/UCX/PyTorch knob set in the job reaches
+# every node without a code change. Launcher identities (OMPI_COMM_WORLD_*, RANK, ...) are set
+# per rank by mpirun itself and never forwarded.
+_FORWARD_NAMES = ("PATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX",
+                  "CONDA_DEFAULT_ENV", "TMPDIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_FORWARD_PREFIXES = ("TUNEKIT_", "NCCL_", "TORCH_", "PYTORCH_", "CUDA_", "CUDNN_", "NVIDIA_", "TRITON_",
+                     "HF_", "TRANSFORMERS_", "TOKENIZERS_", "WANDB_", "UCX_", "OMPI_MCA_", "HCOLL_",
+                     "PMIX_MCA_")
+_NEVER_FORWARD = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                  "GROUP_RANK", "ROLE_RANK")
+
+
+def forwarded_env(environ: dict[str, str] | None = None) -> list[str]:
+    """Names of the variables `mpirun -x` forwards to every rank (sorted), from `environ` (default: os.environ)."""
+    env = os.environ if environ is None else environ
+    names = {k for k in env if k in _FORWARD_NAMES or k.startswith(_FORWARD_PREFIXES)}
+    return sorted(k for k in names if k not in _NEVER_FORWARD and not k.startswith("OMPI_COMM_WORLD_"))
 
 
 def world_plan(nproc_per_node: int) -> tuple[int, list[str]]:
@@ -254,9 +277,8 @@ def build_command(stage: str, run_dir: Path, nproc_per_node: int, hosts: list[st
     cmd = ["mpirun", "-np", str(n), "--npernode", str(nproc_per_node),
            "--host", ",".join(f"{h}:{nproc_per_node}" for h in hosts),
            "-bind-to", "none", "-map-by", "slot", "-x", "MASTER_ADDR", "-x", "MASTER_PORT"]
-    for name in _FORWARD:
-        if name in os.environ:
-            cmd += ["-x", name]
+    for name in forwarded_env():
+        cmd += ["-x", name]
     cmd += [py, *tail]
     return cmd, extra
 

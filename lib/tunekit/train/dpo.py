@@ -5,20 +5,21 @@
     train_dpo(cfg, run, ...)       one process's share of training (every `tunekit train dpo` rank)
 
 The starting policy is `init`: an SFT run dir (its published `hf_model/`), any HF model dir, or
-"tiny"; the reference is that same model. Its log-probs come from one of two places:
+"tiny"; the reference is that same model. `reference` says where its log-probs come from:
 
-    cache (default)   computed once before training with the freshly loaded policy, which at that
+    cached (default)  computed once before training with the freshly loaded policy, which at that
                       moment IS the reference, and stored by content (refcache.py): no reference
                       model is ever held during training, and a sweep over beta or lr reuses them
-    base (LoRA only)  the policy itself with its adapters switched off (`lora_reference: base`):
-                      the LoRA policy starts with B = 0, so "adapters off" is exactly the starting
-                      model; no pass before training and nothing on disk, one extra forward (no
-                      backward) per micro-batch; still never a second model in memory
+    live              computed for every micro-batch during training (no pass before it, nothing
+                      on disk): by a frozen copy of the starting model, held sharded in the compute
+                      dtype next to the policy (full fine-tuning), or by the policy itself with its
+                      LoRA adapters switched off (the LoRA policy starts with B = 0, so "adapters
+                      off" is exactly the starting model; no second model then)
 
-`DPOTask` puts both responses of every pair through ONE forward pass (batches.py), applies the
-official loss family (dpo_loss.py) per pair and returns the pairs' summed loss; the engine divides
-by the number of pairs of the global batch, so the step's loss is the mean over its pairs, as in
-the official kit.
+`DPOTask` puts both responses of every pair through ONE forward pass (batches.py: rows follow the
+documents' real lengths), applies the official loss family (dpo_loss.py) per pair and returns the
+pairs' summed loss; the engine divides by the number of pairs of the global batch, so the step's
+loss is the mean over its pairs, as in the official kit.
 """
 from __future__ import annotations
 
@@ -37,9 +38,9 @@ from ..errors import UserError
 from .batches import Pair, PairBatch, build_pair_batch, make_pair, policy_logps
 from .distributed import DistEnv
 from .dpo_loss import METRIC_KEYS, pair_terms
-from .engine import (Prepared, load_for_training, on_main_first, prepare, resolve_precision, run_prepared,
-                     setup, train)
-from .lora import adapters_disabled, uses_base_reference
+from .engine import (Prepared, load_for_training, on_main_first, per_document, prepare, resolve_precision,
+                     row_multiple, run_prepared, setup, train)
+from .lora import adapters_disabled
 from .params import DPOParams, PreferenceParams
 from .plan import make_plan
 from .refcache import ensure_reference_logps
@@ -62,20 +63,32 @@ def cached_reference(cache) -> Reference:
     return lambda _model, pb: cache.for_batch(pb)
 
 
+def frozen_model_reference(ref_model) -> Reference:
+    """A Reference computed by a separately held frozen model (engine.load_for_training(frozen=True))."""
+    def reference(_policy, pb: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            c, r = policy_logps(ref_model, pb)
+        return c.detach(), r.detach()
+
+    return reference
+
+
 class DPOTask:
     """The engine's objective for DPO: per-pair preference losses against the reference, summed."""
 
     def __init__(self, loss_cfg: PreferenceParams, reference: Reference, *, packed: bool = True,
-                 varlen: bool = False, pad_id: int = 0):
+                 varlen: bool = False, pad_id: int = 0, pad_multiple: int = 8):
         self.cfg = loss_cfg
         self.reference = reference  # (model, pair batch) -> (chosen, rejected) reference log-probs
         self.packed = packed
         self.varlen = varlen
         self.pad_id = pad_id
+        self.pad_multiple = pad_multiple
 
     def batch(self, items: Sequence[Pair], device) -> PairBatch:
-        """Pairs -> one forward pass's documents (packed in one row, or one row each) on `device`."""
-        return build_pair_batch(items, packed=self.packed, pad_id=self.pad_id, varlen=self.varlen).to(device)
+        """Pairs -> one forward pass's documents (rows by batches.pair_rows) on `device`."""
+        return build_pair_batch(items, packed=self.packed, pad_id=self.pad_id, varlen=self.varlen,
+                                pad_multiple=self.pad_multiple).to(device)
 
     def loss(self, model, batch: PairBatch):
         """(summed per-pair loss, summed DPO metrics) of a micro-batch; blanks weigh 0."""
@@ -152,7 +165,7 @@ def build_dpo_data(cfg: DPOParams, model_dir: Path, show_progress: bool = True):
 
 # ------------------------------------------------------------------ the reference log-probs
 def reference_logps(cfg: DPOParams, env: DistEnv, model_dir: Path, pairs: list[Pair],
-                    dev_pairs: list[Pair], *, varlen: bool, pad_id: int, log=print):
+                    dev_pairs: list[Pair], *, varlen: bool, pad_id: int, pad_multiple: int = 8, log=print):
     """The reference log-probs of the train and dev pairs: cached, or computed once with `init`.
 
     On a miss the init model is loaded (the same FSDP2 path as training), run over the unique
@@ -164,8 +177,8 @@ def reference_logps(cfg: DPOParams, env: DistEnv, model_dir: Path, pairs: list[P
         if "model" not in holder:
             model, _ = load_for_training(model_dir, env, precision=cfg.precision,
                                          attn_implementation=cfg.attn_implementation,
-                                         chunk_tokens=cfg.loss_chunk_tokens)
-            holder["model"] = model.eval()
+                                         chunk_tokens=cfg.loss_chunk_tokens, frozen=True)
+            holder["model"] = model
         return policy_logps(holder["model"], pb)
 
     dtype = str(resolve_precision(cfg.precision, env)).replace("torch.", "")
@@ -174,7 +187,8 @@ def reference_logps(cfg: DPOParams, env: DistEnv, model_dir: Path, pairs: list[P
             logps_fn, pairs, eval_pairs=dev_pairs, model_dir=model_dir, template=TEMPLATE_VERSION,
             max_seq_length=cfg.max_seq_length, compute_dtype=dtype,
             micro_batch_size=cfg.micro_batch_size, packed=cfg.pack_pairs, pad_id=pad_id,
-            varlen=varlen, device=env.device, rank=env.rank, world_size=env.world_size, log=log)
+            pad_multiple=pad_multiple, varlen=varlen, device=env.device, rank=env.rank,
+            world_size=env.world_size, log=log)
     finally:
         holder.clear()
         gc.collect()
@@ -195,24 +209,33 @@ def train_dpo(cfg: DPOParams, run, *, env: DistEnv | None = None, datasets=None,
         model_dir: an HF model dir instead of resolving cfg.init.
     """
     s = setup(cfg, env, model_dir)
-    varlen = s.attn == "flash_attention_2"
+    varlen, multiple = per_document(s.attn), row_multiple(s.attn, s.env)
     if datasets is None:
         datasets = on_main_first(s.env, lambda: build_dpo_data(cfg, s.model_dir, s.env.is_main))
     train_ds, dev_ds, report = datasets
     make_plan(cfg, s.env.world_size, len(train_ds), len(dev_ds))  # fail before the reference pass
     pad_id = s.pad_id if s.pad_id is not None else 0
-    if uses_base_reference(cfg):
-        reference = adapters_off_logps
-        info = {"key": None, "hit": None, "unique_pairs": None, "seconds": None,
-                "source": "policy with LoRA adapters disabled"}
-    else:
+    reference, info = live_reference(cfg, s) if cfg.reference == "live" else (None, None)
+    if reference is None:
         cache = reference_logps(cfg, s.env, s.model_dir, [train_ds[i] for i in range(len(train_ds))],
                                 [dev_ds[i] for i in range(len(dev_ds))], varlen=varlen, pad_id=pad_id,
-                                log=print if s.env.is_main else (lambda _m: None))
+                                pad_multiple=multiple, log=print if s.env.is_main else (lambda _m: None))
         reference, info = cached_reference(cache), cache.info
-    task = DPOTask(cfg, reference, packed=cfg.pack_pairs, varlen=varlen, pad_id=pad_id)
-    report = dict(report or {}, reference_cache={k: info.get(k) for k in ("key", "hit", "unique_pairs", "seconds")})
+    task = DPOTask(cfg, reference, packed=cfg.pack_pairs, varlen=varlen, pad_id=pad_id, pad_multiple=multiple)
+    report = dict(report or {}, reference_cache={k: info.get(k) for k in ("key", "hit", "unique_pairs", "seconds")},
+                  reference=info.get("source", "cached log-probs"))
     return train(task, cfg, run, s, train_ds, dev_ds, report)
+
+
+def live_reference(cfg: DPOParams, s) -> tuple[Reference, dict[str, Any]]:
+    """The live reference: the LoRA policy with adapters off, or a frozen sharded copy of the starting model."""
+    empty = {"key": None, "hit": None, "unique_pairs": None, "seconds": None}
+    if cfg.peft == "lora":
+        return adapters_off_logps, dict(empty, source="live: policy with LoRA adapters disabled")
+    ref_model, _ = load_for_training(s.model_dir, s.env, precision=cfg.precision,
+                                     attn_implementation=cfg.attn_implementation,
+                                     chunk_tokens=cfg.loss_chunk_tokens, frozen=True)
+    return frozen_model_reference(ref_model), dict(empty, source="live: frozen copy of the starting model")
 
 
 def _pairs_to_train_on(cfg: DPOParams, model_dir: Path):

@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import atomic
+from . import attention, memory
 from ..errors import UserError
 from ..model import resolve_model
 from .batches import IGNORE_INDEX
@@ -52,11 +53,14 @@ from .checkpoint import CheckpointManager
 from .distributed import (DistEnv, all_reduce_max, all_reduce_sum, barrier, broadcast_object, init_distributed,
                           launched_world_size, should_spawn, spawn_workers, world_plan)
 from .lora import LoraSpec, attach_lora, complete_state_dict, spec_from_params
+from ..gpu import versions, versions_line
 from .monitor import Monitor, check_wandb, truncate_metrics
+from .perf import StepMeter, flops_per_token, summarize
 from .plan import DataOrder, Deadline, LRSchedule, TrainPlan, check_layout, make_deadline, make_plan
 from .publish import PROVENANCE, WEIGHT_PREFIX, publish_hf_model
 
 RESULT_FILE = "train_result.json"
+COMPILE_BACKEND = "inductor"  # torch.compile backend of `compile_layers` (tests trace with "aot_eager")
 
 
 # ------------------------------------------------------------------ the model: FSDP2 + chunked head
@@ -125,6 +129,7 @@ class ModelSetup:
     max_position_embeddings: int
     vocab_size: int
     n_trainable: int = 0  # < n_params with LoRA (adapters only)
+    attention: str = ""   # the kernel in words, for logs and records
 
 
 def resolve_precision(precision: str, env: DistEnv) -> torch.dtype:
@@ -134,23 +139,36 @@ def resolve_precision(precision: str, env: DistEnv) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
 
 
-def flash_attn_available() -> bool:
-    """True if the flash-attn package imports (GPU nodes with environment.gpu.yml)."""
-    try:
-        import flash_attn  # noqa: F401
-    except Exception:  # ImportError, or a CUDA/ABI mismatch raising at import
-        return False
-    return True
-
-
 def resolve_attention(requested: str, env: DistEnv) -> str:
-    """auto = FlashAttention-2 varlen on GPU when installed, else PyTorch SDPA with a block mask."""
-    if requested == "auto":
-        return "flash_attention_2" if env.is_cuda and flash_attn_available() else "sdpa"
-    if requested == "flash_attention_2" and not (env.is_cuda and flash_attn_available()):
-        raise UserError("attn_implementation: flash_attention_2 needs a GPU and the flash-attn "
-                        "package (use 'auto' or 'sdpa')")
+    """The transformers attention implementation for a requested `attn_implementation`.
+
+    auto / varlen: per-document attention over the batch's `cu_seqlens` (attention.py): torch's
+    FlashAttention varlen kernel on GPU in bf16, per-document SDPA elsewhere; no T x T mask.
+    sdpa / eager: transformers' own kernels with the dense block-diagonal mask (the reference).
+    """
+    if requested in ("auto", "varlen"):
+        return attention.register()
     return requested
+
+
+def per_document(attn: str) -> bool:
+    """True when batches must carry cu_seqlens (per-document attention), False for a dense block mask."""
+    return attn == attention.IMPLEMENTATION
+
+
+def row_multiple(attn: str, env: DistEnv) -> int:
+    """Round padded row lengths up to this: 128 for a dense mask on CUDA, else 8.
+
+    With a mask, torch 2.13's cuDNN SDPA backward can return NaN on H200 when the sequence length
+    is 64 modulo 128 (pytorch#196678); multiples of 128 never are. Per-document attention takes no
+    mask and is not affected.
+    """
+    return 128 if env.is_cuda and not per_document(attn) else 8
+
+
+def attention_name(attn: str) -> str:
+    """The user-facing name of a resolved implementation (varlen for the kit's per-document one)."""
+    return "varlen" if per_document(attn) else attn
 
 
 def read_config(model_dir: Path):
@@ -206,13 +224,21 @@ def reinit_rotary_buffers(model: nn.Module) -> None:
 
 def load_for_training(model_dir: Path, env: DistEnv, *, precision: str = "auto",
                       attn_implementation: str = "auto", activation_checkpointing: bool = False,
-                      chunk_tokens: int = 1024, lora: LoraSpec | None = None) -> tuple[CausalLMForTraining, ModelSetup]:
+                      checkpoint_every: int = 1, compile_layers: bool = False, chunk_tokens: int = 1024,
+                      lora: LoraSpec | None = None, frozen: bool = False) -> tuple[CausalLMForTraining, ModelSetup]:
     """Build the FSDP2-sharded training model from an HF model dir (collective: all ranks call).
 
     The model is built on the meta device on every rank, each decoder layer and then the root are
     wrapped with `fully_shard`, storage is allocated only for each rank's shard, and rank 0 streams
     the safetensors weights to the others: an 8B model never sits whole in every rank's memory.
-    `lora` adds LoRA adapters (inside the FSDP unit of the linear they adapt) and freezes the rest.
+
+    Args:
+        activation_checkpointing: recompute decoder layers in backward instead of keeping their
+            activations; `checkpoint_every` = n recomputes every n-th layer only (1: all of them).
+        compile_layers: `torch.compile` each decoder layer (before sharding, as torchtitan does).
+        lora: add LoRA adapters (inside the FSDP unit of the linear they adapt), freeze the rest.
+        frozen: a model that is never trained (DPO's live reference): no gradients, weights stored
+            in the compute dtype, eval mode.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -227,12 +253,21 @@ def load_for_training(model_dir: Path, env: DistEnv, *, precision: str = "auto",
     if not (hasattr(lm, "model") and hasattr(lm.model, "layers") and hasattr(lm, "lm_head")):
         raise UserError(f"{model_dir}: {type(lm).__name__} is not a LLaMA-format decoder "
                         "(expected .model.layers and .lm_head)")
-    if activation_checkpointing:
-        # Recompute each decoder layer in backward: activations drop from O(layers) to O(1) layers.
-        lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if activation_checkpointing and not frozen:
+        # Recompute decoder layers in backward: activations drop from O(layers) to O(layers / n).
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                           every_n_layers=max(1, int(checkpoint_every)))
     if lora is not None:
         # Before fully_shard: each adapter joins the FSDP unit of the frozen linear it adapts.
         attach_lora(lm, lora, frozen_dtype=compute_dtype)
+    if frozen:
+        for p in lm.parameters():
+            p.requires_grad_(False)
+            p.data = p.data.to(compute_dtype)  # never updated: no fp32 master copy needed
+    if compile_layers:
+        for layer in lm.model.layers:
+            # Per block, before fully_shard (torchtitan's order): FSDP's hooks stay outside the graphs.
+            layer.compile(backend=COMPILE_BACKEND)
     model = CausalLMForTraining(lm, chunk_tokens)
     mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) \
         if compute_dtype != torch.float32 else MixedPrecisionPolicy()
@@ -246,7 +281,7 @@ def load_for_training(model_dir: Path, env: DistEnv, *, precision: str = "auto",
     model.to_empty(device=env.device)
     with torch.no_grad():
         reinit_rotary_buffers(model)
-    full = load_full_state_dict(model_dir) if env.is_main else {}
+    full = load_full_state_dict(model_dir, compute_dtype if frozen else torch.float32) if env.is_main else {}
     if env.is_main:
         if tied:
             full.pop("lm_head.weight", None)
@@ -260,11 +295,13 @@ def load_for_training(model_dir: Path, env: DistEnv, *, precision: str = "auto",
         raise UserError(f"{model_dir}: weights do not match the config (missing {missing[:3]}, "
                         f"unexpected {list(result.unexpected_keys)[:3]})")
     del full
-    model.train()
+    model.train(not frozen)
     n_params = sum(p.numel() for p in model.parameters())
-    setup = ModelSetup(model_dir, attn, compute_dtype, n_params,
+    setup = ModelSetup(model_dir, attention_name(attn), compute_dtype, n_params,
                        int(getattr(config, "max_position_embeddings", 0) or 0), int(config.vocab_size),
-                       sum(p.numel() for p in model.parameters() if p.requires_grad))
+                       sum(p.numel() for p in model.parameters() if p.requires_grad),
+                       attention=attention.describe(env.device, compute_dtype) if per_document(attn)
+                       else f"{attn} with a dense block-diagonal mask")
     return model, setup
 
 
@@ -276,7 +313,10 @@ def build_optimizer(model, cfg) -> torch.optim.Optimizer:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8)
+    # The fused CUDA kernel updates all parameters in a few launches instead of a loop of small ops.
+    fused = any(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8,
+                             fused=fused or None)
 
 
 # ------------------------------------------------------------------ the loop
@@ -313,6 +353,7 @@ class LoopSettings:
     save_interval: int
     deadline: Deadline
     delete_optimizer_state: bool = False
+    meter: Any = None  # perf.StepMeter: peak memory and MFU per step (None: not measured)
 
 
 @dataclass
@@ -455,7 +496,8 @@ def train_loop(task: Task, model, optimizer, schedule: LRSchedule, train_ds, dev
         monitor.step({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                       "tokens_per_s": g_tokens / dt if dt > 0 else 0.0, "tokens_seen": tokens_seen,
                       "loss_tokens": int(g_weight), "epoch": round(order.epoch_at(step), 4),
-                      "step_seconds": round(dt, 4), **extras})
+                      "step_seconds": round(dt, 4), **extras,
+                      **(s.meter.record(g_tokens, dt) if s.meter is not None else {})})
         is_last = step == s.total_steps
         save_now = is_last or (s.save_interval > 0 and step % s.save_interval == 0)
         val_loss = None
@@ -532,7 +574,13 @@ def setup(cfg, env: DistEnv | None = None, model_dir: Path | None = None) -> Set
     model_dir = Path(model_dir) if model_dir else on_main_first(env, lambda: resolve_model(cfg.model))
     check_layout(cfg, env.world_size, getattr(read_config(model_dir), "max_position_embeddings", None))
     check_wandb(cfg.wandb)  # on every rank: a failure on one rank only would hang the others
-    return Setup(env, model_dir, resolve_attention(cfg.attn_implementation, env), pad_token_id(model_dir))
+    attn = resolve_attention(cfg.attn_implementation, env)
+    if cfg.stage == "sft" and row_multiple(attn, env) == 128 and cfg.max_seq_length % 128 == 64:
+        # Packed SFT rows are exactly max_seq_length long (DPO rows are padded to 128 instead).
+        raise UserError(f"max_seq_length {cfg.max_seq_length} with attn_implementation {cfg.attn_implementation} "
+                        "on a GPU: cuDNN's masked attention backward can return NaN at lengths of 64 modulo 128 "
+                        "(pytorch#196678) (use attn_implementation: auto, or a multiple of 128)")
+    return Setup(env, model_dir, attn, pad_token_id(model_dir))
 
 
 def train(task: Task, cfg, run, s: Setup, train_ds, dev_ds,
@@ -553,10 +601,18 @@ def train(task: Task, cfg, run, s: Setup, train_ds, dev_ds,
         truncate_metrics(run.dir, latest.step)
     barrier(env)
     lora = spec_from_params(cfg)  # None: full fine-tuning
+    gpu_versions = versions() if env.is_cuda else None
+    if gpu_versions and env.is_main:
+        print(f"[gpu] {versions_line(gpu_versions)}", flush=True)
+        # A planning check before 8B weights load: the estimate next to this GPU's memory.
+        est = memory.for_params(cfg, read_config(model_dir), env.world_size, plan.grad_accum)
+        print(memory.plan_line(est, gpu_versions.get("gpu_memory_gb")), flush=True)
     model, loaded = load_for_training(model_dir, env, precision=cfg.precision,
                                       attn_implementation=cfg.attn_implementation,
                                       activation_checkpointing=cfg.activation_checkpointing,
-                                      chunk_tokens=cfg.loss_chunk_tokens, lora=lora)
+                                      checkpoint_every=cfg.activation_checkpointing_every,
+                                      compile_layers=cfg.compile_layers, chunk_tokens=cfg.loss_chunk_tokens,
+                                      lora=lora)
     optimizer = build_optimizer(model, cfg)
     schedule = LRSchedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.constant_steps, plan.total_steps)
     order = DataOrder(plan.n_train, cfg.global_batch_size, cfg.seed)
@@ -566,7 +622,7 @@ def train(task: Task, cfg, run, s: Setup, train_ds, dev_ds,
         monitor.print(f"LoRA rank {lora.rank} (alpha {lora.alpha:g}) on {','.join(lora.targets)}: "
                       f"{loaded.n_trainable / 1e6:.3f}M trainable parameters, base frozen")
     monitor.print(f"{loaded.n_params / 1e6:.2f}M parameters, {env.world_size} process(es) on "
-                  f"{env.device.type}, {loaded.attn_implementation} attention, compute "
+                  f"{env.device.type}, {loaded.attention} attention, compute "
                   f"{str(loaded.compute_dtype).replace('torch.', '')}; {plan.total_steps} steps x "
                   f"{cfg.global_batch_size} sequences of {cfg.max_seq_length} tokens "
                   f"({plan.grad_accum} micro-batch(es) of {cfg.micro_batch_size} per process); "
@@ -574,7 +630,9 @@ def train(task: Task, cfg, run, s: Setup, train_ds, dev_ds,
     settings = LoopSettings(total_steps=plan.total_steps, global_batch=cfg.global_batch_size,
                             micro_batch=cfg.micro_batch_size, grad_clip=cfg.grad_clip,
                             val_interval=cfg.val_interval, save_interval=cfg.save_interval,
-                            deadline=deadline, delete_optimizer_state=cfg.delete_optimizer_state)
+                            deadline=deadline, delete_optimizer_state=cfg.delete_optimizer_state,
+                            meter=StepMeter(env.device, flops_per_token(read_config(model_dir), cfg.max_seq_length),
+                                            env.world_size))
     try:
         loop = train_loop(task, model, optimizer, schedule, train_ds, dev_ds, order, ckpt, monitor, env,
                           settings)
@@ -603,6 +661,7 @@ def train(task: Task, cfg, run, s: Setup, train_ds, dev_ds,
         "peft": "lora" if lora is not None else "none", "trainable_params": loaded.n_trainable,
         "lora_adapter": str(run.path("lora_adapter")) if published and lora is not None else None,
         "attempt_seconds": round(time.time() - t_start, 1),
+        **summarize(train_recs), "gpu": gpu_versions,
     }
     if env.is_main:
         atomic.write_json(run.path(RESULT_FILE), result)

@@ -117,11 +117,6 @@ def spec_from_params(cfg) -> LoraSpec | None:
                     targets=resolve_target_modules(cfg.lora_target_modules), seed=int(cfg.seed))
 
 
-def uses_base_reference(cfg) -> bool:
-    """True when DPO should take its reference from the policy with adapters off (no cache)."""
-    return getattr(cfg, "peft", "none") == "lora" and getattr(cfg, "lora_reference", "cache") == "base"
-
-
 # ------------------------------------------------------------------------------ engine hooks
 def attach_lora(lm, spec: LoraSpec, frozen_dtype=None) -> None:
     """Inject peft LoRA adapters into an HF causal LM (meta device is fine) and freeze the rest.
@@ -234,7 +229,7 @@ def adapters_disabled(model) -> Iterator[None]:
 
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
-        raise UserError("lora_reference='base' needs a model with LoRA adapters (peft='lora')")
+        raise UserError("the LoRA live reference (adapters off) needs a model with LoRA adapters (peft='lora')")
     before = [m._disable_adapters for m in layers]
     try:
         for m in layers:
@@ -243,3 +238,28 @@ def adapters_disabled(model) -> Iterator[None]:
     finally:
         for m, flag in zip(layers, before):
             m._disable_adapters = flag
+
+
+# ------------------------------------------------------------------------------ sizes (memory estimate)
+def _cfg(config, name: str, default=None):
+    # transformers configs are objects, config.json is a dict: accept both.
+    value = config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+    return default if value is None else value
+
+
+def adapter_shapes(config, spec: LoraSpec) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each target module of a LLaMA config (object or dict), one layer."""
+    h = int(_cfg(config, "hidden_size"))
+    heads = int(_cfg(config, "num_attention_heads"))
+    kv = int(_cfg(config, "num_key_value_heads", heads))
+    hd = int(_cfg(config, "head_dim", h // heads))
+    ffn = int(_cfg(config, "intermediate_size"))
+    dims = {"q_proj": (h, heads * hd), "k_proj": (h, kv * hd), "v_proj": (h, kv * hd),
+            "o_proj": (heads * hd, h), "gate_proj": (h, ffn), "up_proj": (h, ffn), "down_proj": (ffn, h)}
+    return {t: dims[t] for t in spec.targets}
+
+
+def count_adapter_params(config, spec: LoraSpec) -> int:
+    """Trainable LoRA parameters for a LLaMA config: rank x (in + out) per target per layer."""
+    per_layer = sum(spec.rank * (i + o) for i, o in adapter_shapes(config, spec).values())
+    return per_layer * int(_cfg(config, "num_hidden_layers"))

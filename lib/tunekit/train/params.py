@@ -4,7 +4,7 @@
     LoraParams        peft / lora_* (the official kit's names and defaults)
     PreferenceParams  the DPO loss family under the official `model.dpo.*` names
     SFTParams = model, datasets + DataParams + PackingParams + TrainParams + LoraParams + RunParams
-    DPOParams = init, datasets + DataParams + PairParams + PreferenceParams + TrainParams + DPO LoRA + RunParams
+    DPOParams = init, datasets + DataParams + PairParams + PreferenceParams + TrainParams + LoraParams + RunParams
 
 A shared field is declared once (type, limits, help); a stage only restates the tiny default it
 wants (`stage_default`). The notebooks' parameters cells are generated from these classes
@@ -36,8 +36,8 @@ class TrainParams(NotebookParams):
     # change: a new walltime, more processes on more nodes - DCP reshards on load).
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({
         "nproc_per_node", "max_train_minutes", "walltime_margin_minutes", "wandb", "wandb_project",
-        "activation_checkpointing", "attn_implementation", "loss_chunk_tokens", "keep_top_k",
-        "delete_optimizer_state",
+        "activation_checkpointing", "activation_checkpointing_every", "compile_layers", "attn_implementation",
+        "loss_chunk_tokens", "keep_top_k", "delete_optimizer_state",
     })
 
     global_batch_size: int = Field(
@@ -66,9 +66,13 @@ class TrainParams(NotebookParams):
         "auto", description="auto: bf16 compute on GPU, fp32 on CPU | bf16 | fp32")
     activation_checkpointing: bool = Field(
         False, description="recompute layers in backward: less memory, ~25% slower")
-    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
-        "auto", description="auto: FlashAttention varlen on GPU if installed, else SDPA | sdpa | "
-                            "flash_attention_2 | eager")
+    activation_checkpointing_every: int = Field(
+        1, ge=1, description="with activation_checkpointing: recompute every n-th layer only (1: all; 2: half, "
+                             "faster, more memory)")
+    compile_layers: bool = Field(False, description="torch.compile each decoder layer (GPU: faster after a warm-up)")
+    attn_implementation: Literal["auto", "varlen", "sdpa", "eager"] = Field(
+        "auto", description="auto/varlen: per-document attention (FlashAttention varlen on GPU) | sdpa | eager "
+                            "(dense block mask)")
     loss_chunk_tokens: int = Field(
         1024, ge=1, description="tokens per chunk of the output layer + loss (bounds logits memory)")
     nproc_per_node: int = Field(1, ge=1, description="training processes per node (GPUs per node on ABCI: 8)")
@@ -140,19 +144,12 @@ class LoraParams(NotebookParams):
         return value
 
 
-class DPOLoraParams(LoraParams):
-    """LoRA for DPO, plus where the reference log-probs come from."""
-
-    lora_reference: Literal["cache", "base"] = Field(
-        "cache", description="with peft lora: cache (reference log-probs computed once) | base (policy with "
-                             "adapters off, no cache)")
-
-
 class PreferenceParams(NotebookParams):
     """The official kit's preference-loss knobs (NeMo-Aligner `model.dpo.*`), read by tunekit.train.dpo_loss."""
 
     SECTION: ClassVar[str] = "DPO loss"
-    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({"pack_pairs"})  # same numbers either layout
+    # Same numbers (up to float rounding) with either layout or reference source.
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({"pack_pairs", "reference"})
 
     ref_policy_kl_penalty: float = Field(
         0.5, gt=0, description="beta: strength of the KL anchor to the reference (official: 0.5)")
@@ -167,7 +164,11 @@ class PreferenceParams(NotebookParams):
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="conservative DPO: assumed share of flipped labels, dpo only (0: off)")
     pack_pairs: bool = Field(
-        True, description="True: all sequences of a micro-batch in one isolated row | False: one padded row each")
+        True, description="True: a micro-batch's sequences packed by their real lengths, kept apart | False: one "
+                          "padded row each")
+    reference: Literal["cached", "live"] = Field(
+        "cached", description="cached: reference log-probs computed once before training | live: every step (a "
+                              "frozen copy of the model; with LoRA the policy with adapters off)")
 
     def loss_problems(self) -> list[str]:
         """Checks across the loss knobs, one sentence each."""
@@ -206,7 +207,7 @@ class SFTParams(DataParams, PackingParams, TrainParams, LoraParams, RunParams):
         return [] if self.model.strip() else ["model must name a model: 'tiny', an HF model dir or a run dir"]
 
 
-class DPOParams(DataParams, PairParams, PreferenceParams, TrainParams, DPOLoraParams, RunParams):
+class DPOParams(DataParams, PairParams, PreferenceParams, TrainParams, LoraParams, RunParams):
     """Parameters of notebooks/40_dpo: the official DPO config's knobs under their official names.
 
     Batch sizes count PAIRS, as in the official config. The llm-jp-4-8b values are in
@@ -255,9 +256,5 @@ class DPOParams(DataParams, PairParams, PreferenceParams, TrainParams, DPOLoraPa
         return self.init.strip() or TINY
 
     def _stage_problems(self) -> list[str]:
-        p = self.loss_problems()
-        if self.lora_reference == "base" and self.peft != "lora":
-            p.append("lora_reference='base' needs peft='lora' (without adapters the policy has no base to "
-                     "fall back to; use 'cache')")
-        return p
+        return self.loss_problems()
 

@@ -168,8 +168,8 @@ def _groups(pairs: Sequence[Pair], micro_batch_size: int, world_size: int,
 @torch.no_grad()
 def compute_reference_logps(logps_fn: Callable[[PairBatch], tuple[torch.Tensor, torch.Tensor]],
                             pairs: Sequence[Pair], *, micro_batch_size: int, packed: bool = True,
-                            pad_id: int = 0, varlen: bool = False, device=None, rank: int = 0,
-                            world_size: int = 1, eval_layout: bool = False,
+                            pad_id: int = 0, pad_multiple: int = 8, varlen: bool = False, device=None,
+                            rank: int = 0, world_size: int = 1, eval_layout: bool = False,
                             desc: str = "reference log-probs") -> dict[bytes, tuple[float, float]]:
     """Summed log-probs of `pairs` under `logps_fn` (the reference): this rank's share.
 
@@ -182,7 +182,7 @@ def compute_reference_logps(logps_fn: Callable[[PairBatch], tuple[torch.Tensor, 
     out: dict[bytes, tuple[float, float]] = {}
     bar = progress(mine, desc=desc, unit="batch", disable=rank != 0)
     for group, real in bar:
-        pb = build_pair_batch(group, packed=packed, pad_id=pad_id, varlen=varlen)
+        pb = build_pair_batch(group, packed=packed, pad_id=pad_id, pad_multiple=pad_multiple, varlen=varlen)
         if device is not None:
             pb = pb.to(device)
         c, r = logps_fn(pb)
@@ -243,7 +243,8 @@ def ensure_reference_logps(logps_fn: Callable[[PairBatch], tuple[torch.Tensor, t
                            model_dir: str | os.PathLike,
                            template: str, max_seq_length: int, compute_dtype: str,
                            micro_batch_size: int, packed: bool = True, pad_id: int = 0,
-                           varlen: bool = False, device=None, rank: int = 0, world_size: int = 1,
+                           pad_multiple: int = 8, varlen: bool = False, device=None, rank: int = 0,
+                           world_size: int = 1,
                            cache_dir: Path | None = None, log: Callable[[str], None] = print
                            ) -> ReferenceLogps:
     """The reference log-probs of `pairs`: loaded from the cache, or computed once and stored.
@@ -258,6 +259,8 @@ def ensure_reference_logps(logps_fn: Callable[[PairBatch], tuple[torch.Tensor, t
         model_dir: the reference model's HF dir (its weights' content is part of the key).
         template, max_seq_length, compute_dtype: the rest of the key.
         micro_batch_size: pairs per forward pass while computing.
+        packed, pad_id, pad_multiple, varlen: the batch layout (batches.build_pair_batch), the
+            training one, so dev values equal what evaluation computes at step 0.
         cache_dir: the cache root (default: tunekit.paths.cache_root()).
         log: where one-line progress messages go (rank 0 only).
     """
@@ -280,7 +283,7 @@ def ensure_reference_logps(logps_fn: Callable[[PairBatch], tuple[torch.Tensor, t
             return ref
         say(f"reference log-probs: computing {parts['unique_pairs']} pairs once (cache {key[:12]})")
         t0 = time.time()
-        common = dict(micro_batch_size=micro_batch_size, packed=packed, pad_id=pad_id,
+        common = dict(micro_batch_size=micro_batch_size, packed=packed, pad_id=pad_id, pad_multiple=pad_multiple,
                       varlen=varlen, device=device, rank=rank, world_size=world_size)
         table = _gather(compute_reference_logps(logps_fn, pairs, **common), world_size)
         if eval_pairs:

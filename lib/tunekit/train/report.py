@@ -175,7 +175,8 @@ def dpo_figure(records: Sequence[Mapping[str, Any]], title: str = "DPO"):
 def sft_summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """An SFT run's final numbers for summary.json."""
     out = {k: result.get(k) for k in ("status", "initial_val_loss", "final_val_loss", "best_val_loss", "best_step",
-                                      "final_loss", "tokens_seen", "tokens_per_s", "hf_model", "world_size")}
+                                      "final_loss", "tokens_seen", "tokens_per_s", "hf_model", "world_size",
+                                      "mfu", "peak_mem_gb")}
     out["steps"] = result.get("step")
     return out
 
@@ -212,7 +213,7 @@ def dpo_summary(result: Mapping[str, Any], records: Sequence[Mapping[str, Any]])
     data = result.get("data") or {}
     out = {k: result.get(k) for k in ("status", "step", "total_steps", "final_loss", "best_val_loss",
                                       "best_step", "tokens_per_s", "hf_model", "published_step",
-                                      "world_size")}
+                                      "world_size", "mfu", "peak_mem_gb")}
     out["train_pairs"] = (data.get("pairs_train") or {}).get("kept")
     out["dev_pairs"] = (data.get("pairs_dev") or {}).get("kept")
     out["reference_cache"] = data.get("reference_cache")

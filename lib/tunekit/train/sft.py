@@ -22,7 +22,7 @@ import torch
 from ..data.sft import build_packed_sft
 from .batches import IGNORE_INDEX, PackedBatch, collate_packed
 from .distributed import DistEnv
-from .engine import Prepared, on_main_first, prepare, run_prepared, setup, train
+from .engine import Prepared, on_main_first, per_document, prepare, run_prepared, setup, train
 from .params import SFTParams
 
 
@@ -39,7 +39,7 @@ class SFTTask:
         self.pad_id = pad_id
 
     def batch(self, items: Sequence[dict[str, np.ndarray]], device) -> PackedBatch:
-        """Packed items -> one micro-batch (block-diagonal mask, or varlen offsets) on `device`."""
+        """Packed items -> one micro-batch (varlen offsets, or a block-diagonal mask) on `device`."""
         return collate_packed(items, varlen=self.varlen, pad_id=self.pad_id).to(device)
 
     def loss(self, model, batch: PackedBatch):
@@ -69,7 +69,7 @@ def train_sft(cfg: SFTParams, run, *, env: DistEnv | None = None, datasets=None,
         # One rank tokenises (content-addressed cache), the others then read the cache.
         datasets = on_main_first(s.env, lambda: build_packed_sft(cfg, s.model_dir))
     train_ds, dev_ds, report = datasets
-    task = SFTTask(varlen=s.attn == "flash_attention_2", pad_id=s.pad_id)
+    task = SFTTask(varlen=per_document(s.attn), pad_id=s.pad_id)
     return train(task, cfg, run, s, train_ds, dev_ds, report)
 
 

@@ -1,0 +1,272 @@
+"""The run record cannot be corrupted: one writer per run, owner-aware temp cleanup, run names that
+stay inside the runs root, refused starts that change nothing, a launch history, and full disks.
+
+Disk-full tests mount a small tmpfs (root only, as in CI and on this machine); elsewhere they skip
+and say why.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tunekit import atomic, runlock
+from tunekit.errors import DiskFull, UserError
+from tunekit.params import NotebookParams
+from tunekit.runs import check_run_name, read_metrics, start_run
+
+
+class P(NotebookParams):
+    lr: float = 1e-3
+    steps: int = 10
+    run_name: str = ""
+    runs_dir: str = ""
+
+
+# ------------------------------------------------------------------ a small file system
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs mounted for this test and unmounted after it (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI and the dev container run the tests as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(fs: Path, leave: int = 0) -> Path:
+    """Fill the file system with a filler file, then free about `leave` bytes of it."""
+    filler = fs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    if leave:
+        size = filler.stat().st_size
+        os.truncate(filler, max(0, size - leave))
+    return filler
+
+
+# ------------------------------------------------------------------ run names
+@pytest.mark.parametrize("bad", ["../../../outside-repo", "a b", "a/b", ".hidden", "-x", "x\ny", "", "é",
+                                 "x" * 101, "run*", "victim?"])
+def test_bad_run_names_are_refused_with_the_rule(bad):
+    with pytest.raises(UserError, match="letters a-z A-Z, digits, '-', '_' and '.'"):
+        check_run_name(bad)
+
+
+@pytest.mark.parametrize("good", ["run-1", "job1234", "a.b_c", "2026-01-01_x", "_x"])
+def test_plain_run_names_pass(good):
+    assert check_run_name(good) == good
+
+
+def test_every_params_model_refuses_a_bad_run_name():
+    from tunekit.notebooks import NOTEBOOKS
+
+    for nb in NOTEBOOKS:
+        with pytest.raises(UserError, match=r"parameter 'run_name' is not a valid run name"):
+            nb.params_model().parse({"run_name": "a b"}, source="p.yaml")
+
+
+def test_runner_refuses_an_escaping_run_name_before_creating_anything(repo, tmp_path):
+    runs = tmp_path / "deep" / "er" / "runs"
+    env = dict(os.environ, TUNEKIT_RUNS_DIR=str(runs))
+    out = subprocess.run([sys.executable, "-m", "tunekit.cli", "notebooks", "run", "10_inspect_data",
+                          "-p", "run_name", "../../../outside-repo"], capture_output=True, text=True,
+                         cwd=repo, env=env, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "is not a valid run name" in out.stderr and "Traceback" not in out.stderr
+    assert not runs.exists() and not (tmp_path / "outside-repo").exists()
+
+
+# ------------------------------------------------------------------ one writer per run
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from tunekit.runs import start_run
+    start_run("sft", {"steps": 1}, "shared", sys.argv[1])
+    print("held", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_never_blocks(runs_dir):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(runs_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(UserError) as exc:
+            start_run("sft", {"steps": 1}, "shared", str(runs_dir))
+        msg = str(exc.value)
+        assert f"pid {proc.pid} on host {socket.gethostname()}, started 20" in msg
+        assert "another process is writing this run" in msg
+        assert len(read_metrics(runs_dir / "sft" / "shared")) == 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # The OS released the lock of the killed holder: the run resumes at once.
+    run = start_run("sft", {"steps": 1}, "shared", str(runs_dir))
+    assert run.resumed and runlock.holds(run.dir)
+    run.close()
+    assert not runlock.holds(run.dir)
+
+
+def test_the_same_process_reopens_its_own_run(runs_dir):
+    a = start_run("sft", P(), "mine")
+    b = start_run("sft", P(), "mine")  # e.g. Run All twice in one JupyterLab kernel
+    assert b.resumed and a.dir == b.dir
+    b.finish({"ok": True})
+    assert not runlock.holds(a.dir)
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    from tunekit.runs import start_run
+    run = start_run("sft", {"steps": 1}, "family", sys.argv[1])
+    run.log(step=1, loss=1.0)
+    print("child wrote", flush=True)
+""")
+
+
+def test_processes_started_by_the_holder_share_its_run(runs_dir):
+    """papermill's kernel under the notebook runner, torchrun's ranks under a training kernel."""
+    start_run("sft", {"steps": 1}, "family", str(runs_dir))
+    out = subprocess.run([sys.executable, "-c", CHILD, str(runs_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "child wrote" in out.stdout, out.stderr[-2000:]
+    assert [r["step"] for r in read_metrics(runs_dir / "sft" / "family")] == [1]
+
+
+# ------------------------------------------------------------------ atomic_dir and live owners
+BUILDER = textwrap.dedent("""
+    import sys, time
+    from tunekit.atomic import atomic_dir
+    with atomic_dir(sys.argv[1]) as tmp:
+        (tmp / "part").write_text("mine")
+        print(tmp, flush=True)
+        time.sleep(120)
+""")
+
+
+def test_atomic_dir_never_removes_a_live_owners_folder_only_a_dead_ones(tmp_path, capsys):
+    target = tmp_path / "model"
+    proc = subprocess.Popen([sys.executable, "-c", BUILDER, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        theirs = Path(proc.stdout.readline().strip())
+        assert (theirs / "part").read_text() == "mine"
+        foreign = tmp_path / "model.tmp-node9.example-4242-abcdef"
+        foreign.mkdir()
+        with atomic.atomic_dir(target) as mine:
+            (mine / "x").write_text("y")
+        assert (theirs / "part").read_text() == "mine", "a live writer's temp folder was deleted"
+        assert foreign.is_dir() and "node9.example" in capsys.readouterr().err
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with atomic.atomic_dir(target, overwrite=True):
+        pass
+    assert not theirs.exists(), "a dead writer's temp folder is left behind"
+    assert foreign.is_dir()
+
+
+# ------------------------------------------------------------------ launches and failed starts
+def test_every_launch_is_kept_in_launches_jsonl(runs_dir, monkeypatch):
+    monkeypatch.setenv("PBS_JOBID", "1111.pbs1")
+    first = start_run("sft", P(), "hist")
+    first.close()
+    monkeypatch.setenv("PBS_JOBID", "2222.pbs1")
+    start_run("sft", P(), "hist").close()
+    lines = (runs_dir / "sft" / "hist" / "launches.jsonl").read_text().splitlines()
+    launches = [json.loads(x) for x in lines]
+    assert [x["launch"] for x in launches] == [1, 2]
+    assert [x["pbs_job_id"] for x in launches] == ["1111.pbs1", "2222.pbs1"]
+    assert [x["resumed"] for x in launches] == [False, True]
+    for x in launches:
+        assert x["host"] == socket.gethostname() and x["pid"] == os.getpid() and x["started"]
+        assert "sha" in x["git"] and "torch" in x["packages"]
+    assert json.loads((runs_dir / "sft" / "hist" / "env.json").read_text())["resumed"] is True
+
+
+def test_a_failed_start_is_replaced_by_a_corrected_retry(runs_dir):
+    bad = start_run("sft", P(lr=5.0), "retry")
+    bad.log(step=0, val_loss=3.0)  # the failed attempt got as far as its first validation
+    bad.close()
+    good = start_run("sft", P(lr=1e-3), "retry")
+    assert not good.resumed
+    assert json.loads((good.dir / "params.json").read_text())["lr"] == 1e-3
+    assert read_metrics(good.dir) == []
+    launches = [json.loads(x) for x in (good.dir / "launches.jsonl").read_text().splitlines()]
+    assert len(launches) == 2 and launches[1]["replaces_failed_start"] == ["lr: 5.0 -> 0.001"]
+
+
+def test_a_run_with_results_refuses_other_params_and_keeps_everything(runs_dir):
+    run = start_run("sft", P(steps=4), "done")
+    run.log(step=1, loss=2.0)
+    run.finish({"loss": 2.0})
+    before = {p.name: p.read_bytes() for p in run.dir.iterdir() if p.is_file()}
+    with pytest.raises(UserError, match=r"different parameters \(steps: 4 -> 5\) and holds results \(summary.json\)"):
+        start_run("sft", P(steps=5), "done")
+    assert {p.name: p.read_bytes() for p in run.dir.iterdir() if p.is_file()} == before
+
+
+# ------------------------------------------------------------------ full disks
+def test_a_json_write_on_a_full_disk_keeps_the_old_file_and_says_where(small_fs):
+    target = small_fs / "summary.json"
+    atomic.write_json(target, {"v": 1})
+    fill(small_fs)
+    with pytest.raises(DiskFull, match=f"disk full at {target}"):
+        atomic.write_json(target, {"v": "x" * 200_000})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert sorted(p.name for p in small_fs.iterdir()) == ["filler", "summary.json"]
+
+
+def test_metrics_on_a_full_disk_never_keep_a_torn_line(small_fs, monkeypatch):
+    monkeypatch.setenv("TUNEKIT_RUNS_DIR", str(small_fs / "runs"))
+    run = start_run("sft", P(), "full")
+    for step in range(1, 4):
+        run.log(step=step, loss=1.0 / step)
+    fill(small_fs, leave=3000)
+    with pytest.raises(DiskFull, match="disk full at .*metrics.jsonl"):
+        for step in range(4, 200):
+            run.log(step=step, loss=1.0, note="x" * 900)
+    text = (run.dir / "metrics.jsonl").read_text()
+    assert text.endswith("\n")
+    steps = [json.loads(line)["step"] for line in text.splitlines()]  # every line parses
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 3
+
+
+def test_a_line_torn_by_a_kill_is_cut_before_the_next_record(runs_dir):
+    run = start_run("sft", P(), "torn")
+    run.log(step=1, loss=1.0)
+    with open(run.dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # the process was killed mid-write
+    run.log(step=2, loss=0.5)
+    assert [json.loads(x)["step"] for x in (run.dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_held_lock_survives_only_while_the_holder_lives(runs_dir):
+    """The lock file names the last holder; a dead holder's record does not block anyone."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(runs_dir)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    info = runlock.holder(runs_dir / "sft" / "shared")
+    assert info["pid"] == proc.pid and info["host"] == socket.gethostname()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.1)
+    runlock.check_free(runs_dir / "sft" / "shared")  # no error: the record is stale, the lock is free

@@ -270,3 +270,67 @@ def test_held_lock_survives_only_while_the_holder_lives(runs_dir):
     proc.wait()
     time.sleep(0.1)
     runlock.check_free(runs_dir / "sft" / "shared")  # no error: the record is stale, the lock is free
+
+
+# ------------------------------------------------------------------ the notebook runner
+def _tunekit(repo: Path, runs: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TUNEKIT_RUNS_DIR=str(runs))
+    return subprocess.run([sys.executable, "-m", "tunekit.cli", *args], capture_output=True, text=True,
+                          cwd=repo, env=env, timeout=timeout)
+
+
+def test_a_refused_rerun_leaves_the_run_and_its_notebook_as_they_were(repo, runs_dir):
+    from tunekit.data.params import InspectParams
+
+    run = start_run("inspect_data", InspectParams(), "kept")
+    (run.dir / "10_inspect_data.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, '
+                                                   '"nbformat_minor": 5, "marker": "first run"}')
+    run.finish({"ok": True})
+    before = {p.name: p.read_bytes() for p in run.dir.iterdir() if p.is_file()}
+    out = _tunekit(repo, runs_dir, "notebooks", "run", "10_inspect_data", "-p", "run_name", "kept",
+                   "-p", "max_dev_samples", "5")
+    assert out.returncode == 2 and "different parameters (max_dev_samples: 100 -> 5)" in out.stderr, out.stderr
+    assert {p.name: p.read_bytes() for p in run.dir.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_failed_first_attempt_does_not_block_a_corrected_retry(repo, runs_dir):
+    bad = _tunekit(repo, runs_dir, "notebooks", "run", "10_inspect_data", "-p", "run_name", "fix",
+                   "-p", "data_version", "no_such_version")
+    assert bad.returncode == 2 and "no_such_version" in bad.stderr, bad.stderr[-2000:]
+    good = _tunekit(repo, runs_dir, "notebooks", "run", "10_inspect_data", "-p", "run_name", "fix")
+    assert good.returncode == 0, good.stderr[-2000:]
+    run_dir = runs_dir / "inspect_data" / "fix"
+    assert json.loads((run_dir / "params.json").read_text())["data_version"] == "sample"
+    assert (run_dir / "summary.json").is_file()
+    launches = [json.loads(x) for x in (run_dir / "launches.jsonl").read_text().splitlines()]
+    assert len(launches) == 2 and "data_version" in launches[1]["replaces_failed_start"][0]
+
+
+@pytest.mark.slow
+def test_the_executed_notebook_survives_a_full_disk(repo, small_fs):
+    """The disk fills up right after the notebook's first save: every later save fails, the last
+    complete copy stays valid JSON, and the runner says where the disk is full."""
+    import threading
+
+    import nbformat
+
+    runs = small_fs / "runs"
+    out_nb = runs / "inspect_data" / "full" / "10_inspect_data.ipynb"
+
+    def fill_after_first_save():
+        end = time.time() + 300
+        while not out_nb.exists() and time.time() < end:
+            time.sleep(0.05)
+        fill(small_fs)
+
+    filler = threading.Thread(target=fill_after_first_save, daemon=True)
+    filler.start()
+    out = _tunekit(repo, runs, "notebooks", "run", "10_inspect_data", "-p", "run_name", "full")
+    filler.join(timeout=10)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "error: disk full at " in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    nb = nbformat.read(out_nb, as_version=4)  # valid JSON: the last complete save
+    assert nb.cells and not list(out_nb.parent.glob(".*.tmp"))
+    for record in out_nb.parent.glob("*.json"):  # whatever the kernel got to write is whole
+        json.loads(record.read_text())

@@ -61,8 +61,8 @@ def disk_full(path: str | os.PathLike, need: int | None = None) -> DiskFull:
     except OSError:
         free = "unknown"
     wanted = f", about {human_bytes(need)} needed" if need is not None else ""
-    return DiskFull(f"disk full at {path} ({free} free{wanted}; free space there, or point runs_dir / "
-                    "TUNEKIT_RUNS_DIR at another file system)")
+    return DiskFull(f"disk full at {path} ({free} free{wanted}; free space there, or move the folder to "
+                    "another file system: runs_dir / TUNEKIT_RUNS_DIR for runs, TUNEKIT_CACHE_DIR for caches)")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -133,8 +133,9 @@ def test_generated_run_name_is_shared_by_the_chain(stand_ins):
     ({"queue": "rt_HF", "nodes": 2}, "runs in one process"),
     ({"chain": 2}, "only training runs"),
     ({"chain": 0}, "--chain"),
-    ({"run_name": "a/b"}, "not a plain folder name"),
-    ({"run_name": "line\nbreak"}, "control character"),
+    ({"run_name": "a/b"}, "not a valid run name"),
+    ({"run_name": "a b"}, "not a valid run name"),
+    ({"run_name": "line\nbreak"}, "not a valid run name"),
     ({"env": {"WANDB_API_KEY": "x"}}, "secrets are never written"),
     ({"env": {"PBS_JOBID": "x"}}, "set by the job script"),
     ({"env": {"A-B": "x"}}, "not a valid environment variable"),
@@ -177,6 +178,9 @@ def test_existing_run_with_other_params_is_refused(stand_ins, runs_dir):
     run_dir.mkdir(parents=True)
     (run_dir / "params.json").write_text(json.dumps({"note": "old", "count": 1, "run_name": "r1",
                                                      "runs_dir": ""}))
+    # Nothing but a failed start there: a corrected submission may replace it.
+    assert plan(params={"note": "new"}, run_name="r1").run_dir == run_dir
+    (run_dir / "summary.json").write_text("{}")  # a result: from now on its parameters are fixed
     with pytest.raises(UserError, match="note: 'old' -> 'new'"):
         plan(params={"note": "new"}, run_name="r1")
     assert plan(params={"note": "old"}, run_name="r1").run_dir == run_dir  # same params: resume
@@ -267,7 +271,8 @@ def test_hostile_values_are_one_literal_word_each(stand_ins, tmp_path, monkeypat
     (venv / "bin" / "activate").write_text("")
     cache = tmp_path / ("cache " + HOSTILE.replace("/", "_"))
     monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(cache))
-    p = plan(run_name="r " + HOSTILE.replace("/", "_"), params={"note": HOSTILE, "runs_dir": str(weird_runs)},
+    # Run names are plain folder names (tunekit.runs.check_run_name); every other value is hostile.
+    p = plan(run_name="r-hostile", params={"note": HOSTILE, "runs_dir": str(weird_runs)},
              env={"JOB_TEST_VALUE": HOSTILE}, activate=f"venv:{venv}")
     script = render_script(p)
     head = script.split("# ---- logs")[0]
@@ -461,3 +466,66 @@ def test_status_reads_the_run_records_when_qstat_is_missing(stand_ins, runs_dir,
     assert "not done" in format_status(rows)
     with pytest.raises(UserError, match="no submitted run"):
         job_status("nope")
+
+
+# ---------------------------------------------------------------- jobs address exactly one run
+def _submitted(runs_dir: Path, name: str, ids: list, latest: str = "s1", stage: str = "sft") -> Path:
+    run_dir = runs_dir / stage / name
+    job_dir = run_dir / "job" / "s1"
+    job_dir.mkdir(parents=True)
+    (run_dir / "job" / "latest").write_text(latest + "\n")
+    (job_dir / "submission.json").write_text(json.dumps(
+        {"submission": "s1", "stage": stage, "chain": len(ids), "job_ids": ids}))
+    return run_dir
+
+
+@pytest.fixture
+def pbs_calls(monkeypatch):
+    """Every qstat/qdel command line, recorded instead of run (qstat reports each job as running)."""
+    calls = []
+
+    def run(argv, **kw):
+        calls.append(list(argv))
+        jobs = {a: {"job_state": "R"} for a in argv[1:] if a[:1].isdigit()}
+        out = json.dumps({"Jobs": jobs}) if "qstat" in argv[0] else ""
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(pbs.subprocess, "run", run)
+    monkeypatch.setattr(pbs.shutil, "which", lambda name: f"/usr/bin/{name}")
+    return calls
+
+
+def test_cancel_matches_the_run_name_exactly_never_as_a_pattern(stand_ins, runs_dir, pbs_calls):
+    from tunekit.jobs import cancel_job
+
+    _submitted(runs_dir, "victim-a", ["101.pbs1"])
+    _submitted(runs_dir, "mine", ["202.pbs1"])
+    with pytest.raises(UserError, match="not a valid run name"):
+        cancel_job("victim*")
+    with pytest.raises(UserError, match="no submitted run"):
+        cancel_job("victim")
+    assert pbs_calls == []
+    assert cancel_job("mine") == {"202.pbs1": "deleted"}
+    assert pbs_calls[-1] == ["/usr/bin/qdel", "--", "202.pbs1"]  # ids after `--`: never an option
+    assert pbs_calls[0][:6] == ["/usr/bin/qstat", "-x", "-f", "-F", "json", "--"]
+
+
+def test_job_ids_read_from_run_records_are_checked_before_qstat_or_qdel(stand_ins, runs_dir, pbs_calls):
+    from tunekit.jobs import cancel_job, job_status
+
+    _submitted(runs_dir, "edited", ["-x", "303.pbs1"])
+    with pytest.raises(UserError, match=r"submission.json: job_ids: '-x' is not a PBS job id"):
+        cancel_job("edited")
+    with pytest.raises(UserError, match="is not a PBS job id"):
+        job_status("edited")
+    assert pbs_calls == []
+
+
+def test_a_latest_marker_pointing_outside_its_run_is_refused(stand_ins, runs_dir, pbs_calls):
+    from tunekit.jobs import cancel_job
+
+    _submitted(runs_dir, "other", ["404.pbs1"])
+    _submitted(runs_dir, "tricked", ["505.pbs1"], latest="../../other/job/s1")
+    with pytest.raises(UserError, match="not a submission folder of this run"):
+        cancel_job("tricked")
+    assert pbs_calls == []

@@ -53,7 +53,7 @@ def test_a_job_runs_its_notebook_with_hostile_values_and_secrets_intact(fake, tm
     runs = tmp_path / ("runs " + HOSTILE.replace("/", "_"))
     monkeypatch.setenv("TUNEKIT_RUNS_DIR", str(runs))
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
-    run_name = "r " + HOSTILE.replace("/", "_")
+    run_name = "r-hostile"  # run names are plain folder names; every other value is hostile
     note = HOSTILE + "\nline two"
     t0 = time.time()
     sub = submit_job("97_report", group="gab50000", queue="rt_HC", walltime="00:10:00",

@@ -279,11 +279,11 @@ def run_path(stage: str, run_name: str, runs_dir: str = "") -> Path:
     return root / stage / check_run_name(run_name)
 
 
-def check_start(stage: str, params, run_name: str = "", runs_dir: str = "") -> StartCheck:
+def check_start(stage: str, params, run_name: str = "", runs_dir: str = "", *, check_lock: bool = True) -> StartCheck:
     """Every check a start makes, writing nothing: the run name, an existing run's params, its lock.
 
     Raises UserError when the name is not a plain folder name, when the run exists with different
-    parameters and holds results, or when another process is writing it.
+    parameters and holds results, or (with check_lock) when another process is writing it.
     """
     fingerprint = params.fingerprint() if hasattr(params, "fingerprint") else ""
     name = check_run_name(run_name or default_run_name(stage, fingerprint))
@@ -306,7 +306,8 @@ def check_start(stage: str, params, run_name: str = "", runs_dir: str = "") -> S
                     f"{path}: this run already exists with different parameters ({detail}) and holds "
                     f"results ({', '.join(held[:3])}) (choose a new run_name, or delete the folder to start over)")
             replaces = diff
-    runlock.check_free(path)
+    if check_lock:
+        runlock.check_free(path)
     return StartCheck(path, name, resumed, replaces)
 
 

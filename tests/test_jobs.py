@@ -235,9 +235,8 @@ def test_rendered_script_has_the_pbs_and_papermill_essentials(stand_ins):
                  'exec > "logs/${JOB_NAME}-${JOBNUM}.out" 2> "logs/${JOB_NAME}-${JOBNUM}.err"',
                  "source /etc/profile.d/modules.sh", "module load hpcx/2.20", 'export TMPDIR="${LOCAL_DIR}/tmp"',
                  'export HF_HOME="${LOCAL_DIR}/hf"', "ulimit -n 65536", "export CUDA_DEVICE_ORDER=PCI_BUS_ID",
-                 "papermill -k tunekit --cwd \"$REPO\" --log-output --no-progress-bar",
-                 "--request-save-on-cell-execute --autosave-cell-every 60",
-                 '-f "$PARAMS_FILE" "$NOTEBOOK_IN" "$NOTEBOOK_OUT"', "command -v mpirun",
+                 'python -m tunekit.cli notebooks execute "$NOTEBOOK_IN" "$NOTEBOOK_OUT" -f "$PARAMS_FILE" &',
+                 """kill -s TERM "$child" 2> /dev/null' TERM""", "command -v mpirun",
                  "export TUNEKIT_DEADLINE=$((JOB_START + WALLTIME_S - 60))"]:
         assert line in s, line
     assert "ncpus" not in s.replace("No ncpus is requested", "")
@@ -318,7 +317,7 @@ def test_dry_run_prints_script_and_exact_commands_and_writes_nothing(stand_ins, 
                    "-p", "total_steps", "9", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "#PBS -l select=2" in out and "papermill -k tunekit" in out
+    assert "#PBS -l select=2" in out and "tunekit.cli notebooks execute" in out
     assert "JOB1=$(qsub -v TUNEKIT_CHAIN_LINK=1,TUNEKIT_CHAIN_LENGTH=3 " in out
     assert 'JOB3=$(qsub -W depend=afterany:"$JOB2" -v TUNEKIT_CHAIN_LINK=3,TUNEKIT_CHAIN_LENGTH=3' in out
     assert not runs_dir.exists() and fake.count() == 0
@@ -529,3 +528,12 @@ def test_a_latest_marker_pointing_outside_its_run_is_refused(stand_ins, runs_dir
     with pytest.raises(UserError, match="not a submission folder of this run"):
         cancel_job("tricked")
     assert pbs_calls == []
+
+
+def test_chain_continues_after_a_signal_stop_with_a_checkpoint(dirs):
+    run_dir, job_dir = dirs
+    chain.gate(run_dir, job_dir, "sft", 1, 2, environ={})
+    (run_dir / "train_result.json").write_text(json.dumps({"status": "interrupted", "stop_signal": "SIGTERM"}))
+    assert chain.record_end(run_dir, job_dir, "sft", 1, 2, 143) == chain.INCOMPLETE
+    assert "stopped by SIGTERM" in chain.read_link(job_dir, 1)["note"]
+    assert chain.gate(run_dir, job_dir, "sft", 2, 2, environ={}) == chain.GATE_RUN

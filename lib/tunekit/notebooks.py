@@ -235,6 +235,10 @@ def execute(input_path: Path, output_path: Path, parameters: Mapping[str, Any], 
             message = (f"{exc.evalue} (in cell {exc.exec_count} of {label}; the executed notebook up "
                        f"to the failure is {output_path})")
             raise (Interrupted(message, code) if code else UserError(message)) from None
+        if stop.requested:
+            raise Interrupted(f"{stop.name} received: {label} was interrupted in cell {exc.exec_count} "
+                              f"({exc.ename}); the executed notebook up to then is {output_path}",
+                              code) from None
         message = (f"{label} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} (the traceback is "
                    f"in the executed notebook {output_path})")
         raise (Interrupted(message, code) if code else UserError(message)) from None

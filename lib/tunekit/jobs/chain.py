@@ -9,8 +9,9 @@ next). Every link runs the same script; at its start it calls `gate` and at its 
 - a follow-up link whose run already reports done -> skip (exit 0 at once, no GPU time used)
 - the previous link failed (an error, not a stop)  -> stop the chain here (exit 1), so a broken
                                                       run does not burn N walltimes
-- otherwise (first link, previous link stopped at its deadline, or was killed before it could
-  write its end record)                             -> run the notebook, which resumes from the
+- otherwise (first link, previous link stopped at its deadline or by a stop signal with a
+  checkpoint, or was killed before it could write
+  its end record)                                   -> run the notebook, which resumes from the
                                                       last checkpoint
 
 "Done" is the training engine's word: `train_result.json` with status "completed" (a deadline
@@ -96,6 +97,13 @@ def _stopped_at_deadline_since(run_dir: Path, since: float) -> bool:
     return bool(result) and result.get("status") == "deadline" and path.stat().st_mtime >= since
 
 
+def _interrupted_since(run_dir: Path, since: float) -> bool:
+    """True if this attempt (after `since`) was stopped by a signal after saving (status "interrupted")."""
+    path = run_dir / TRAIN_RESULT
+    result = _train_result(run_dir)
+    return bool(result) and result.get("status") == "interrupted" and path.stat().st_mtime >= since
+
+
 def _write(job_dir: Path, link: int, record: dict[str, Any]) -> None:
     atomic.write_json(link_path(job_dir, link), record)
 
@@ -145,6 +153,10 @@ def record_end(run_dir: Path, job_dir: Path, stage: str, link: int, chain: int, 
         state = INCOMPLETE if stage in TRAINING_STAGES and not run_done(run_dir, stage) else DONE
     elif stage in TRAINING_STAGES and _stopped_at_deadline_since(run_dir, started):
         state = INCOMPLETE  # the notebook failed after a clean deadline stop: resumable anyway
+    elif stage in TRAINING_STAGES and _interrupted_since(run_dir, started):
+        # Stopped by a signal (qdel, walltime, node drain) with a checkpoint: a next link resumes.
+        state = INCOMPLETE
+        record["note"] = f"stopped by {(_train_result(run_dir) or {}).get('stop_signal')} with a checkpoint"
     else:
         state = FAILED
     record.update(state=state, rc=rc, ended=_now())

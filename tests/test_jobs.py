@@ -537,3 +537,11 @@ def test_chain_continues_after_a_signal_stop_with_a_checkpoint(dirs):
     assert chain.record_end(run_dir, job_dir, "sft", 1, 2, 143) == chain.INCOMPLETE
     assert "stopped by SIGTERM" in chain.read_link(job_dir, 1)["note"]
     assert chain.gate(run_dir, job_dir, "sft", 2, 2, environ={}) == chain.GATE_RUN
+
+
+def test_a_link_stopped_by_a_signal_before_any_checkpoint_counts_as_killed_not_failed(dirs):
+    run_dir, job_dir = dirs
+    chain.gate(run_dir, job_dir, "evaluate", 1, 2, environ={})
+    assert chain.record_end(run_dir, job_dir, "evaluate", 1, 2, 143) == chain.KILLED
+    assert chain.gate(run_dir, job_dir, "evaluate", 2, 2, environ={}) == chain.GATE_RUN
+    assert "stopped by SIGTERM" in chain.read_link(job_dir, 2)["note"]

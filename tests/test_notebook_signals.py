@@ -125,3 +125,50 @@ def test_sigterm_to_the_notebook_runner_reaches_every_training_rank(repo, tmp_pa
     assert [r["step"] for r in read_metrics(run_dir) if "loss" in r] == list(range(1, 41))
     launches = [json.loads(x) for x in (run_dir / "launches.jsonl").read_text().splitlines()]
     assert [x["resumed"] for x in launches] == [False, True]
+
+
+KERNEL_LIKE = """
+import sys
+from tunekit.errors import Interrupted
+from tunekit.runs import start_run
+from tunekit.train.params import SFTParams
+from tunekit.train.sft import prepare_sft, run_sft
+cfg = SFTParams(max_seq_length=256, max_steps=400, nproc_per_node=1, val_interval=0, save_interval=0,
+                run_name="mpi", runs_dir=sys.argv[1])
+run = start_run("sft", cfg, cfg.run_name, cfg.runs_dir)
+try:
+    run_sft(cfg, run, prepare_sft(cfg))
+except Interrupted as exc:
+    print("INTERRUPTED", exc, flush=True)
+    sys.exit(exc.exit_code)
+"""
+
+
+def test_a_stop_reaches_mpirun_ranks_as_sigusr1(tmp_path):
+    """Two PBS hosts: the notebook code launches one mpirun (the fake forwards SIGUSR1/2 to every
+    rank like OpenMPI, and kills the job on SIGTERM); SIGTERM to the launching process must reach
+    the ranks as SIGUSR1, so they save instead of being killed."""
+    fake_pbs = Path(__file__).resolve().parent / "fake_pbs"
+    (fake_pbs / "mpirun").chmod(0o755)
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("127.0.0.1\n127.0.0.2\n")
+    runs = tmp_path / "runs"
+    env = dict(os.environ, PBS_NODEFILE=str(nodefile), OMP_NUM_THREADS="1",
+               PATH=f"{fake_pbs}{os.pathsep}{os.environ['PATH']}")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PBS_JOBID"):
+        env.pop(name, None)
+    proc = subprocess.Popen([sys.executable, "-c", KERNEL_LIKE, str(runs)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    run_dir = runs / "sft" / "mpi"
+    try:
+        _wait_for_steps(run_dir, 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "INTERRUPTED SIGTERM received: training stopped after step" in out, out[-3000:]
+    result = json.loads((run_dir / "train_result.json").read_text())
+    assert (result["status"], result["stop_signal"], result["world_size"]) == ("interrupted", "SIGUSR1", 2)
+    assert [c.step for c in list_checkpoints(run_dir / "checkpoints")] == [result["step"]]

@@ -334,3 +334,60 @@ def test_the_executed_notebook_survives_a_full_disk(repo, small_fs):
     assert nb.cells and not list(out_nb.parent.glob(".*.tmp"))
     for record in out_nb.parent.glob("*.json"):  # whatever the kernel got to write is whole
         json.loads(record.read_text())
+
+
+# ------------------------------------------------------------------ training and disk space
+def _tiny_sft(runs: Path, name: str, **over):
+    from helpers import synthetic_packed
+    from tunekit.train.params import SFTParams
+
+    base = dict(max_seq_length=64, global_batch_size=8, micro_batch_size=2, max_steps=4, save_interval=2,
+                val_interval=0, run_name=name, runs_dir=str(runs), publish="final")
+    base.update(over)
+    cfg = SFTParams(**base)
+    data = (synthetic_packed(40, 64, 96, seed=1), synthetic_packed(8, 64, 96, seed=2), {})
+    return cfg, start_run("sft", cfg, cfg.run_name, cfg.runs_dir), data
+
+
+def test_training_stops_before_its_first_step_when_the_next_checkpoint_cannot_fit(small_fs, model_dir, one_thread):
+    from tunekit.train.sft import train_sft
+
+    cfg, run, data = _tiny_sft(small_fs / "runs", "tight")
+    fill(small_fs, leave=256 * 1024)  # the tiny model's checkpoint needs ~1.4 MiB (estimate)
+    with pytest.raises(DiskFull, match=f"disk full at {run.dir / 'checkpoints'} .*needed"):
+        train_sft(cfg, run, datasets=data, model_dir=model_dir)
+    assert read_metrics(run.dir) == [] and not (run.dir / "checkpoints").exists()
+
+
+def test_the_checkpoint_estimate_covers_a_real_checkpoint(tmp_path, model_dir, one_thread):
+    from helpers import training_model
+    from tunekit.train.checkpoint import checkpoint_bytes, list_checkpoints
+    from tunekit.train.sft import train_sft
+
+    cfg, run, data = _tiny_sft(tmp_path / "runs", "size", max_steps=2)
+    train_sft(cfg, run, datasets=data, model_dir=model_dir)
+    (ckpt,) = list_checkpoints(run.dir / "checkpoints")
+    actual = sum(p.stat().st_size for p in ckpt.path.rglob("*") if p.is_file())
+    model, _ = training_model(model_dir)
+    n = sum(p.numel() for p in model.parameters())
+    assert 12 * n <= actual <= checkpoint_bytes(model), (n, actual, checkpoint_bytes(model))
+
+
+def test_a_record_that_cannot_be_written_stops_training_with_the_reason(tmp_path, model_dir, one_thread,
+                                                                      monkeypatch):
+    from tunekit import atomic as atomic_mod
+    from tunekit.runs import Run
+    from tunekit.train.sft import train_sft
+
+    cfg, run, data = _tiny_sft(tmp_path / "runs", "rec", max_steps=6)
+    real = Run.log
+
+    def log(self, **rec):
+        if rec.get("step") == 3 and "loss" in rec:
+            raise atomic_mod.disk_full(self.dir / "metrics.jsonl")
+        real(self, **rec)
+
+    monkeypatch.setattr(Run, "log", log)
+    with pytest.raises(UserError, match=r"disk full at .*metrics.jsonl .*training stopped after step 3; "
+                                        r"the last checkpoint is step 2"):
+        train_sft(cfg, run, datasets=data, model_dir=model_dir)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import UserError, is_rendered_user_error
-from .paths import repo_root, runs_root, resolve
+from .paths import repo_root, resolve
 from .values import Text
 
 CHECK_MARK = "NBVAL_CHECK_OUTPUT"

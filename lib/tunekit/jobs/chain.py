@@ -39,8 +39,10 @@ GATE_SKIP = 3  # the script exits 0 without running the notebook
 GATE_STOP = 4  # the script exits 1: an earlier link failed
 
 # States of a link record.
-RUNNING, DONE, INCOMPLETE, FAILED, SKIPPED, STOPPED = (
-    "running", "done", "incomplete", "failed", "skipped", "stopped")
+RUNNING, DONE, INCOMPLETE, FAILED, SKIPPED, STOPPED, KILLED = (
+    "running", "done", "incomplete", "failed", "skipped", "stopped", "killed")
+# Exit statuses of a notebook stopped by a signal (tunekit.errors.Interrupted: 128 + signal number).
+_SIGNAL_EXITS = {130: "SIGINT", 143: "SIGTERM"}
 
 
 def _now() -> str:
@@ -134,6 +136,8 @@ def gate(run_dir: Path, job_dir: Path, stage: str, link: int, chain: int,
         return GATE_STOP
     if prev is not None and prev.get("state") == RUNNING:
         record["note"] = f"link {link - 1} was killed before it finished (walltime?); resuming"
+    elif prev is not None and prev.get("state") == KILLED:
+        record["note"] = f"link {link - 1} was {prev.get('note') or 'stopped by a signal'}; resuming"
     elif link > 1:
         record["note"] = "resuming from the last checkpoint"
     if link > 1 and notebook_out is not None and notebook_out.exists():
@@ -157,6 +161,10 @@ def record_end(run_dir: Path, job_dir: Path, stage: str, link: int, chain: int, 
         # Stopped by a signal (qdel, walltime, node drain) with a checkpoint: a next link resumes.
         state = INCOMPLETE
         record["note"] = f"stopped by {(_train_result(run_dir) or {}).get('stop_signal')} with a checkpoint"
+    elif rc in _SIGNAL_EXITS:
+        # Stopped by a signal before anything could be saved: like a kill, not a failure.
+        state = KILLED
+        record["note"] = f"stopped by {_SIGNAL_EXITS[rc]}"
     else:
         state = FAILED
     record.update(state=state, rc=rc, ended=_now())

@@ -242,7 +242,7 @@ def execute(input_path: Path, output_path: Path, parameters: Mapping[str, Any], 
         message = (f"{label} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} (the traceback is "
                    f"in the executed notebook {output_path})")
         raise (Interrupted(message, code) if code else UserError(message)) from None
-    except DiskFull:
+    except (DiskFull, Interrupted):
         raise
     except OSError as exc:
         if is_disk_full(exc):

@@ -684,6 +684,9 @@ def raise_if_stopped(result: dict[str, Any], signal_name: str | None = None) -> 
     if result.get("status") == "completed":
         raise Interrupted(f"{name} received while training finished: all {total} steps are done and "
                           "published, the rest of the notebook was not run (run it again to finish it)", code)
+    if step == result.get("resumed_from") or not step:
+        raise Interrupted(f"{name} received: training stopped before its first step, nothing new to save "
+                          f"(status interrupted); run the notebook again with the same run_name to continue", code)
     raise Interrupted(f"{name} received: training stopped after step {step}/{total} with a checkpoint "
                       "(status interrupted); run the notebook again with the same run_name to resume", code)
 

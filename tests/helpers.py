@@ -392,6 +392,86 @@ def install_kill(after_step: int = 0, in_save: int = 0) -> None:
         dcp.save = save
 
 
+def install_term(spec: str) -> None:
+    """Send this process SIGTERM at a chosen moment, as PBS (qdel, walltime) or a launcher would.
+
+    `spec` is `<moment>:<n>[@rank<r>][,twice|,dup]`:
+        after_step:N     right after step N was reported
+        in_backward:N    between step N's backward and its optimizer step
+        in_validation:K  when the K-th validation pass starts (K=1: the step-0 validation)
+        in_save:N        after the model part of checkpoint N was written, before the rest
+    `@rank<r>` signals only that rank (the others learn it through the loop's all-reduce);
+    `,twice` sends a second SIGTERM 1.5 s later (it must end the process at once), `,dup` a
+    second one immediately (the same stop arriving by two routes: it must change nothing).
+    """
+    import os
+    import signal
+    import time
+
+    head, _, variant = spec.partition(",")
+    where, _, target = head.partition("@")
+    moment, _, n = where.partition(":")
+    n = int(n)
+    rank = int(target.removeprefix("rank")) if target else None
+
+    def fire():
+        if rank is not None and int(os.environ.get("RANK", "0")) != rank:
+            return
+        os.kill(os.getpid(), signal.SIGTERM)
+        if variant == "dup":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif variant == "twice":
+            time.sleep(1.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    from tunekit.train import engine
+
+    if moment == "after_step":
+        from tunekit.train.monitor import Monitor
+
+        orig_step = Monitor.step
+
+        def step(self, record):
+            orig_step(self, record)
+            if record["step"] == n:
+                fire()
+
+        Monitor.step = step
+    elif moment == "in_backward":
+        orig_norm, calls = engine._grad_norm, [0]
+
+        def grad_norm(model, max_norm):
+            calls[0] += 1
+            if calls[0] == n:
+                fire()
+            return orig_norm(model, max_norm)
+
+        engine._grad_norm = grad_norm
+    elif moment == "in_validation":
+        orig_eval, calls = engine.evaluate, [0]
+
+        def evaluate(*a, **k):
+            calls[0] += 1
+            if calls[0] == n:
+                fire()
+            return orig_eval(*a, **k)
+
+        engine.evaluate = evaluate
+    elif moment == "in_save":
+        import torch.distributed.checkpoint as dcp
+
+        orig_save = dcp.save
+
+        def save(state, checkpoint_id=None, **kw):
+            orig_save(state, checkpoint_id=checkpoint_id, **kw)
+            if "step_%08d" % n in str(checkpoint_id) and str(checkpoint_id).endswith("model"):
+                fire()
+
+        dcp.save = save
+    else:
+        raise ValueError(f"unknown moment {moment!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """One training rank: on synthetic data (`sft|dpo ...`), or the kit's own entry (`cli train ...`)."""
     import argparse
@@ -406,9 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("stage", choices=["sft", "dpo", "cli"])
     ap.add_argument("--kill-after-step", type=int, default=0, help="SIGKILL right after this training step")
     ap.add_argument("--kill-in-save", type=int, default=0, help="SIGKILL inside the save of this step")
+    ap.add_argument("--term", default="", help="SIGTERM at a moment (see install_term)")
     if argv and argv[0] == "cli":  # the rest goes to `tunekit ...` unchanged
         args, rest = ap.parse_known_args(argv)
         install_kill(args.kill_after_step, args.kill_in_save)
+        if args.term:
+            install_term(args.term)
         from tunekit.cli import main as tunekit_main
 
         return tunekit_main(rest)
@@ -418,19 +501,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-dev", type=int, default=30)
     args = ap.parse_args(argv)
     install_kill(args.kill_after_step, args.kill_in_save)
+    if args.term:
+        install_term(args.term)
     params = yaml.safe_load(Path(args.params).read_text())
     env = init_distributed()
     ok = False
     try:
         _, res = train_synthetic(args.stage, params, Path(args.model_dir), args.n_train, args.n_dev, env=env)
         if env.is_main:
-            print(f"{res['status']}: step {res['step']}/{res['total_steps']} loss {res['final_loss']:.6f}",
-                  flush=True)
+            loss = f"{res['final_loss']:.6f}" if res["final_loss"] is not None else "-"
+            print(f"{res['status']}: step {res['step']}/{res['total_steps']} loss {loss}", flush=True)
         ok = True
     finally:
         shutdown(clean=ok)
-    exit_worker(0)
-    return 0
+    import signal
+
+    from tunekit.signals import exit_code
+
+    code = exit_code(getattr(signal, res["stop_signal"])) if res.get("stop_signal") else 0
+    exit_worker(code)
+    return code
 
 
 def run_worker(args: list[str], tmp_path: Path | None = None, nproc: int = 1, timeout: int = 600,

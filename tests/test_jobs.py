@@ -133,8 +133,9 @@ def test_generated_run_name_is_shared_by_the_chain(stand_ins):
     ({"queue": "rt_HF", "nodes": 2}, "runs in one process"),
     ({"chain": 2}, "only training runs"),
     ({"chain": 0}, "--chain"),
-    ({"run_name": "a/b"}, "not a plain folder name"),
-    ({"run_name": "line\nbreak"}, "control character"),
+    ({"run_name": "a/b"}, "not a valid run name"),
+    ({"run_name": "a b"}, "not a valid run name"),
+    ({"run_name": "line\nbreak"}, "not a valid run name"),
     ({"env": {"WANDB_API_KEY": "x"}}, "secrets are never written"),
     ({"env": {"PBS_JOBID": "x"}}, "set by the job script"),
     ({"env": {"A-B": "x"}}, "not a valid environment variable"),
@@ -177,6 +178,9 @@ def test_existing_run_with_other_params_is_refused(stand_ins, runs_dir):
     run_dir.mkdir(parents=True)
     (run_dir / "params.json").write_text(json.dumps({"note": "old", "count": 1, "run_name": "r1",
                                                      "runs_dir": ""}))
+    # Nothing but a failed start there: a corrected submission may replace it.
+    assert plan(params={"note": "new"}, run_name="r1").run_dir == run_dir
+    (run_dir / "summary.json").write_text("{}")  # a result: from now on its parameters are fixed
     with pytest.raises(UserError, match="note: 'old' -> 'new'"):
         plan(params={"note": "new"}, run_name="r1")
     assert plan(params={"note": "old"}, run_name="r1").run_dir == run_dir  # same params: resume
@@ -231,9 +235,8 @@ def test_rendered_script_has_the_pbs_and_papermill_essentials(stand_ins):
                  'exec > "logs/${JOB_NAME}-${JOBNUM}.out" 2> "logs/${JOB_NAME}-${JOBNUM}.err"',
                  "source /etc/profile.d/modules.sh", "module load hpcx/2.20", 'export TMPDIR="${LOCAL_DIR}/tmp"',
                  'export HF_HOME="${LOCAL_DIR}/hf"', "ulimit -n 65536", "export CUDA_DEVICE_ORDER=PCI_BUS_ID",
-                 "papermill -k tunekit --cwd \"$REPO\" --log-output --no-progress-bar",
-                 "--request-save-on-cell-execute --autosave-cell-every 60",
-                 '-f "$PARAMS_FILE" "$NOTEBOOK_IN" "$NOTEBOOK_OUT"', "command -v mpirun",
+                 'python -m tunekit.cli notebooks execute "$NOTEBOOK_IN" "$NOTEBOOK_OUT" -f "$PARAMS_FILE" &',
+                 """kill -s TERM "$child" 2> /dev/null' TERM""", "command -v mpirun",
                  "export TUNEKIT_DEADLINE=$((JOB_START + WALLTIME_S - 60))"]:
         assert line in s, line
     assert "ncpus" not in s.replace("No ncpus is requested", "")
@@ -267,7 +270,8 @@ def test_hostile_values_are_one_literal_word_each(stand_ins, tmp_path, monkeypat
     (venv / "bin" / "activate").write_text("")
     cache = tmp_path / ("cache " + HOSTILE.replace("/", "_"))
     monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(cache))
-    p = plan(run_name="r " + HOSTILE.replace("/", "_"), params={"note": HOSTILE, "runs_dir": str(weird_runs)},
+    # Run names are plain folder names (tunekit.runs.check_run_name); every other value is hostile.
+    p = plan(run_name="r-hostile", params={"note": HOSTILE, "runs_dir": str(weird_runs)},
              env={"JOB_TEST_VALUE": HOSTILE}, activate=f"venv:{venv}")
     script = render_script(p)
     head = script.split("# ---- logs")[0]
@@ -313,7 +317,7 @@ def test_dry_run_prints_script_and_exact_commands_and_writes_nothing(stand_ins, 
                    "-p", "total_steps", "9", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "#PBS -l select=2" in out and "papermill -k tunekit" in out
+    assert "#PBS -l select=2" in out and "tunekit.cli notebooks execute" in out
     assert "JOB1=$(qsub -v TUNEKIT_CHAIN_LINK=1,TUNEKIT_CHAIN_LENGTH=3 " in out
     assert 'JOB3=$(qsub -W depend=afterany:"$JOB2" -v TUNEKIT_CHAIN_LINK=3,TUNEKIT_CHAIN_LENGTH=3' in out
     assert not runs_dir.exists() and fake.count() == 0
@@ -461,3 +465,83 @@ def test_status_reads_the_run_records_when_qstat_is_missing(stand_ins, runs_dir,
     assert "not done" in format_status(rows)
     with pytest.raises(UserError, match="no submitted run"):
         job_status("nope")
+
+
+# ---------------------------------------------------------------- jobs address exactly one run
+def _submitted(runs_dir: Path, name: str, ids: list, latest: str = "s1", stage: str = "sft") -> Path:
+    run_dir = runs_dir / stage / name
+    job_dir = run_dir / "job" / "s1"
+    job_dir.mkdir(parents=True)
+    (run_dir / "job" / "latest").write_text(latest + "\n")
+    (job_dir / "submission.json").write_text(json.dumps(
+        {"submission": "s1", "stage": stage, "chain": len(ids), "job_ids": ids}))
+    return run_dir
+
+
+@pytest.fixture
+def pbs_calls(monkeypatch):
+    """Every qstat/qdel command line, recorded instead of run (qstat reports each job as running)."""
+    calls = []
+
+    def run(argv, **kw):
+        calls.append(list(argv))
+        jobs = {a: {"job_state": "R"} for a in argv[1:] if a[:1].isdigit()}
+        out = json.dumps({"Jobs": jobs}) if "qstat" in argv[0] else ""
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(pbs.subprocess, "run", run)
+    monkeypatch.setattr(pbs.shutil, "which", lambda name: f"/usr/bin/{name}")
+    return calls
+
+
+def test_cancel_matches_the_run_name_exactly_never_as_a_pattern(stand_ins, runs_dir, pbs_calls):
+    from tunekit.jobs import cancel_job
+
+    _submitted(runs_dir, "victim-a", ["101.pbs1"])
+    _submitted(runs_dir, "mine", ["202.pbs1"])
+    with pytest.raises(UserError, match="not a valid run name"):
+        cancel_job("victim*")
+    with pytest.raises(UserError, match="no submitted run"):
+        cancel_job("victim")
+    assert pbs_calls == []
+    assert cancel_job("mine") == {"202.pbs1": "deleted"}
+    assert pbs_calls[-1] == ["/usr/bin/qdel", "--", "202.pbs1"]  # ids after `--`: never an option
+    assert pbs_calls[0][:6] == ["/usr/bin/qstat", "-x", "-f", "-F", "json", "--"]
+
+
+def test_job_ids_read_from_run_records_are_checked_before_qstat_or_qdel(stand_ins, runs_dir, pbs_calls):
+    from tunekit.jobs import cancel_job, job_status
+
+    _submitted(runs_dir, "edited", ["-x", "303.pbs1"])
+    with pytest.raises(UserError, match=r"submission.json: job_ids: '-x' is not a PBS job id"):
+        cancel_job("edited")
+    with pytest.raises(UserError, match="is not a PBS job id"):
+        job_status("edited")
+    assert pbs_calls == []
+
+
+def test_a_latest_marker_pointing_outside_its_run_is_refused(stand_ins, runs_dir, pbs_calls):
+    from tunekit.jobs import cancel_job
+
+    _submitted(runs_dir, "other", ["404.pbs1"])
+    _submitted(runs_dir, "tricked", ["505.pbs1"], latest="../../other/job/s1")
+    with pytest.raises(UserError, match="not a submission folder of this run"):
+        cancel_job("tricked")
+    assert pbs_calls == []
+
+
+def test_chain_continues_after_a_signal_stop_with_a_checkpoint(dirs):
+    run_dir, job_dir = dirs
+    chain.gate(run_dir, job_dir, "sft", 1, 2, environ={})
+    (run_dir / "train_result.json").write_text(json.dumps({"status": "interrupted", "stop_signal": "SIGTERM"}))
+    assert chain.record_end(run_dir, job_dir, "sft", 1, 2, 143) == chain.INCOMPLETE
+    assert "stopped by SIGTERM" in chain.read_link(job_dir, 1)["note"]
+    assert chain.gate(run_dir, job_dir, "sft", 2, 2, environ={}) == chain.GATE_RUN
+
+
+def test_a_link_stopped_by_a_signal_before_any_checkpoint_counts_as_killed_not_failed(dirs):
+    run_dir, job_dir = dirs
+    chain.gate(run_dir, job_dir, "evaluate", 1, 2, environ={})
+    assert chain.record_end(run_dir, job_dir, "evaluate", 1, 2, 143) == chain.KILLED
+    assert chain.gate(run_dir, job_dir, "evaluate", 2, 2, environ={}) == chain.GATE_RUN
+    assert "stopped by SIGTERM" in chain.read_link(job_dir, 2)["note"]

@@ -3,12 +3,15 @@
 - a real single-process notebook (10_inspect_data) with its tiny params file;
 - the tiny SFT notebook with 2 training processes on 2 simulated nodes (one mpirun across the
   hosts of $PBS_NODEFILE, started by the notebook itself);
-- a chain whose first job stops at its deadline and whose next job resumes the run.
+- a chain whose first job stops at its deadline and whose next job resumes the run;
+- a training job deleted (qdel) while it trains: it saves a checkpoint and records the stop.
 """
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,39 @@ def test_sft_chain_first_job_stops_at_its_deadline_and_the_next_resumes(fake, ru
     steps = [r["step"] for r in read_metrics(run_dir) if "loss" in r]
     assert steps == list(range(1, result["step"] + 1))
     assert "resumed from step_" in _log(fake, sub.job_ids[1], "out") + _log(fake, sub.job_ids[1], "err")
+
+
+@pytest.mark.slow
+def test_qdel_of_a_training_job_saves_a_checkpoint_and_records_the_stop(fake, runs_dir, monkeypatch):
+    """PBS signals the job script's session only (FAKE_PBS_KILL_SCOPE=session, as MoM kills by
+    session id): the kernel runs in its own session, so the stop must travel script -> runner ->
+    kernel. Training saves a checkpoint, the link is resumable, the executed notebook is whole."""
+    import nbformat
+
+    from tunekit.train.checkpoint import list_checkpoints
+
+    _need("30_sft")
+    monkeypatch.setenv("FAKE_PBS_KILL_SCOPE", "session")
+    monkeypatch.setenv("FAKE_PBS_KILL_DELAY", "120")  # PBS's grace before SIGKILL (the site's kill_delay)
+    sub = submit_job("sft", params_file=str(PARAMS / "sft" / "default.yaml"), group="gab50000",
+                     queue="rt_HC", nproc_per_node=1, walltime="00:30:00", run_name="qdel",
+                     params={"max_steps": 20000, "save_interval": 0, "val_interval": 0})
+    run_dir = runs_dir / "sft" / "qdel"
+    end = time.time() + 900
+    while not [r for r in read_metrics(run_dir) if "loss" in r]:
+        assert fake.job(sub.job_ids[0])["state"] != "F" and time.time() < end, _why(fake, sub.job_ids[0])
+        time.sleep(0.3)
+    qdel = subprocess.run(["qdel", sub.job_ids[0]], capture_output=True, text=True, timeout=200)
+    assert qdel.returncode == 0, qdel.stderr
+    fake.wait(sub.job_ids, timeout=600)
+    out = _log(fake, sub.job_ids[0], "out") + _log(fake, sub.job_ids[0], "err")
+    assert "[job] SIGTERM received: passing it to the notebook" in out
+    assert "training stopped after step" in out, _why(fake, sub.job_ids[0])
+    link = json.loads((sub.job_dir / "link-1.json").read_text())
+    assert (link["state"], link["rc"]) == ("incomplete", 143) and "stopped by SIG" in link["note"], link
+    result = json.loads((run_dir / "train_result.json").read_text())
+    assert result["status"] == "interrupted" and 1 <= result["step"] < 20000
+    assert [c.step for c in list_checkpoints(run_dir / "checkpoints")] == [result["step"]]
+    assert [r["step"] for r in read_metrics(run_dir) if "loss" in r] == list(range(1, result["step"] + 1))
+    nb = nbformat.read(run_dir / "30_sft.ipynb", as_version=4)
+    assert any(o.get("ename") == "Interrupted" for c in nb.cells for o in c.get("outputs", []))

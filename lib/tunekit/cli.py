@@ -2,7 +2,8 @@
 
 Each area registers its own subcommands through `register(subparsers)` in its `cli` module
 (kept import-light: heavy imports such as torch happen inside the handlers). A handler returns an
-exit code; a UserError becomes `error: <sentence>` and exit code 2, never a traceback.
+exit code; a UserError becomes `error: <sentence>` and exit code 2 (an
+Interrupted stop: 128 + the signal number), never a traceback.
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -27,3 +27,18 @@ def rendered(message: str) -> list[str]:
 def is_rendered_user_error(evalue: str, traceback: list[str]) -> bool:
     """True when a cell's error output (evalue + traceback lines) is a rendered UserError."""
     return list(traceback or []) == rendered(evalue)
+
+
+class DiskFull(UserError):
+    """A write failed because the file system is full (or over quota): `disk full at <path> (...)`."""
+
+
+class Interrupted(UserError):
+    """Work stopped on request (SIGTERM/SIGINT): its state is saved and a re-run continues it.
+
+    `exit_code` is the conventional 128 + signal number, so shells and PBS see a signal stop.
+    """
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

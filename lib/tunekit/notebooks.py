@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import UserError, is_rendered_user_error
-from .paths import repo_root, runs_root, resolve
+from .paths import repo_root, resolve
 from .values import Text
 
 CHECK_MARK = "NBVAL_CHECK_OUTPUT"
@@ -107,38 +107,178 @@ def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: 
                  kernel: str | None = None) -> Path:
     """Execute a notebook headless with papermill into its run directory; returns that directory.
 
-    The executed notebook is saved as `runs/<stage>/<run_name>/<name>.ipynb`, after every cell and
-    every 60 s inside long cells, so a killed job keeps its partial notebook.
+    Everything is checked before the first write: the parameters, the run name, an existing run's
+    parameters (`tunekit.runs.check_start`) and its lock; a refused start changes nothing. The
+    runner then holds the run's lock (the kernel it starts shares it), and the executed notebook
+    `runs/<stage>/<run_name>/<name>.ipynb` is saved atomically after every cell and every 60 s
+    (`execute`), so a killed job or a full disk keeps the last complete copy.
     """
-    # papermill imports tqdm.autonotebook, which warns on every import; the kit never uses it.
-    warnings.filterwarnings("ignore", module="tqdm")
-    import papermill as pm
+    from .runs import check_start, default_run_name
 
     nb = spec(name)
     params = convert_params(nb, params or {}, source=source)
     cfg = check_params(nb, params, source=source)
-    from .runs import default_run_name
-
     run_name = params.get("run_name") or default_run_name(nb.stage, cfg.fingerprint())
     params["run_name"] = run_name
-    root = resolve(params["runs_dir"]) if params.get("runs_dir") else runs_root()
-    out_dir = root / nb.stage / run_name
+    check = check_start(nb.stage, cfg, run_name, params.get("runs_dir") or "")
+    out_dir = check.path
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{nb.name}.ipynb"
     os.environ["TUNEKIT_HEADLESS"] = "1"  # the kernel inherits it: progress bars become log lines
+    execute(nb.ipynb, out_dir / f"{nb.name}.ipynb", params, kernel=kernel or ensure_kernel(),
+            label=nb.name)
+    return out_dir
+
+
+class _AtomicNotebookFile:
+    """papermill I/O handler for one output path: every save is temp file + fsync + rename."""
+
+    def read(self, path: str) -> str:
+        return Path(path).read_text(encoding="utf-8")
+
+    def listdir(self, path: str) -> list[str]:
+        return [str(p) for p in Path(path).iterdir()]
+
+    def write(self, buf: str, path: str) -> None:
+        from .atomic import write_text
+
+        write_text(path, buf)
+
+    def pretty_path(self, path: str) -> str:
+        return path
+
+
+_ATOMIC_OUTPUTS: set[str] = set()
+
+
+def _save_atomically(path: Path) -> None:
+    # papermill picks the I/O handler whose registered prefix the path starts with (newest first):
+    # registering the exact output path routes every save of it through the atomic writer.
+    from papermill.iorw import papermill_io
+
+    key = str(path)
+    if key not in _ATOMIC_OUTPUTS:
+        papermill_io.register(key, _AtomicNotebookFile())
+        _ATOMIC_OUTPUTS.add(key)
+
+
+def _signal_kernel(km, signum: int) -> bool:
+    """Send `signum` to the kernel's process group (its own session); False if no kernel runs yet."""
+    prov = getattr(km, "provisioner", None)
+    proc = getattr(prov, "process", None)
+    if proc is None:
+        return False
+    pgid = getattr(prov, "pgid", None)
     try:
-        pm.execute_notebook(str(nb.ipynb), str(out), parameters=params,
-                            kernel_name=kernel or ensure_kernel(), cwd=str(repo_root()),
-                            log_output=True, progress_bar=False,
-                            request_save_on_cell_execute=True, autosave_cell_every=60)
+        if pgid:
+            os.killpg(pgid, signum)
+        else:
+            os.kill(proc.pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def execute(input_path: Path, output_path: Path, parameters: Mapping[str, Any], *, kernel: str,
+            label: str = "", cwd: Path | None = None) -> None:
+    """papermill with the kit's guarantees, for the runner and for PBS jobs (`tunekit notebooks execute`).
+
+    - The run directory (the output's folder) is locked for this process and the kernel it starts.
+    - The executed notebook is written atomically (temp + rename) on every save: a kill or a full
+      disk leaves the last complete copy, never invalid JSON.
+    - SIGTERM / SIGINT reach the kernel as Jupyter's interrupt (SIGINT): training saves a
+      checkpoint and stops (tunekit.signals); a second signal interrupts again, which stops the
+      kernel's work at once, and the kernel is killed if it does not end within 10 s.
+    - A full disk, a refused start, a failing cell: one sentence (UserError / DiskFull / Interrupted).
+    """
+    import signal as _signal
+    import threading
+
+    warnings.filterwarnings("ignore", module="tqdm")  # papermill imports tqdm.autonotebook, which warns
+    import papermill as pm
+    from jupyter_client.manager import KernelManager
+
+    from . import runlock
+    from .atomic import disk_full, is_disk_full
+    from .errors import DiskFull, Interrupted
+    from .signals import StopRequest, exit_code, note, signal_name
+
+    label = label or Path(input_path).stem
+    run_dir = Path(output_path).parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runlock.acquire(run_dir)
+    _save_atomically(Path(output_path))
+    km = KernelManager(kernel_name=kernel)
+
+    def interrupt(signum: int) -> None:
+        if not _signal_kernel(km, _signal.SIGINT):
+            raise Interrupted(f"{signal_name(signum)} received before {label} started; nothing ran",
+                              exit_code(signum))
+        note(f"{signal_name(signum)} received: interrupting {label} (training saves a checkpoint and "
+             "stops; send it again to stop at once)")
+
+    def at_once(signum: int) -> None:
+        _signal_kernel(km, _signal.SIGINT)
+        killer = threading.Timer(10.0, _signal_kernel, args=(km, _signal.SIGKILL))
+        killer.daemon = True
+        killer.start()
+
+    stop = StopRequest(on_first=interrupt, on_second=at_once)
+    try:
+        with stop:
+            pm.execute_notebook(str(input_path), str(output_path), parameters=dict(parameters),
+                                kernel_name=kernel, km=km, cwd=str(cwd or repo_root()), log_output=True,
+                                progress_bar=False, request_save_on_cell_execute=True, autosave_cell_every=60)
     except pm.PapermillExecutionError as exc:
+        code = exit_code(stop.signum) if stop.requested else _signal_code(exc.evalue)
         if is_rendered_user_error(exc.evalue, exc.traceback):
             # The cell already said what is wrong and what to do: pass the sentence on as is.
-            raise UserError(f"{exc.evalue} (in cell {exc.exec_count} of {nb.name}; the executed "
-                            f"notebook up to the failure is {out})") from None
-        raise UserError(f"{nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} "
-                        f"(the traceback is in the executed notebook {out})") from None
-    return out_dir
+            message = (f"{exc.evalue} (in cell {exc.exec_count} of {label}; the executed notebook up "
+                       f"to the failure is {output_path})")
+            raise (Interrupted(message, code) if code else UserError(message)) from None
+        if stop.requested:
+            raise Interrupted(f"{stop.name} received: {label} was interrupted in cell {exc.exec_count} "
+                              f"({exc.ename}); the executed notebook up to then is {output_path}",
+                              code) from None
+        message = (f"{label} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} (the traceback is "
+                   f"in the executed notebook {output_path})")
+        raise (Interrupted(message, code) if code else UserError(message)) from None
+    except (DiskFull, Interrupted):
+        raise
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(output_path) from None
+        raise
+    except Exception as exc:  # the kernel died (killed after a second signal), papermill gave up
+        if not stop.requested:
+            raise
+        raise Interrupted(f"{stop.name} received twice: {label} was stopped at once ({type(exc).__name__}); "
+                          f"the executed notebook up to then is {output_path}", exit_code(stop.signum)) from None
+    finally:
+        _shutdown_kernel(km)
+        runlock.release(run_dir)
+
+
+def _signal_code(evalue: str) -> int | None:
+    """128 + n for a cell that ended with `SIGxxx received: ...` (tunekit.errors.Interrupted)."""
+    import re
+    import signal as _signal
+
+    m = re.match(r"^(SIG[A-Z0-9]+) received", evalue or "")
+    sig = getattr(_signal, m.group(1), None) if m else None
+    return 128 + int(sig) if sig is not None else None
+
+
+def _shutdown_kernel(km) -> None:
+    """Stop the kernel we started (papermill leaves a kernel it was given running)."""
+    try:
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
+    except Exception:  # noqa: BLE001 - already dead, or not started: nothing left to stop
+        pass
+    try:
+        km.cleanup_resources()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 # ---------------------------------------------------------------- py:percent pairing and outputs
@@ -374,6 +514,19 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_execute(args) -> int:
+    from papermill.iorw import read_yaml_file
+
+    # papermill's own reader, exactly as `papermill -f` (a job's params.yaml was validated and
+    # written for it at submission).
+    params = read_yaml_file(str(resolve(args.file, Path.cwd()))) if args.file else {}
+    os.environ.setdefault("TUNEKIT_HEADLESS", "1")
+    execute(resolve(args.input, Path.cwd()), resolve(args.output, Path.cwd()), params or {},
+            kernel=args.kernel or ensure_kernel())
+    print(f"executed notebook: {args.output}")
+    return 0
+
+
 def _cmd_sync(args) -> int:
     for nb in NOTEBOOKS:
         if nb.py.exists():
@@ -408,6 +561,13 @@ def register(subparsers) -> None:
                      "parameter's type: text exactly as typed, numbers like 2e-5, true/false, "
                      "lists like [a, b]")
     r.set_defaults(func=_cmd_run)
+    e = sub.add_parser("execute", help="execute any notebook file headless as a PBS job does (papermill "
+                       "with atomic saves, the run's lock and stop signals passed to the kernel)")
+    e.add_argument("input", help="the notebook to run")
+    e.add_argument("output", help="the executed notebook to write (its folder is the run directory)")
+    e.add_argument("-f", "--file", help="YAML params, read as `papermill -f` reads them")
+    e.add_argument("-k", "--kernel", help=f"Jupyter kernel (default: {KERNEL})")
+    e.set_defaults(func=_cmd_execute)
     s = sub.add_parser("sync", help="regenerate each .ipynb from its .py twin (keeps reference outputs)")
     s.set_defaults(func=_cmd_sync)
     c = sub.add_parser("check", help="check pairing, stray outputs and reference outputs")

@@ -18,7 +18,7 @@ import json
 import typing
 from typing import Any, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 from .errors import UserError
@@ -86,6 +86,17 @@ class RunParams(NotebookParams):
     run_name: str = Field(
         "", description="run folder name (empty: automatic); the same name reopens (resumes) that run")
     runs_dir: str = Field("", description="runs root (empty: <repo>/runs)")
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain_folder_name(cls, value: str) -> str:
+        # Checked here, where every entry point parses its parameters, before anything is created.
+        from .runs import run_name_problem
+
+        problem = run_name_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 def stage_default(base: type[BaseModel], name: str, default: Any, help: str | None = None) -> FieldInfo:

@@ -14,8 +14,17 @@ and the names listed in $FAKE_PBS_PASS_ENV. A job running longer than walltime x
 $FAKE_PBS_TIME_SCALE seconds is killed (SIGTERM, then SIGKILL), as PBS does at its walltime.
 With FAKE_PBS_SYNC=1, qsub runs the job to completion before it returns.
 
+Killing a job (qdel, walltime) sends SIGTERM, waits $FAKE_PBS_KILL_DELAY seconds (default 5, PBS's
+kill_delay) and sends SIGKILL to what is left. $FAKE_PBS_KILL_SCOPE chooses who gets the SIGTERM:
+`tree` (default: every process below the job script, as a cgroup-based kill does) or `session`
+(only the processes in the job script's session, as PBS MoM's kill by session id: a Jupyter
+kernel or launcher that started its own session is not reached and must be told by its parent).
+The SIGKILL always goes to the whole tree.
+
 `mpirun` starts every rank on this machine with OpenMPI's OMPI_COMM_WORLD_* variables, so a
-"multi-node" launch runs here as it would across nodes.
+"multi-node" launch runs here as it would across nodes. Like OpenMPI's mpirun it forwards SIGUSR1
+and SIGUSR2 to every rank, and on SIGTERM/SIGINT it terminates the ranks (SIGTERM, SIGKILL after
+a few seconds).
 """
 from __future__ import annotations
 
@@ -276,11 +285,21 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _session(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _kill_tree(pid: int) -> None:
-    """SIGTERM the process tree, then SIGKILL what is left after 5 s (as PBS at walltime/qdel)."""
+    """SIGTERM the job (see KILL_SCOPE), then SIGKILL the whole tree after the kill delay (as PBS)."""
     tree = [pid, *_descendants(pid)]  # before killing: orphans are re-parented and lost to us
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-        for target in tree:
+    delay = float(os.environ.get("FAKE_PBS_KILL_DELAY", "5"))
+    scope = os.environ.get("FAKE_PBS_KILL_SCOPE", "tree")
+    term = [t for t in tree if _session(t) == _session(pid)] if scope == "session" else tree
+    for sig, targets, wait in ((signal.SIGTERM, term, delay), (signal.SIGKILL, tree, 0.0)):
+        for target in targets:
             try:
                 os.kill(target, sig)
             except ProcessLookupError:
@@ -324,10 +343,18 @@ def _stamp(epoch: float) -> str:
     return _dt.datetime.fromtimestamp(epoch).strftime("%a %b %d %H:%M:%S %Y")
 
 
+def _split_operands(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(options, operands) as getopt splits them: everything after `--` is an operand."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return [a for a in argv if a.startswith("-")], [a for a in argv if not a.startswith("-")]
+
+
 def qstat(argv: list[str]) -> int:
     home = _home()
-    flags = [a for a in argv if a.startswith("-")]
-    ids = [a for a in argv if not a.startswith("-") and a != "json"]
+    flags, operands = _split_operands(argv)
+    ids = [a for a in operands if a != "json"]
     history = "-x" in flags
     rc = 0
     found = {}
@@ -365,7 +392,7 @@ def qstat(argv: list[str]) -> int:
 def qdel(argv: list[str]) -> int:
     home = _home()
     rc = 0
-    for jobid in (a for a in argv if not a.startswith("-")):
+    for jobid in _split_operands(argv)[1]:
         num = _num(jobid)
         if not _job_file(home, num).exists():
             print(f"qdel: Unknown Job Id {jobid}", file=sys.stderr)
@@ -415,7 +442,27 @@ def mpirun(argv: list[str]) -> int:
     if not cmd or np_ > len(hosts) * per_node:
         print(f"mpirun: cannot place {np_} ranks on {len(hosts)} hosts x {per_node}", file=sys.stderr)
         return 2
-    procs = []
+    procs: list[subprocess.Popen] = []
+
+    def forward(signum, frame):  # OpenMPI: SIGUSR1/2 reach every rank
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    def terminate(signum, frame):  # OpenMPI: SIGTERM/SIGINT end the job within seconds
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        time.sleep(3)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGUSR1, forward)
+    signal.signal(signal.SIGUSR2, forward)
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     for rank in range(np_):
         env = {**os.environ, "OMPI_COMM_WORLD_RANK": str(rank), "OMPI_COMM_WORLD_SIZE": str(np_),
                "OMPI_COMM_WORLD_LOCAL_RANK": str(rank % per_node),

@@ -9,8 +9,9 @@ next). Every link runs the same script; at its start it calls `gate` and at its 
 - a follow-up link whose run already reports done -> skip (exit 0 at once, no GPU time used)
 - the previous link failed (an error, not a stop)  -> stop the chain here (exit 1), so a broken
                                                       run does not burn N walltimes
-- otherwise (first link, previous link stopped at its deadline, or was killed before it could
-  write its end record)                             -> run the notebook, which resumes from the
+- otherwise (first link, previous link stopped at its deadline or by a stop signal with a
+  checkpoint, or was killed before it could write
+  its end record)                                   -> run the notebook, which resumes from the
                                                       last checkpoint
 
 "Done" is the training engine's word: `train_result.json` with status "completed" (a deadline
@@ -38,8 +39,10 @@ GATE_SKIP = 3  # the script exits 0 without running the notebook
 GATE_STOP = 4  # the script exits 1: an earlier link failed
 
 # States of a link record.
-RUNNING, DONE, INCOMPLETE, FAILED, SKIPPED, STOPPED = (
-    "running", "done", "incomplete", "failed", "skipped", "stopped")
+RUNNING, DONE, INCOMPLETE, FAILED, SKIPPED, STOPPED, KILLED = (
+    "running", "done", "incomplete", "failed", "skipped", "stopped", "killed")
+# Exit statuses of a notebook stopped by a signal (tunekit.errors.Interrupted: 128 + signal number).
+_SIGNAL_EXITS = {130: "SIGINT", 143: "SIGTERM"}
 
 
 def _now() -> str:
@@ -96,6 +99,13 @@ def _stopped_at_deadline_since(run_dir: Path, since: float) -> bool:
     return bool(result) and result.get("status") == "deadline" and path.stat().st_mtime >= since
 
 
+def _interrupted_since(run_dir: Path, since: float) -> bool:
+    """True if this attempt (after `since`) was stopped by a signal after saving (status "interrupted")."""
+    path = run_dir / TRAIN_RESULT
+    result = _train_result(run_dir)
+    return bool(result) and result.get("status") == "interrupted" and path.stat().st_mtime >= since
+
+
 def _write(job_dir: Path, link: int, record: dict[str, Any]) -> None:
     atomic.write_json(link_path(job_dir, link), record)
 
@@ -126,6 +136,8 @@ def gate(run_dir: Path, job_dir: Path, stage: str, link: int, chain: int,
         return GATE_STOP
     if prev is not None and prev.get("state") == RUNNING:
         record["note"] = f"link {link - 1} was killed before it finished (walltime?); resuming"
+    elif prev is not None and prev.get("state") == KILLED:
+        record["note"] = f"link {link - 1} was {prev.get('note') or 'stopped by a signal'}; resuming"
     elif link > 1:
         record["note"] = "resuming from the last checkpoint"
     if link > 1 and notebook_out is not None and notebook_out.exists():
@@ -145,6 +157,14 @@ def record_end(run_dir: Path, job_dir: Path, stage: str, link: int, chain: int, 
         state = INCOMPLETE if stage in TRAINING_STAGES and not run_done(run_dir, stage) else DONE
     elif stage in TRAINING_STAGES and _stopped_at_deadline_since(run_dir, started):
         state = INCOMPLETE  # the notebook failed after a clean deadline stop: resumable anyway
+    elif stage in TRAINING_STAGES and _interrupted_since(run_dir, started):
+        # Stopped by a signal (qdel, walltime, node drain) with a checkpoint: a next link resumes.
+        state = INCOMPLETE
+        record["note"] = f"stopped by {(_train_result(run_dir) or {}).get('stop_signal')} with a checkpoint"
+    elif rc in _SIGNAL_EXITS:
+        # Stopped by a signal before anything could be saved: like a kill, not a failure.
+        state = KILLED
+        record["note"] = f"stopped by {_SIGNAL_EXITS[rc]}"
     else:
         state = FAILED
     record.update(state=state, rc=rc, ended=_now())

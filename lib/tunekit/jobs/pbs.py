@@ -1,7 +1,10 @@
 """Thin wrappers over PBS Professional's qsub, qstat and qdel (always argv lists, never a shell).
 
 Because no shell is involved, a value with spaces or `$()` reaches qsub as one literal argument;
-`format_command` shows the exact equivalent shell line (for --dry-run and the run record).
+`format_command` shows the exact equivalent shell line (for --dry-run and the run record). Job ids
+are checked with the same rule as qsub's answer at submission (`check_job_id`), also when they are
+read back from a run's records, and reach qstat/qdel after `--`, so no id is ever taken for an
+option.
 """
 from __future__ import annotations
 
@@ -17,6 +20,14 @@ from typing import Any, Sequence
 from ..errors import UserError
 
 _JOBID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.-]+)?$")
+
+
+def check_job_id(job_id: object, source: str = "job id") -> str:
+    """A PBS job id as qsub prints it (`1234.pbs1`, `1234[].pbs1`), or UserError naming `source`."""
+    if not isinstance(job_id, str) or not _JOBID.match(job_id):
+        raise UserError(f"{source}: {job_id!r} is not a PBS job id like 1234.pbs1 (the record was edited "
+                        "or damaged; fix it, or cancel the job with qdel yourself)")
+    return job_id
 
 
 def format_command(argv: Sequence[str], cwd: Path | None = None) -> str:
@@ -92,8 +103,9 @@ def query(job_ids: Sequence[str]) -> dict[str, PBSJob]:
     """qstat -x -f -F json for these ids (finished jobs included); ids PBS forgot are absent."""
     if not job_ids:
         return {}
+    job_ids = [check_job_id(j) for j in job_ids]
     exe = _tool("qstat")
-    proc = subprocess.run([exe, "-x", "-f", "-F", "json", *job_ids], capture_output=True,
+    proc = subprocess.run([exe, "-x", "-f", "-F", "json", "--", *job_ids], capture_output=True,
                           text=True, timeout=120)
     try:
         found = _parse_json(proc.stdout)
@@ -119,9 +131,10 @@ def _match_ids(found: dict[str, PBSJob], job_ids: Sequence[str]) -> dict[str, PB
 
 def delete(job_ids: Sequence[str]) -> dict[str, str]:
     """qdel each id; returns {id: "deleted" | qdel's complaint}."""
+    job_ids = [check_job_id(j) for j in job_ids]
     exe = _tool("qdel")
     out: dict[str, Any] = {}
     for jid in job_ids:
-        proc = subprocess.run([exe, jid], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([exe, "--", jid], capture_output=True, text=True, timeout=120)
         out[jid] = "deleted" if proc.returncode == 0 else (proc.stderr or proc.stdout).strip()
     return out

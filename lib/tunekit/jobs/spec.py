@@ -138,11 +138,10 @@ def check_text(value: str, what: str) -> str:
 
 
 def check_run_name(name: str) -> str:
-    """A run name must be one plain folder name."""
-    check_text(name, "run_name")
-    if not name.strip() or "/" in name or name in (".", "..") or name.startswith("-"):
-        raise UserError(f"run_name {name!r} is not a plain folder name (use letters, digits, - and _)")
-    return name
+    """A run name must be one plain folder name (tunekit.runs.check_run_name: the rule of every entry point)."""
+    from ..runs import check_run_name as rule
+
+    return rule(name)
 
 
 def job_name_for(stage: str, run_name: str) -> str:
@@ -254,18 +253,14 @@ def _check_layout(cfg: Any, world_size: int) -> None:
         check(world_size, _max_positions(cfg))
 
 
-def _check_resume(run_dir: Path, cfg: Any) -> None:
-    """A run that exists must have the same parameters (except those allowed to change on resume)."""
-    import json
+def _check_resume(stage: str, cfg: Any, run_name: str, runs_dir: str) -> None:
+    """A run that exists must have the same parameters unless it holds no results (tunekit.runs.check_start).
 
-    old_file = run_dir / "params.json"
-    if not old_file.exists():
-        return
-    diff = cfg.resume_diff(json.loads(old_file.read_text(encoding="utf-8")))
-    if diff:
-        detail = "; ".join(diff[:6])
-        raise UserError(f"{run_dir}: this run already exists with different parameters ({detail}) "
-                        "(choose a new run name, or submit with the run's own parameters to resume)")
+    Its lock is not checked: the job starts later, and refuses then if another writer is active.
+    """
+    from ..runs import check_start
+
+    check_start(stage, cfg, run_name, runs_dir, check_lock=False)
 
 
 def _check_env(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -332,7 +327,7 @@ def plan_job(req: JobRequest, site: Site | None = None) -> JobPlan:
     root = resolve(params["runs_dir"]) if params.get("runs_dir") else runs_root()
     check_text(str(root), "runs_dir")
     run_dir = root / nb.stage / params["run_name"]
-    _check_resume(run_dir, cfg)
+    _check_resume(nb.stage, cfg, params["run_name"], params.get("runs_dir") or "")
 
     modules = tuple(site.modules if req.modules is None else req.modules)
     for m in modules:

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 from .. import atomic
 from ..errors import UserError
 from ..paths import resolve, runs_root
+from ..runs import check_run_name
 from . import chain as chainmod
 from .. import paramfile
 from . import pbs
@@ -166,21 +167,48 @@ def submit_plan(plan: JobPlan, dry_run: bool = False) -> Submission:
 
 
 # ------------------------------------------------------------------------------------ status
+_SUBMISSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
 def latest_submission(run_dir: Path) -> dict[str, Any] | None:
-    """The newest submission record of a run, or None if it was never submitted as a job."""
+    """The newest submission record of a run, or None if it was never submitted as a job.
+
+    The `job/latest` marker must name a submission folder of this run (one plain folder name),
+    and every job id in the record must look like one qsub prints: records are files anyone can
+    edit, and their ids end up in qstat and qdel.
+    """
     marker = run_dir / "job" / "latest"
     if not marker.exists():
         return None
-    path = run_dir / "job" / marker.read_text(encoding="utf-8").strip() / "submission.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    name = marker.read_text(encoding="utf-8").strip()
+    folder = run_dir / "job" / name
+    if not _SUBMISSION.match(name) or folder.resolve().parent != (run_dir / "job").resolve():
+        raise UserError(f"{marker}: names {name!r}, not a submission folder of this run (it must be a folder "
+                        f"name under {run_dir / 'job'}; fix or delete the marker)")
+    path = folder / "submission.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    ids = record.get("job_ids", [])
+    if not isinstance(ids, list):
+        raise UserError(f"{path}: job_ids is not a list (fix the record, or cancel the jobs with qdel yourself)")
+    for jid in ids:
+        pbs.check_job_id(jid, f"{path}: job_ids")
+    return record
 
 
 def find_run(run: str | os.PathLike) -> Path:
-    """A run directory from a path, or from a run name searched under every stage of the runs root."""
+    """A run directory from a path, or from an exact run name looked up under every stage of the runs root."""
     path = resolve(run, Path.cwd())
     if (path / "job" / "latest").exists():
         return path
-    matches = sorted(p.parent.parent for p in runs_root().glob(f"*/{Path(str(run)).name}/job/latest"))
+    name = str(run)
+    if "/" in name or os.sep in name:
+        raise UserError(f"{run}: not a submitted run directory (no job/latest in it)")
+    check_run_name(name, what="run")  # a name, matched exactly: never a pattern
+    root = runs_root()
+    stages = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    matches = [d / name for d in stages if (d / name / "job" / "latest").is_file()]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -191,7 +219,10 @@ def find_run(run: str | os.PathLike) -> Path:
 
 def recent_runs(limit: int = 10) -> list[Path]:
     """Runs with job records, newest submission first."""
-    markers = sorted(runs_root().glob("*/*/job/latest"), key=lambda p: p.stat().st_mtime, reverse=True)
+    root = runs_root()
+    found = [run / "job" / "latest" for stage in (root.iterdir() if root.is_dir() else []) if stage.is_dir()
+             for run in stage.iterdir() if (run / "job" / "latest").is_file()]
+    markers = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
     return [m.parent.parent for m in markers[:limit]]
 
 

@@ -13,6 +13,11 @@ trainer_state.json and renames the folder into place (atomic on POSIX). Rank 0 p
 checkpoint and the `keep_top_k` lowest validation losses stay; the rest are renamed away first and
 then deleted, so a half-deleted folder never carries a trusted name. DCP reshards on load, so a
 run may resume with a different number of processes.
+
+Disk space: before training (and before every save) rank 0 checks that the file system holds the
+next checkpoint, estimated from the model (`checkpoint_bytes`: the saved parameters plus AdamW's
+two moments); a shortfall, or a write that fails on a full disk anyway, stops every rank with
+"disk full at <path>" and removes the partial folder.
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ from typing import Any
 import torch
 
 from .. import atomic
-from .distributed import DistEnv, barrier, broadcast_object
+from ..errors import UserError
+from .distributed import DistEnv, all_reduce_max, barrier, broadcast_object
 from .lora import checkpoint_options
 
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -90,6 +96,48 @@ def best_checkpoint(root: Path) -> CheckpointInfo | None:
     return min(scored, key=lambda c: (c.val_loss, -c.step)) if scored else None
 
 
+# Per-checkpoint overhead beside the tensors: DCP metadata, RNG states, trainer_state.json.
+_FIXED_BYTES = 1 << 20
+_PER_RANK_BYTES = 64 << 10
+
+
+def checkpoint_bytes(model, world_size: int = 1) -> int:
+    """Estimated size of one checkpoint of `model`: saved parameters + AdamW's two moments + overhead.
+
+    Only trainable parameters are saved when some are frozen (LoRA, see lora.checkpoint_options);
+    AdamW keeps exp_avg and exp_avg_sq in the parameters' dtype (fp32 masters: 12 bytes/parameter).
+    """
+    params = list(model.parameters())
+    frozen = any(not p.requires_grad for p in params)
+    saved = sum(p.numel() * p.element_size() for p in params if p.requires_grad or not frozen)
+    moments = 2 * sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    return int(1.02 * (saved + moments)) + _FIXED_BYTES + _PER_RANK_BYTES * world_size
+
+
+def check_free_space(root: Path, need: int) -> None:
+    """Raise DiskFull ("disk full at <root>") when the file system of `root` cannot hold `need` bytes."""
+    if atomic.free_bytes(root) < need:
+        raise atomic.disk_full(root, need)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """True if a full disk is anywhere in the error (DCP wraps each rank's failure)."""
+    seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if atomic.is_disk_full(e) or "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        todo += [e.__cause__, e.__context__]
+        failures = getattr(e, "failures", None)  # torch.distributed.checkpoint.CheckpointException
+        if isinstance(failures, dict):
+            todo += [v for v in failures.values() if isinstance(v, BaseException)]
+    return False
+
+
 def _rng_state() -> dict[str, Any]:
     import random
 
@@ -133,35 +181,67 @@ class CheckpointManager:
 
     def save(self, step: int, model, optimizer, state: dict[str, Any]) -> Path:
         """Write the checkpoint of `step` atomically; returns its final path."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
         final = self.root / step_dir_name(step)
         if final.exists():  # e.g. a deadline save right after a regular save of the same step
             return final
         tmp = self.root / f".{final.name}.partial"
+        problem = None
         if self.env.is_main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # left by a killed save of the same step
-            tmp.mkdir()
-            (tmp / "rng").mkdir()
-        barrier(self.env)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)  # left by a killed save of the same step
+                check_free_space(self.root, checkpoint_bytes(model, self.env.world_size))
+                tmp.mkdir()
+                (tmp / "rng").mkdir()
+            except (UserError, OSError) as exc:
+                problem = str(exc) if isinstance(exc, UserError) or not atomic.is_disk_full(exc) \
+                    else str(atomic.disk_full(self.root))
+        problem = broadcast_object(problem, self.env)
+        if problem:
+            raise UserError(f"{problem} (checkpoint of step {step} not written)")
         t0 = time.time()
+        try:
+            self._write(tmp, model, optimizer)
+        except Exception as exc:
+            if not _is_disk_full(exc):
+                raise
+            if self.env.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise atomic.disk_full(self.root) from None
+        problem = None
+        if self.env.is_main:
+            record = dict(state, step=step, world_size=self.env.world_size, has_optimizer=True,
+                          save_seconds=round(time.time() - t0, 3))
+            try:
+                atomic.write_json(tmp / STATE_FILE, record)
+            except UserError as exc:  # a full disk: the others must not wait in the barrier below
+                shutil.rmtree(tmp, ignore_errors=True)
+                problem = str(exc)
+            else:
+                os.replace(tmp, final)
+                _fsync_dir(self.root)
+                self._prune()
+        problem = broadcast_object(problem, self.env)
+        if problem:
+            raise UserError(f"{problem} (checkpoint of step {step} not written)")
+        return final
+
+    def _write(self, tmp: Path, model, optimizer) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        barrier(self.env)
         # Frozen weights (the LoRA base) are not saved: they are reloaded from the base model.
         msd, osd = get_state_dict(model, optimizer, options=checkpoint_options(model))
         dcp.save({"model": msd}, checkpoint_id=str(tmp / "model"))
         dcp.save({"optim": osd}, checkpoint_id=str(tmp / "optim"))
-        torch.save(_rng_state(), tmp / "rng" / f"rank_{self.env.rank:05d}.pt")
-        barrier(self.env)
-        if self.env.is_main:
-            record = dict(state, step=step, world_size=self.env.world_size, has_optimizer=True,
-                          save_seconds=round(time.time() - t0, 3))
-            atomic.write_json(tmp / STATE_FILE, record)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
-            self._prune()
-        barrier(self.env)
-        return final
+        failed: OSError | None = None
+        try:
+            torch.save(_rng_state(), tmp / "rng" / f"rank_{self.env.rank:05d}.pt")
+        except OSError as exc:  # not collective: tell the others instead of leaving them in a barrier
+            failed = exc
+        if all_reduce_max(1.0 if failed is not None else 0.0, self.env) > 0:
+            raise failed or OSError(28, "No space left on device (on another rank)")
 
     def load(self, ckpt: CheckpointInfo, model, optimizer=None) -> dict[str, Any]:
         """Load model (+ optimiser, + this rank's RNG) from `ckpt`; returns its trainer state."""

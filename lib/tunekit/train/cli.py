@@ -56,16 +56,31 @@ def load_params(stage: Stage, path: str | None, run_dir: str | None):
     return cls.parse(paramfile.load(path), source=str(path))
 
 
+def _reopen(cfg, run_dir: Path) -> None:
+    """Rank 0 of `--run-dir D`: become D's writer; a launch of its own (not started by D's writer) is recorded."""
+    from .. import runlock
+    from ..runs import environment_snapshot, record_launch
+
+    if runlock.acquire(run_dir):  # False: the notebook kernel that launched us writes the run
+        env = environment_snapshot()
+        record_launch(run_dir, env, resumed=(run_dir / "checkpoints").is_dir(), fingerprint=cfg.fingerprint())
+
+
 def open_run_for_worker(cfg, run_dir: Path | None, env):
-    """The run on every rank: rank 0 creates/reopens it (start_run), the others follow its path."""
+    """The run on every rank: rank 0 creates/reopens it (start_run) and holds its lock, the others follow."""
     from ..runs import Run, start_run
     from .distributed import broadcast_object
 
+    info = None
     if run_dir is not None:
         run_dir = Path(run_dir).resolve()
-        return Run(run_dir, cfg.stage, resumed=(run_dir / "checkpoints").is_dir(), writer=env.is_main)
-    info = None
-    if env.is_main:
+        if env.is_main:
+            try:
+                _reopen(cfg, run_dir)
+                info = (str(run_dir), (run_dir / "checkpoints").is_dir(), None)
+            except UserError as exc:
+                info = (None, False, str(exc))
+    elif env.is_main:
         try:
             r = start_run(cfg.stage, cfg, cfg.run_name, cfg.runs_dir)
             info = (str(r.dir), r.resumed, None)
@@ -82,6 +97,10 @@ def worker_main(args) -> int:
     from ..runtime import seed_everything
     from .distributed import exit_worker, init_distributed, shutdown
 
+    import signal
+
+    from ..signals import exit_code
+
     stage = STAGES[args.train_command]
     cfg = load_params(stage, args.params, args.run_dir)
     env = init_distributed()
@@ -91,15 +110,18 @@ def worker_main(args) -> int:
         run = open_run_for_worker(cfg, Path(args.run_dir) if args.run_dir else None, env)
         result = stage.load(stage.train)(cfg, run, env=env)
         if env.is_main:
-            print(f"{result['status']}: step {result['step']}/{result['total_steps']}, "
+            stopped = f" ({result['stop_signal']} received)" if result.get("stop_signal") else ""
+            print(f"{result['status']}: step {result['step']}/{result['total_steps']}{stopped}, "
                   f"run dir {run.dir}", flush=True)
         ok = True
     finally:
         shutdown(clean=ok)
     # Exit code 0 also for a deadline stop: the run is consistent and resumable, and
-    # train_result.json says "deadline" (what a PBS chain looks at).
-    exit_worker(0)
-    return 0
+    # train_result.json says "deadline" (what a PBS chain looks at). A stop signal is not a
+    # success: 128 + its number, as if the signal had ended the process (after the checkpoint).
+    code = exit_code(getattr(signal, result["stop_signal"])) if result.get("stop_signal") else 0
+    exit_worker(code)
+    return code
 
 
 def register(subparsers) -> None:

@@ -19,6 +19,12 @@ where D is the run directory the notebook already created (its params.json is th
 config), streams rank 0's output into the cell, and afterwards reads the run's records like any
 other run. The notebook code is the same for 1 and for 64 processes. A kernel that was itself
 started by a launcher (WORLD_SIZE set) trains in-process instead.
+
+Stopping: a SIGTERM/SIGINT the kernel receives while its workers train is passed on as a stop
+request, to torchrun as SIGTERM (torchrun forwards it to every rank and waits up to
+STOP_GRACE_S before SIGKILL) or to mpirun as SIGUSR1 (mpirun forwards SIGUSR1/2 to every rank;
+on SIGTERM it would kill the job within seconds). The ranks finish the step, save and exit;
+a second signal kills the workers at once.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UserError
+from ..signals import StopRequest, exit_now, note, signal_name
 
 _OMPI_MAP = {"OMPI_COMM_WORLD_RANK": "RANK", "OMPI_COMM_WORLD_LOCAL_RANK": "LOCAL_RANK",
              "OMPI_COMM_WORLD_SIZE": "WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE": "LOCAL_WORLD_SIZE"}
@@ -249,6 +256,12 @@ def forwarded_env(environ: dict[str, str] | None = None) -> list[str]:
     return sorted(k for k in names if k not in _NEVER_FORWARD and not k.startswith("OMPI_COMM_WORLD_"))
 
 
+# How long torchrun waits for its ranks to save and exit after forwarding a stop before SIGKILL
+# (torchrun's own default is 30 s, too short for an 8B checkpoint). The scheduler's SIGKILL wins
+# when its grace period is shorter.
+STOP_GRACE_S = 900
+
+
 def world_plan(nproc_per_node: int) -> tuple[int, list[str]]:
     """(total processes, hosts) this launch would use: PBS hosts x nproc_per_node, else one node."""
     hosts = pbs_hosts()
@@ -267,7 +280,7 @@ def build_command(stage: str, run_dir: Path, nproc_per_node: int, hosts: list[st
     tail = ["-m", WORKER_MODULE, "train", stage, "--run-dir", str(run_dir)]
     if len(hosts) <= 1:
         cmd = [py, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}",
-               *tail]
+               f"--shutdown-timeout={STOP_GRACE_S}", *tail]
         return cmd, {}
     if shutil.which("mpirun") is None:
         raise UserError(f"{len(hosts)} PBS nodes but no mpirun on PATH (load the hpcx/openmpi module "
@@ -283,12 +296,14 @@ def build_command(stage: str, run_dir: Path, nproc_per_node: int, hosts: list[st
     return cmd, extra
 
 
-def spawn_workers(stage: str, run_dir: Path, nproc_per_node: int, finished: Callable[[float], bool]) -> None:
+def spawn_workers(stage: str, run_dir: Path, nproc_per_node: int,
+                  finished: Callable[[float], bool]) -> str | None:
     """Run the workers to completion, streaming their output; UserError with their last lines on failure.
 
     `finished(t0)` says whether the run's result record was written by this launch (after t0): a
     nonzero exit that comes only after the record is complete (a process aborting in teardown) is
-    reported as such, and the run counts as done.
+    reported as such, and the run counts as done. Returns the name of a stop signal this process
+    received and passed on to the workers (None without one); the caller reports it.
     """
     total, hosts = world_plan(nproc_per_node)
     cmd, extra = build_command(stage, run_dir, nproc_per_node, hosts)
@@ -301,22 +316,38 @@ def spawn_workers(stage: str, run_dir: Path, nproc_per_node: int, finished: Call
     # Own session: interrupting the cell stops the whole launcher tree, and only it.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1, start_new_session=True)
+    mpi = cmd[0] == "mpirun"
+
+    def forward(signum: int) -> None:
+        note(f"{signal_name(signum)} received: asking the training processes to save and stop "
+             "(send it again to kill them at once)")
+        _signal_quietly(proc.pid, signal.SIGUSR1 if mpi else signal.SIGTERM)
+
+    def kill_now(signum: int) -> None:
+        _signal_group(proc.pid, signal.SIGKILL)
+        exit_now(signum)
+
+    stop = StopRequest(on_first=forward, on_second=kill_now)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tail.append(line.rstrip())
-            if _worth_showing(line):
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        rc = proc.wait()
+        with stop:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tail.append(line.rstrip())
+                if _worth_showing(line):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+            rc = proc.wait()
     except BaseException:
         _stop(proc)
         raise
+    if stop.requested:
+        return stop.name
     if rc != 0 and finished(t0):
         print(f"note: the training processes wrote their result and then exited with code {rc} while "
               f"shutting down ({failure_summary(list(tail))}); the run is complete", flush=True)
     elif rc != 0:
         raise UserError(f"training processes failed (exit {rc}): {failure_summary(list(tail))}")
+    return None
 
 
 def failure_summary(lines: list[str]) -> str:
@@ -335,6 +366,20 @@ def failure_summary(lines: list[str]) -> str:
 def _worth_showing(line: str) -> bool:
     # torchrun's banner about OMP_NUM_THREADS repeats per launch; everything else is ours.
     return "Setting OMP_NUM_THREADS" not in line and not line.startswith("*****")
+
+
+def _signal_quietly(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -46,10 +46,11 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import atomic
 from . import attention, memory
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..model import resolve_model
+from ..signals import StopRequest, exit_code, signal_name
 from .batches import IGNORE_INDEX
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, check_free_space, checkpoint_bytes
 from .distributed import (DistEnv, all_reduce_max, all_reduce_sum, barrier, broadcast_object, init_distributed,
                           launched_world_size, should_spawn, spawn_workers, world_plan)
 from .lora import LoraSpec, attach_lora, complete_state_dict, spec_from_params
@@ -360,7 +361,7 @@ class LoopSettings:
 class LoopResult:
     """How a call to `train_loop` ended (rank 0 writes it as train_result.json)."""
 
-    status: str                       # completed | deadline
+    status: str                       # completed | deadline | interrupted (a stop signal)
     step: int
     total_steps: int
     resumed_from: int | None
@@ -370,6 +371,7 @@ class LoopResult:
     val_history: list[list[float]] = field(default_factory=list)  # [[step, val_loss], ...]
     best_step: int | None = None
     best_val_loss: float | None = None
+    stop_signal: str | None = None    # e.g. "SIGTERM" when a signal asked the loop to stop
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -413,9 +415,19 @@ def _grad_norm(model, max_norm: float) -> float:
     return float(norm)
 
 
+# Why the loop stops early, agreed by all ranks (all_reduce_max: the most severe reason wins).
+_GO, _DEADLINE, _SIGNAL, _FAILED = 0.0, 1.0, 2.0, 3.0
+
+
 def train_loop(task: Task, model, optimizer, schedule: LRSchedule, train_ds, dev_ds, order: DataOrder,
-               ckpt: CheckpointManager, monitor: Monitor, env: DistEnv, s: LoopSettings) -> LoopResult:
-    """Train to `s.total_steps` (or the deadline), resuming from the latest complete checkpoint."""
+               ckpt: CheckpointManager, monitor: Monitor, env: DistEnv, s: LoopSettings,
+               stop: StopRequest | None = None) -> LoopResult:
+    """Train to `s.total_steps` (or the deadline, or a stop signal), resuming from the latest complete checkpoint.
+
+    Between steps every rank contributes its reason to stop (the deadline is near, a signal
+    arrived on this rank, rank 0 could not write its records) and all act on the most severe one:
+    a signal on any one rank stops all of them after the same step, with one checkpoint.
+    """
     step, tokens_seen, train_seconds, resumed_from = 0, 0, 0.0, None
     val_history: list[list[float]] = []
     latest = ckpt.latest()
@@ -440,6 +452,7 @@ def train_loop(task: Task, model, optimizer, schedule: LRSchedule, train_ds, dev
             monitor.validation({"step": 0, **val})
     accum = s.global_batch // (s.micro_batch * env.world_size)
     status, step_ema, save_cost, last_saved = "completed", None, 0.0, step
+    first_step, stop_name = step, None
     t_attempt = time.time()
 
     def save(at: int, val_loss: float | None) -> None:
@@ -455,8 +468,17 @@ def train_loop(task: Task, model, optimizer, schedule: LRSchedule, train_ds, dev
     while step < s.total_steps:
         # Stop early if one more step plus a checkpoint would not fit before the deadline.
         need = (step_ema or 0.0) + save_cost
-        stop = 1.0 if s.deadline.remaining() < need else 0.0
-        if all_reduce_max(stop, env) > 0:
+        reason = _FAILED if monitor.failed is not None else _SIGNAL if stop is not None and stop.requested \
+            else _DEADLINE if s.deadline.remaining() < need else _GO
+        reason = all_reduce_max(reason, env)
+        if reason == _FAILED:
+            message = broadcast_object(str(monitor.failed) if monitor.failed is not None else None, env)
+            raise UserError(f"{message} (training stopped after step {step}; the last checkpoint is "
+                            f"step {last_saved})")
+        if reason == _SIGNAL:  # the signal may have reached another rank only: agree on its name
+            status, stop_name = "interrupted", signal_name(int(all_reduce_max(float(stop.signum or 0), env)))
+            break
+        if reason == _DEADLINE:
             status = "deadline"
             break
         step += 1
@@ -509,11 +531,17 @@ def train_loop(task: Task, model, optimizer, schedule: LRSchedule, train_ds, dev
                 monitor.validation({"step": step, **val})
         if save_now:
             save(step, val_loss)
-    if status == "deadline" and last_saved != step:
-        monitor.print(f"deadline: {s.deadline.describe()}; saving step {step} and stopping")
-        save(step, None)
-    elif status == "deadline":
-        monitor.print(f"deadline: {s.deadline.describe()}; step {step} is already saved, stopping")
+    if status != "completed":
+        # One checkpoint of the last finished step (val_loss None, as for any unscheduled save:
+        # it never competes for "best", so the published weights match an uninterrupted run).
+        why = f"deadline: {s.deadline.describe()}" if status == "deadline" else f"{stop_name} received"
+        if last_saved != step:
+            monitor.print(f"{why}; saving step {step} and stopping")
+            save(step, None)
+        elif step == first_step:
+            monitor.print(f"{why}; stopping before the first step of this attempt (nothing new to save)")
+        else:
+            monitor.print(f"{why}; step {step} is already saved, stopping")
     if status == "completed" and s.delete_optimizer_state:
         n = ckpt.drop_optimizer_states()
         monitor.print(f"deleted the optimizer state of {n} checkpoint(s) (weights kept)")
@@ -522,7 +550,8 @@ def train_loop(task: Task, model, optimizer, schedule: LRSchedule, train_ds, dev
     return LoopResult(status=status, step=step, total_steps=s.total_steps, resumed_from=resumed_from,
                       final_loss=last_loss, tokens_seen=tokens_seen, train_seconds=round(train_seconds, 3),
                       val_history=val_history, best_step=int(best[0]) if best else None,
-                      best_val_loss=best[1] if best else None)
+                      best_val_loss=best[1] if best else None,
+                      stop_signal=stop_name)
 
 
 # ------------------------------------------------------------------ one training attempt
@@ -583,90 +612,143 @@ def setup(cfg, env: DistEnv | None = None, model_dir: Path | None = None) -> Set
     return Setup(env, model_dir, attn, pad_token_id(model_dir))
 
 
+def on_main(env: DistEnv, fn: Callable[[], Any]) -> None:
+    """Run a check on rank 0 only; its failure (one sentence) stops every rank, none hangs."""
+    error, exc_main = None, None
+    if env.is_main:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below; the others must not hang
+            exc_main = exc
+            error = str(exc) if isinstance(exc, UserError) else f"rank 0 failed: {exc!r}"
+    error = broadcast_object(error, env)
+    if exc_main is not None:
+        raise exc_main
+    if error:
+        raise UserError(error)
+
+
 def train(task: Task, cfg, run, s: Setup, train_ds, dev_ds,
           data_report: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (resuming if the run has checkpoints), publish when complete; returns the result record.
 
-    Collective: every rank calls it.
+    Collective: every rank calls it. SIGTERM / SIGINT / SIGUSR1 during the attempt stop it after
+    the current step with one checkpoint (status "interrupted", `stop_signal` set); a second
+    signal stops at once (tunekit.signals).
     """
     env, model_dir = s.env, s.model_dir
     plan = make_plan(cfg, env.world_size, len(train_ds), len(dev_ds) if dev_ds is not None else 0)
     dev_ds = dev_ds if dev_ds is not None and len(dev_ds) else None
     t_start = time.time()
     deadline = make_deadline(cfg.max_train_minutes, cfg.walltime_margin_minutes, start=t_start)
+    on_main(env, run.hold)  # one writer per run: refused here if another process writes it
     ckpt = CheckpointManager(run.path("checkpoints"), env, keep_top_k=cfg.keep_top_k)
     latest = ckpt.latest()
-    if env.is_main and latest is not None:
-        # Steps after the checkpoint are redone; their old records would duplicate them.
-        truncate_metrics(run.dir, latest.step)
-    barrier(env)
-    lora = spec_from_params(cfg)  # None: full fine-tuning
-    gpu_versions = versions() if env.is_cuda else None
-    if gpu_versions and env.is_main:
-        print(f"[gpu] {versions_line(gpu_versions)}", flush=True)
-        # A planning check before 8B weights load: the estimate next to this GPU's memory.
-        est = memory.for_params(cfg, read_config(model_dir), env.world_size, plan.grad_accum)
-        print(memory.plan_line(est, gpu_versions.get("gpu_memory_gb")), flush=True)
-    model, loaded = load_for_training(model_dir, env, precision=cfg.precision,
-                                      attn_implementation=cfg.attn_implementation,
-                                      activation_checkpointing=cfg.activation_checkpointing,
-                                      checkpoint_every=cfg.activation_checkpointing_every,
-                                      compile_layers=cfg.compile_layers, chunk_tokens=cfg.loss_chunk_tokens,
-                                      lora=lora)
-    optimizer = build_optimizer(model, cfg)
-    schedule = LRSchedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.constant_steps, plan.total_steps)
-    order = DataOrder(plan.n_train, cfg.global_batch_size, cfg.seed)
-    monitor = Monitor(run, is_main=env.is_main, total_steps=plan.total_steps, desc=cfg.stage,
-                      wandb_mode=cfg.wandb, wandb_project=cfg.wandb_project, config=cfg.to_dict())
-    if lora is not None:
-        monitor.print(f"LoRA rank {lora.rank} (alpha {lora.alpha:g}) on {','.join(lora.targets)}: "
-                      f"{loaded.n_trainable / 1e6:.3f}M trainable parameters, base frozen")
-    monitor.print(f"{loaded.n_params / 1e6:.2f}M parameters, {env.world_size} process(es) on "
-                  f"{env.device.type}, {loaded.attention} attention, compute "
-                  f"{str(loaded.compute_dtype).replace('torch.', '')}; {plan.total_steps} steps x "
-                  f"{cfg.global_batch_size} sequences of {cfg.max_seq_length} tokens "
-                  f"({plan.grad_accum} micro-batch(es) of {cfg.micro_batch_size} per process); "
-                  f"{deadline.describe()}")
-    settings = LoopSettings(total_steps=plan.total_steps, global_batch=cfg.global_batch_size,
-                            micro_batch=cfg.micro_batch_size, grad_clip=cfg.grad_clip,
-                            val_interval=cfg.val_interval, save_interval=cfg.save_interval,
-                            deadline=deadline, delete_optimizer_state=cfg.delete_optimizer_state,
-                            meter=StepMeter(env.device, flops_per_token(read_config(model_dir), cfg.max_seq_length),
-                                            env.world_size))
-    try:
-        loop = train_loop(task, model, optimizer, schedule, train_ds, dev_ds, order, ckpt, monitor, env,
-                          settings)
-    finally:
-        monitor.close()
-    published, published_step = None, None
-    if loop.status == "completed":
-        published, published_step = publish(cfg, run, env, model, ckpt, model_dir, loop.step)
-    history = loop.val_history
-    metrics = run.metrics() if env.is_main else []
-    train_recs = [r for r in metrics if "loss" in r]
-    result = {
-        "status": loop.status, "step": loop.step, "total_steps": loop.total_steps,
-        "resumed_from": loop.resumed_from,
-        "final_loss": train_recs[-1]["loss"] if train_recs else loop.final_loss,
-        "initial_val_loss": history[0][1] if history and history[0][0] == 0 else None,
-        "final_val_loss": history[-1][1] if history else None,
-        "best_val_loss": loop.best_val_loss, "best_step": loop.best_step, "val_history": history,
-        "tokens_seen": loop.tokens_seen, "train_seconds": loop.train_seconds,
-        "tokens_per_s": round(loop.tokens_seen / loop.train_seconds, 1) if loop.train_seconds else None,
-        "world_size": env.world_size, "device": env.device.type,
-        "attn_implementation": loaded.attn_implementation,
-        "compute_dtype": str(loaded.compute_dtype).replace("torch.", ""), "n_params": loaded.n_params,
-        "plan": plan.to_dict(), "data": data_report or {}, "model_dir": str(model_dir),
-        "hf_model": str(published) if published else None, "published_step": published_step,
-        "peft": "lora" if lora is not None else "none", "trainable_params": loaded.n_trainable,
-        "lora_adapter": str(run.path("lora_adapter")) if published and lora is not None else None,
-        "attempt_seconds": round(time.time() - t_start, 1),
-        **summarize(train_recs), "gpu": gpu_versions,
-    }
     if env.is_main:
-        atomic.write_json(run.path(RESULT_FILE), result)
+        # Records after the checkpoint (all of them without one) are redone; keeping them would
+        # duplicate steps and validations.
+        truncate_metrics(run.dir, latest.step if latest is not None else -1)
     barrier(env)
+    with StopRequest() as stop:
+        lora = spec_from_params(cfg)  # None: full fine-tuning
+        gpu_versions = versions() if env.is_cuda else None
+        if gpu_versions and env.is_main:
+            print(f"[gpu] {versions_line(gpu_versions)}", flush=True)
+            # A planning check before 8B weights load: the estimate next to this GPU's memory.
+            est = memory.for_params(cfg, read_config(model_dir), env.world_size, plan.grad_accum)
+            print(memory.plan_line(est, gpu_versions.get("gpu_memory_gb")), flush=True)
+        model, loaded = load_for_training(model_dir, env, precision=cfg.precision,
+                                          attn_implementation=cfg.attn_implementation,
+                                          activation_checkpointing=cfg.activation_checkpointing,
+                                          checkpoint_every=cfg.activation_checkpointing_every,
+                                          compile_layers=cfg.compile_layers, chunk_tokens=cfg.loss_chunk_tokens,
+                                          lora=lora)
+        if latest is None or latest.step < plan.total_steps:
+            need = checkpoint_bytes(model, env.world_size)
+            on_main(env, lambda: check_free_space(ckpt.root, need))
+        optimizer = build_optimizer(model, cfg)
+        schedule = LRSchedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.constant_steps, plan.total_steps)
+        order = DataOrder(plan.n_train, cfg.global_batch_size, cfg.seed)
+        monitor = Monitor(run, is_main=env.is_main, total_steps=plan.total_steps, desc=cfg.stage,
+                          wandb_mode=cfg.wandb, wandb_project=cfg.wandb_project, config=cfg.to_dict())
+        if lora is not None:
+            monitor.print(f"LoRA rank {lora.rank} (alpha {lora.alpha:g}) on {','.join(lora.targets)}: "
+                          f"{loaded.n_trainable / 1e6:.3f}M trainable parameters, base frozen")
+        monitor.print(f"{loaded.n_params / 1e6:.2f}M parameters, {env.world_size} process(es) on "
+                      f"{env.device.type}, {loaded.attention} attention, compute "
+                      f"{str(loaded.compute_dtype).replace('torch.', '')}; {plan.total_steps} steps x "
+                      f"{cfg.global_batch_size} sequences of {cfg.max_seq_length} tokens "
+                      f"({plan.grad_accum} micro-batch(es) of {cfg.micro_batch_size} per process); "
+                      f"{deadline.describe()}")
+        settings = LoopSettings(total_steps=plan.total_steps, global_batch=cfg.global_batch_size,
+                                micro_batch=cfg.micro_batch_size, grad_clip=cfg.grad_clip,
+                                val_interval=cfg.val_interval, save_interval=cfg.save_interval,
+                                deadline=deadline, delete_optimizer_state=cfg.delete_optimizer_state,
+                                meter=StepMeter(env.device,
+                                                flops_per_token(read_config(model_dir), cfg.max_seq_length),
+                                                env.world_size))
+        try:
+            loop = train_loop(task, model, optimizer, schedule, train_ds, dev_ds, order, ckpt, monitor, env,
+                              settings, stop=stop)
+        finally:
+            monitor.close()
+        published, published_step = None, None
+        if loop.status == "completed":
+            published, published_step = publish(cfg, run, env, model, ckpt, model_dir, loop.step)
+        history = loop.val_history
+        metrics = run.metrics() if env.is_main else []
+        train_recs = [r for r in metrics if "loss" in r]
+        result = {
+            "status": loop.status, "step": loop.step, "total_steps": loop.total_steps,
+            "resumed_from": loop.resumed_from,
+            "final_loss": train_recs[-1]["loss"] if train_recs else loop.final_loss,
+            "initial_val_loss": history[0][1] if history and history[0][0] == 0 else None,
+            "final_val_loss": history[-1][1] if history else None,
+            "best_val_loss": loop.best_val_loss, "best_step": loop.best_step, "val_history": history,
+            "tokens_seen": loop.tokens_seen, "train_seconds": loop.train_seconds,
+            "tokens_per_s": round(loop.tokens_seen / loop.train_seconds, 1) if loop.train_seconds else None,
+            "world_size": env.world_size, "device": env.device.type,
+            "attn_implementation": loaded.attn_implementation,
+            "compute_dtype": str(loaded.compute_dtype).replace("torch.", ""), "n_params": loaded.n_params,
+            "plan": plan.to_dict(), "data": data_report or {}, "model_dir": str(model_dir),
+            "hf_model": str(published) if published else None, "published_step": published_step,
+            "peft": "lora" if lora is not None else "none", "trainable_params": loaded.n_trainable,
+            "lora_adapter": str(run.path("lora_adapter")) if published and lora is not None else None,
+            "attempt_seconds": round(time.time() - t_start, 1),
+            # A stop that arrived after the last step still ends the attempt early (the notebook
+            # stops, the worker exits non-zero), although the run itself is complete.
+            "stop_signal": loop.stop_signal or _agreed_signal(stop, env),
+            **summarize(train_recs), "gpu": gpu_versions,
+        }
+        if env.is_main:
+            atomic.write_json(run.path(RESULT_FILE), result)
+        barrier(env)
     return result
+
+
+def _agreed_signal(stop: StopRequest, env: DistEnv) -> str | None:
+    """The name of a stop signal any rank received (collective), None if none did."""
+    signum = int(all_reduce_max(float(stop.signum or 0), env))
+    return signal_name(signum) if signum else None
+
+
+def raise_if_stopped(result: dict[str, Any], signal_name: str | None = None) -> None:
+    """In a notebook: end the training cell with one sentence when a stop signal ended the attempt."""
+    name = signal_name or result.get("stop_signal")
+    if not name:
+        return
+    import signal as _signal
+
+    code = exit_code(getattr(_signal, name, _signal.SIGINT))
+    step, total = result.get("step"), result.get("total_steps")
+    if result.get("status") == "completed":
+        raise Interrupted(f"{name} received while training finished: all {total} steps are done and "
+                          "published, the rest of the notebook was not run (run it again to finish it)", code)
+    if step == result.get("resumed_from") or not step:
+        raise Interrupted(f"{name} received: training stopped before its first step, nothing new to save "
+                          f"(status interrupted); run the notebook again with the same run_name to continue", code)
+    raise Interrupted(f"{name} received: training stopped after step {step}/{total} with a checkpoint "
+                      "(status interrupted); run the notebook again with the same run_name to resume", code)
 
 
 def _already_published(out: Path, step: int, mode: str) -> bool:
@@ -731,9 +813,21 @@ def prepare(cfg, build_data: Callable[[Path], tuple[Any, Any, dict[str, Any]]]) 
 def run_prepared(prep: Prepared, cfg, run, train_fn: Callable[..., dict]) -> dict[str, Any]:
     """Train in this kernel, or launch `tunekit train <stage>` workers and wait for their train_result.json."""
     if prep.spawn:
-        spawn_workers(cfg.stage, run.dir, cfg.nproc_per_node, lambda t0: result_written_since(run.dir, t0))
+        t0 = time.time()
+        stopped = spawn_workers(cfg.stage, run.dir, cfg.nproc_per_node, lambda t: result_written_since(run.dir, t))
+        if stopped:  # this kernel got the signal and passed it on to the workers
+            if not result_written_since(run.dir, t0):
+                import signal as _signal
+
+                raise Interrupted(f"{stopped} received before training began; nothing new was saved (run "
+                                  "the notebook again to start or resume)",
+                                  exit_code(getattr(_signal, stopped, _signal.SIGINT)))
+            raise_if_stopped(read_result(run.dir) or {}, stopped)
         result = read_result(run.dir)
         if result is None:
             raise UserError(f"{run.dir}: the training processes ended without a {RESULT_FILE}")
+        raise_if_stopped(result)
         return result
-    return train_fn(cfg, run, datasets=(prep.train, prep.dev, prep.report), model_dir=prep.model_dir)
+    result = train_fn(cfg, run, datasets=(prep.train, prep.dev, prep.report), model_dir=prep.model_dir)
+    raise_if_stopped(result)
+    return result

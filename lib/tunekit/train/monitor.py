@@ -1,7 +1,11 @@
 """What a training run reports while it trains: metrics.jsonl records, the progress bar, wandb.
 
 Only rank 0 reports. Every optimiser step appends one record to the run's metrics.jsonl (flushed,
-so a killed job keeps it); validation appends `{"step", "val_loss", ...}` records. wandb is off
+so a killed job keeps it); validation appends `{"step", "val_loss", ...}` records. A record that
+cannot be written (full disk) is not lost silently: the monitor keeps the error in `failed` and
+the loop stops every rank with it at the next step boundary. Each attempt starts by cutting
+metrics.jsonl back to its checkpoint (`truncate_metrics`), so after any resume the file holds
+exactly one record per step and per validation. wandb is off
 unless asked: `offline` writes under the run dir for a later `wandb sync`, `online` needs
 WANDB_API_KEY in the environment (never in params or files).
 """
@@ -39,6 +43,7 @@ class Monitor:
         self.is_main = is_main
         self.bar = None
         self.wandb = None
+        self.failed: Exception | None = None  # a record could not be written (e.g. DiskFull)
         if not is_main:
             return
         from ..runtime import progress
@@ -57,7 +62,7 @@ class Monitor:
         """Report one optimiser step."""
         if not self.is_main:
             return
-        self.run.log(**record)
+        self._log(record)
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in record.items() if k != "step"},
                            step=record["step"])
@@ -69,11 +74,21 @@ class Monitor:
         """Report one validation pass."""
         if not self.is_main:
             return
-        self.run.log(**record)
+        self._log(record)
         if self.wandb is not None:
             self.wandb.log({f"val/{k}": v for k, v in record.items() if k != "step"},
                            step=record["step"])
         self.print(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
+
+    def _log(self, record: Mapping[str, Any]) -> None:
+        # Raising here would stop rank 0 alone and leave the others waiting in a collective.
+        if self.failed is not None:
+            return
+        try:
+            self.run.log(**record)
+        except UserError as exc:
+            self.failed = exc
+            self.print(f"error: {exc}")
 
     def print(self, line: str) -> None:
         """A log line that does not break the progress bar."""
@@ -103,7 +118,11 @@ def _fmt(v: Any) -> str:
 
 
 def truncate_metrics(run_dir: Path, after_step: int) -> int:
-    """Drop metrics records of steps > `after_step` (they are redone on resume); returns how many."""
+    """Drop metrics records of steps > `after_step` (they are redone on resume) and torn lines; returns how many.
+
+    `after_step` is the step of the checkpoint the attempt resumes from, -1 without one (then every
+    step and validation record goes, the step-0 validation included).
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return 0

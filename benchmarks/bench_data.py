@@ -47,22 +47,32 @@ def problem(rng: random.Random) -> tuple[str, str]:
     return q, "\n".join(steps) + f"\nよって、答えは $\\boxed{{\\frac{{{c - b}}}{{{a}}}}}$ です。"
 
 
-def generate(path: Path, n: int, seed: int = 0) -> list[str]:
-    """Write n SFT records (about a quarter multi-turn); return their rendered texts."""
+def records(n: int, seed: int = 0) -> list[dict]:
+    """n SFT records (about a quarter multi-turn), deterministic for a seed."""
     rng = random.Random(seed)
-    rendered = []
+    out = []
+    for _ in range(n):
+        msgs = [{"role": "system", "content": rng.choice(SYSTEMS)}]
+        for _turn in range(1 if rng.random() < 0.75 else rng.randint(2, 3)):
+            q, ans = problem(rng)
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": ans}]
+        out.append({"messages": msgs})
+    return out
+
+
+def render(record: dict) -> str:
+    """The conversation as one text in the llm-jp prompt format (what raw SentencePiece encodes)."""
+    msgs = record["messages"]
+    return msgs[0]["content"] + "".join(
+        f"\n\n### 指示:\n{u['content']}\n\n### 応答:\n{a['content']}" for u, a in zip(msgs[1::2], msgs[2::2]))
+
+
+def generate(path: Path, n: int, seed: int = 0) -> list[str]:
+    """Write n SFT records to `path`; return their rendered texts."""
+    recs = records(n, seed)
     with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            system = rng.choice(SYSTEMS)
-            msgs = [{"role": "system", "content": system}]
-            text = system
-            for _turn in range(1 if rng.random() < 0.75 else rng.randint(2, 3)):
-                q, ans = problem(rng)
-                msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": ans}]
-                text += f"\n\n### 指示:\n{q}\n\n### 応答:\n{ans}"
-            f.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
-            rendered.append(text)
-    return rendered
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    return [render(r) for r in recs]
 
 
 def rss_mb() -> float:

@@ -222,15 +222,35 @@ def _truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _flip(path, at=-4):
+    """Flip the bits of one byte (default: in the last token) without changing the size."""
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _other_same_shape(d):
+    """Replace tokens.npy with another array of the same dtype and shape (e.g. copied from
+    another entry): the first record then starts with eos instead of bos."""
+    tokens = np.load(d / "tokens.npy")
+    np.save(d / "tokens.npy", np.roll(tokens, 1))
+
+
+CHANGED = "does not match its checksum in the manifest"
 DAMAGE = {
-    "truncated tokens.npy": (lambda d: _truncate(d / "tokens.npy"), "tokens.npy is damaged"),
+    "flipped bytes in tokens.npy": (lambda d: _flip(d / "tokens.npy"), f"tokens.npy {CHANGED}"),
+    "tokens.npy of the same shape": (_other_same_shape, f"tokens.npy {CHANGED}"),
+    "truncated tokens.npy": (lambda d: _truncate(d / "tokens.npy"), f"tokens.npy {CHANGED}"),
     "missing mask.npy": (lambda d: (d / "mask.npy").unlink(), "mask.npy is missing"),
     "garbage manifest.json": (lambda d: (d / "manifest.json").write_bytes(b"\x00{garbage"),
                               "manifest.json is not valid JSON"),
     "empty manifest.json": (lambda d: (d / "manifest.json").write_bytes(b""), "manifest.json is empty"),
     "missing manifest.json": (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
     "array of another shape": (lambda d: np.save(d / "lines.npy", np.zeros(3, np.int32)),
-                               "lines.npy holds int32 [3] but the manifest says int32 [40]"),
+                               f"lines.npy {CHANGED}"),
+    "manifest without checksums": (lambda d: (d / "manifest.json").write_text(json.dumps(
+        {**json.loads((d / "manifest.json").read_text()), "arrays": {"tokens": {"dtype": "int32"}}})),
+        "manifest.json lacks the array checksums"),
 }
 
 
@@ -252,7 +272,7 @@ def test_a_damaged_entry_says_why_and_is_rebuilt(data, tok_dir, capsys, damage):
     assert not third.built and third.rebuilt_because is None
 
 
-@pytest.mark.parametrize("how", ["numpy short write", "ENOSPC"])
+@pytest.mark.parametrize("how", ["ENOSPC on an array", "ENOSPC"])
 def test_disk_full_during_a_build_is_one_sentence_simulated(data, tok_dir, monkeypatch, how):
     """A full disk simulated by patching the write (numpy reports it as `N requested and M
     written`, other writes as ENOSPC); the real thing on a small tmpfs is the next test."""
@@ -267,9 +287,9 @@ def test_disk_full_during_a_build_is_one_sentence_simulated(data, tok_dir, monke
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         monkeypatch.setattr(atomic, "write_bytes", full)   # the manifest, written last
     else:
-        def full(path, arr, allow_pickle=False):
-            raise OSError(f"{arr.size} requested and 7 written")
-        monkeypatch.setattr(cache_entry.np, "save", full)
+        def full(dtype, length):   # the first write of every array; errno only, like os.write
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(cache_entry, "npy_header", full)
     with pytest.raises(UserError, match=r"^disk full at .*: the cache entry for .*d\.jsonl could not be "
                                         r"written \(writing .*\) \(free space on that disk, or set "
                                         r"TUNEKIT_CACHE_DIR") as exc:

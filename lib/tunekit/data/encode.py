@@ -53,6 +53,9 @@ class TokenizerInfo:
 
 def encode_batch(tok, texts: Sequence[str]) -> list[list[int]]:
     """Ids of each text without special tokens added (special-token text inside is still mapped)."""
+    fast = getattr(tok, "encode_texts", None)
+    if fast is not None:  # tunekit.data.tokenizer.SentencePieceTokenizer
+        return fast(texts)
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None:  # the Rust tokenizer directly: no BatchEncoding overhead
         return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]

@@ -228,6 +228,51 @@ def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkey
     assert not out.exists() and not list(tmp_path.glob("bad.tmp-*"))
 
 
+def _flip_middle(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_byte_changed_on_disk_after_writing_stops_hf_to_nemo(tiny, tmp_path, monkeypatch):
+    """The written bytes are read back once against checksums taken while writing (no second load
+    of the model): a disk or filesystem fault between the two is caught, nothing is published."""
+    real = api.write_weights
+
+    def faulty(weights_dir, *a, **k):
+        sums = real(weights_dir, *a, **k)
+        _flip_middle(weights_dir / "__0_0.distcp")
+        return sums
+
+    monkeypatch.setattr(api, "write_weights", faulty)
+    out = tmp_path / "nemo"
+    with pytest.raises(verify.VerificationError, match=r"__0_0\.distcp.*(reads back different bytes|cannot be read back)"):
+        api.hf_to_nemo(str(tiny), out, verify_logits=False, **QUIET)
+    assert not out.exists() and not list(tmp_path.glob("nemo.tmp-*"))
+
+
+def test_a_byte_changed_on_disk_after_writing_stops_nemo_to_hf(nemo_dir, tmp_path, monkeypatch):
+    real = st.ShardWriter.close
+
+    def faulty(self):
+        real(self)
+        _flip_middle(self.out_dir / self.files[0])
+
+    monkeypatch.setattr(st.ShardWriter, "close", faulty)
+    out = tmp_path / "hf"
+    with pytest.raises(verify.VerificationError, match=r"model\.safetensors reads back different bytes"):
+        api.nemo_to_hf(str(nemo_dir), out, verify_logits=False, **QUIET)
+    assert not out.exists()
+
+
+def test_a_mapping_that_does_not_invert_stops_before_writing(tiny, tmp_path, monkeypatch):
+    """A split that is not the inverse of the fuse is caught in memory, tensor by tensor."""
+    real = layout.split_qkv
+    monkeypatch.setattr(layout, "split_qkv", lambda spec, w: tuple(t.flip(0) for t in real(spec, w)))
+    with pytest.raises(verify.VerificationError, match=r"q_proj\.weight does not come back from .*linear_qkv"):
+        api.hf_to_nemo(str(tiny), tmp_path / "nemo", verify_logits=False, **QUIET)
+
+
 # ---------------------------------------------------------------- damaged inputs: one clear error each
 def _copy_hf(tiny: Path, dst: Path, edit) -> Path:
     from safetensors.torch import load_file, save_file

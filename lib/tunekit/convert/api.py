@@ -4,7 +4,9 @@
     nemo_to_hf("/groups/x/sft_out", "out/hf")      # picks step=*-last, -> HF dir with chat template
 
 Both build the output under `<dst>.tmp-<pid>` and rename it into place only after verification
-passed (`verify.py`), so a killed or failed conversion never leaves a folder that looks complete.
+passed (`verify.py`: every tensor mapped back bit for bit as it is produced, the written bytes read
+back once against checksums taken while writing, and the logits check), so a killed or failed
+conversion never leaves a folder that looks complete.
 Memory stays near one tensor (writing) or one layer (reading) plus the largest single tensor
 (the embedding), not the model; the logits check loads one fp32 model at a time (verify.py).
 """
@@ -28,7 +30,7 @@ from .common_state import non_model_entries
 from .layout import RULES, LlamaSpec, Rule, extra_state_keys, read_groups
 from .megatron_cpu import megatron_on_cpu
 from .safetensors_io import ShardWriter
-from .torch_dist import NemoWeights, plan_chunks, write_weights
+from .torch_dist import NemoWeights, plan_chunks, verify_written, write_weights
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_CHOICES = ("auto", "bf16", "fp32")
@@ -122,11 +124,18 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
     log(f"hf-to-nemo: {hf_dir} ({spec.num_params():,} parameters, {str(weights.dtype)[6:]}) -> "
         f"{path} ({dname})")
 
+    trip = verify.RoundTrip(spec, dt)
+
     def fetch(rule: Rule, layer: int | None, part: int | None) -> torch.Tensor:
         names = rule.hf_names(layer)
         if part is not None:
-            return weights.get(names[part])
-        return rule.to_nemo(spec, [weights.get(n) for n in names])
+            t = weights.get(names[part])
+            trip.same_part(rule, layer, part, t, t.to(dt))
+            return t
+        parts = [weights.get(n) for n in names]
+        nemo_t = rule.to_nemo(spec, parts)
+        trip.hf_to_nemo(rule, layer, parts, nemo_t)  # before it is written: a wrong map stops here
+        return nemo_t
 
     tokenizer = hf_files.load_tokenizer(hf_dir) if has_tok else None
     with megatron_on_cpu(), atomic.atomic_dir(path, overwrite=overwrite) as tmp:
@@ -139,19 +148,24 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
                 "tokenizer.type, as the official scripts expect")
         bar = _bar(_weights_bytes(spec, dt), "hf-to-nemo")
         t_write = time.time()
-        write_weights(tmp / "model_weights", spec, plan_chunks(spec, fetch), dt,
-                      on_chunk=bar.update)
-        bar.close()
+        try:
+            sums = write_weights(tmp / "model_weights", spec, plan_chunks(spec, fetch), dt,
+                                 on_chunk=bar.update)
+        except BaseException:  # torch's CheckpointException is a BaseException
+            if trip.error is not None:  # the writer wraps it: raise the real one
+                raise trip.error from None
+            raise
+        finally:
+            bar.close()
         write_s = time.time() - t_write
         written = _dir_bytes(tmp / "model_weights")
         log(f"hf-to-nemo: wrote {written / 1e6:.1f} MB in {write_s:.1f} s; verifying ...")
         t_ver = time.time()
         nemo = NemoWeights(tmp / "model_weights")
         nemo.check(spec)
-        vbar = progress(total=spec.num_layers, unit="layer", desc="verify weights")
-        compared = verify.compare_weights(nemo, weights, spec, dt, vbar)
-        vbar.close()
-        checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": compared}
+        chunks = verify_written(tmp / "model_weights", sums)
+        checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
+                                  "chunks_read_back": chunks, "checksum": "xxh3_128"}
         sample = None
         if verify_logits:
             logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt)
@@ -210,8 +224,9 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             writer = ShardWriter(tmp, plan, dt, int(max_shard_gb * 1e9))
             bar = _bar(writer.total_bytes, "nemo-to-hf")
             t_write = time.time()
+            trip = verify.RoundTrip(spec, dt)
             for group, layer in read_groups(spec):
-                _write_group(nemo, spec, group, layer, writer, bar)
+                _write_group(nemo, spec, group, layer, writer, bar, trip)
             writer.close()
             bar.close()
             write_s = time.time() - t_write
@@ -221,10 +236,9 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             t_ver = time.time()
             out = hf_files.HFWeights(tmp)
             out.check(spec)
-            vbar = progress(total=spec.num_layers, unit="layer", desc="verify weights")
-            compared = verify.compare_weights(nemo, out, spec, dt, vbar)
-            vbar.close()
-            checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": compared}
+            writer.verify()
+            checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
+                                      "files_read_back": len(writer.checksums), "checksum": "xxh3_128"}
             sample = None
             if verify_logits:
                 logits = verify.check_logits(tmp, spec, source.weights_dir, tok, dt, nemo.prefix)
@@ -241,11 +255,15 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
     return ConversionResult(summary, path, sample)
 
 
-def _write_group(nemo: NemoWeights, spec: LlamaSpec, group, layer, writer: ShardWriter, bar) -> None:
+def _write_group(nemo: NemoWeights, spec: LlamaSpec, group, layer, writer: ShardWriter, bar,
+                 trip: verify.RoundTrip) -> None:
     # A function of its own so the group's tensors are freed before the next group is read.
     tensors = nemo.read(spec, layer, group)
     for rule in group:
-        for name, t in zip(rule.hf_names(layer), rule.to_hf(spec, tensors.pop(rule.nemo))):
+        nemo_t = tensors.pop(rule.nemo)
+        parts = rule.to_hf(spec, nemo_t)
+        trip.nemo_to_hf(rule, layer, nemo_t, parts)  # before it is written: a wrong map stops here
+        for name, t in zip(rule.hf_names(layer), parts):
             bar.update(writer.write(name, t))
 
 

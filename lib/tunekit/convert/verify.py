@@ -1,7 +1,13 @@
-"""Checks run after every conversion, before the output gets its final name.
+"""Checks run during and after every conversion, before the output gets its final name.
 
-1. Weights, bit for bit: every NeMo tensor, split back into HF tensors, equals the HF tensor in the
-   output dtype (the HF -> NeMo -> HF round trip, done tensor by tensor in memory).
+1. Weights, bit for bit, without a second load of the model:
+   a. the mapping, in memory, as each tensor is produced: every NeMo tensor, split back into HF
+      tensors, equals the HF tensors in the output dtype (`RoundTrip`);
+   b. the bytes on disk: a checksum (xxh3-128) of every tensor's bytes is taken while it is
+      written, and the written files are re-read once and must give the same checksums
+      (`safetensors_io.ShardWriter.verify`, `torch_dist.verify_written`). Reading back only
+      hashes bytes: no Megatron load, no tensor comparison against the source.
+   `compare_weights` (the old full re-load through Megatron's loader) stays for tests.
 2. Logits: a Megatron-core GPTModel built from `model_config.yaml` and loaded from `model_weights/`
    by Megatron's own `dist_checkpointing.load` gives the same logits as transformers'
    LlamaForCausalLM on fixed Japanese prompts. Both run in fp32 with the weights rounded to the
@@ -34,6 +40,43 @@ LOGITS_RTOL = 1e-3
 
 class VerificationError(UserError):
     """The converted model does not match its source (the output is not published)."""
+
+
+class RoundTrip:
+    """Check, in memory, that each converted tensor maps back to its source bit for bit (1a)."""
+
+    def __init__(self, spec: LlamaSpec, dtype: torch.dtype):
+        self.spec, self.dtype, self.compared = spec, dtype, 0
+        self.error: VerificationError | None = None   # kept: torch's checkpoint writer wraps exceptions
+
+    def _fail(self, message: str) -> None:
+        self.error = VerificationError(message)
+        raise self.error
+
+    def hf_to_nemo(self, rule, layer: int | None, parts: list[torch.Tensor], nemo: torch.Tensor) -> None:
+        """`nemo` (made from the HF `parts`) splits back into `parts` (all in the output dtype)."""
+        back = rule.to_hf(self.spec, nemo.to(self.dtype))
+        self._same(rule, layer, back, parts)
+
+    def nemo_to_hf(self, rule, layer: int | None, nemo: torch.Tensor, parts: list[torch.Tensor]) -> None:
+        """The HF `parts` (split from `nemo`) fuse back into `nemo` (all in the output dtype)."""
+        again = rule.to_nemo(self.spec, [p.to(self.dtype) for p in parts])
+        if not _same_bits(again, nemo.to(self.dtype)):
+            self._fail(f"verification: {rule.nemo_key()} layer {layer} does not fuse back from its "
+                       "HF tensors (the conversion is wrong; please report it)")
+        self.compared += len(parts)
+
+    def same_part(self, rule, layer: int | None, part: int, hf: torch.Tensor, written: torch.Tensor) -> None:
+        """A row block written as it came (SwiGLU gate/up) holds exactly the HF tensor."""
+        self._same(rule, layer, [written], [hf], names=[rule.hf_names(layer)[part]])
+
+    def _same(self, rule, layer, got, want, names=None) -> None:
+        names = names or rule.hf_names(layer)
+        for name, a, b in zip(names, got, want):
+            if not _same_bits(a, b.to(self.dtype)):
+                self._fail(f"verification: {name} does not come back from {rule.nemo_key()} "
+                           "bit for bit (the conversion is wrong; please report it)")
+            self.compared += 1
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

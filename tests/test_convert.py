@@ -210,7 +210,31 @@ def test_sharded_hf_output(nemo_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- verification is not vacuous
-def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkeypatch):
+def test_logits_windows_fit_the_memory_budget():
+    """llm-jp-4-8b's fp32 copy (32 GB) does not fit 16 GB: windows of a few layers, every layer
+    covered once; a small model is checked whole."""
+    big = LlamaSpec(num_layers=32, hidden_size=4096, ffn_hidden_size=14336, num_heads=32, num_query_groups=8,
+                    head_dim=128, vocab_size=196608)
+    windows = verify.logits_windows(big, 16.0)
+    assert 1 < len(windows) < 32 and windows[0][0] == 0 and windows[-1][1] == 32
+    assert all(a == b for (_, a), (b, _) in zip(windows, windows[1:]))
+    per = windows[0][1] - windows[0][0]
+    fixed, layer = 4 * 2 * 196608 * 4096, 4 * (big.num_params() - 2 * 196608 * 4096 - 4096) / 32
+    assert 1.3 * (fixed + per * layer) <= 16 * 2**30 < 1.3 * (fixed + (per + 1) * layer)
+    assert verify.logits_windows(big, 64.0) == [(0, 32)]
+    assert verify.logits_windows(big, 1.0) == [(i, i + 1) for i in range(32)]
+
+
+def test_windowed_logits_check_passes_and_records_its_windows(tiny, tmp_path):
+    res = api.hf_to_nemo(str(tiny), tmp_path / "nemo", logits_memory_gb=1e-6, **QUIET)
+    v = res.summary["verification"]
+    assert v["layer_windows"] == [[0, 1], [1, 2]] and v["logits_match"] and v["logits_max_abs_diff"] < 1e-5
+    back = api.nemo_to_hf(str(tmp_path / "nemo"), tmp_path / "hf", logits_memory_gb=1e-6, **QUIET)
+    assert back.summary["verification"]["layer_windows"] == [[0, 1], [1, 2]]
+
+
+@pytest.mark.parametrize("memory_gb", [16.0, 1e-6], ids=["whole model", "one layer at a time"])
+def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkeypatch, memory_gb):
     """A wrong QKV layout that round-trips (fuse and split agree) passes the weight check; only the
     Megatron-core logits can catch it, and then no output folder may appear."""
     def plain_fuse(spec, q, k, v):
@@ -224,7 +248,7 @@ def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkey
     monkeypatch.setattr(layout, "split_qkv", plain_split)
     out = tmp_path / "bad"
     with pytest.raises(verify.VerificationError, match="logits differ"):
-        api.hf_to_nemo(str(tiny), out, **QUIET)
+        api.hf_to_nemo(str(tiny), out, logits_memory_gb=memory_gb, **QUIET)
     assert not out.exists() and not list(tmp_path.glob("bad.tmp-*"))
 
 

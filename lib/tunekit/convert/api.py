@@ -99,14 +99,15 @@ def _weights_bytes(spec: LlamaSpec, dtype: torch.dtype) -> int:
 
 # ---------------------------------------------------------------- HF -> NeMo
 def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits: bool = True,
-               overwrite: bool = False, log=print) -> ConversionResult:
+               overwrite: bool = False, logits_memory_gb: float = verify.LOGITS_MEMORY_GB,
+               log=print) -> ConversionResult:
     """Convert an HF LLaMA model ("tiny", HF dir, run dir) into a NeMo dir in the official kit's layout.
 
     Writes `model_config.yaml`, `model_weights/` (torch_dist) and `tokenizer/`: the HF model that
     `tokenizer.type` names (tokenizer with the kit's chat template, config, weights as hard links
     to the source's), loadable by the official kit's transformers 4.47 and its exporter. Verified
     before publishing: weights bit-exact back to HF, and Megatron-core logits equal HF logits
-    (unless verify_logits=False).
+    (unless verify_logits=False), checked in layer windows that fit `logits_memory_gb`.
     """
     t0 = time.time()
     hf_dir = sources.resolve_hf_source(src)
@@ -168,7 +169,8 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
                                   "chunks_read_back": chunks, "checksum": "xxh3_128"}
         sample = None
         if verify_logits:
-            logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt)
+            logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt,
+                                         memory_gb=logits_memory_gb)
             sample = logits.pop("_sample", None)
             checks.update(logits)
         summary = _summary("hf_to_nemo", str(hf_dir), f"HF model {hf_dir}", path, dname, spec,
@@ -185,7 +187,8 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
 # ---------------------------------------------------------------- NeMo -> HF
 def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: str = "last",
                tokenizer: str = "", verify_logits: bool = True, overwrite: bool = False,
-               max_shard_gb: float = 5.0, log=print) -> ConversionResult:
+               max_shard_gb: float = 5.0, logits_memory_gb: float = verify.LOGITS_MEMORY_GB,
+               log=print) -> ConversionResult:
     """Convert a NeMo dir / official-kit training output / run dir of 21 into an HF model dir.
 
     Writes safetensors (sharded above `max_shard_gb`), config.json, generation_config.json and a
@@ -241,7 +244,8 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
                                       "files_read_back": len(writer.checksums), "checksum": "xxh3_128"}
             sample = None
             if verify_logits:
-                logits = verify.check_logits(tmp, spec, source.weights_dir, tok, dt, nemo.prefix)
+                logits = verify.check_logits(tmp, spec, source.weights_dir, tok, dt, nemo.prefix,
+                                             memory_gb=logits_memory_gb)
                 sample = logits.pop("_sample", None)
                 checks.update(logits)
             summary = _summary("nemo_to_hf", str(source.weights_dir), source.note, path, dname, spec,

@@ -8,12 +8,14 @@
       (`safetensors_io.ShardWriter.verify`, `torch_dist.verify_written`). Reading back only
       hashes bytes: no Megatron load, no tensor comparison against the source.
    `compare_weights` (the old full re-load through Megatron's loader) stays for tests.
-2. Logits: a Megatron-core GPTModel built from `model_config.yaml` and loaded from `model_weights/`
-   by Megatron's own `dist_checkpointing.load` gives the same logits as transformers'
-   LlamaForCausalLM on fixed Japanese prompts. Both run in fp32 with the weights rounded to the
-   output dtype, so the only differences left are fp32 summation order. Each model is built, run
-   and freed in turn: peak memory is one fp32 model plus Megatron's load buffers (measured 6.5 GB
-   for 1.02B parameters, so ~52 GB for 8B; `verify_logits=False` skips this check).
+2. Logits: a Megatron-core GPTModel built from `model_config.yaml`, its weights read by Megatron's
+   own `dist_checkpointing.load`, gives the same logits as transformers' LlamaForCausalLM on fixed
+   Japanese prompts. Both run in fp32 with the weights rounded to the output dtype, so the only
+   differences left are fp32 summation order. The check runs on windows of layers (embedding,
+   the window's layers, final norm, output layer) sized to a stated memory budget
+   (`LOGITS_MEMORY_GB`, `logits_windows`): the whole model in one window when its fp32 copy fits,
+   else a few layers at a time, every layer checked. Each model is built, run and freed in turn
+   (`verify_logits=False` skips this check).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 
 from ..errors import UserError
 from .hf_files import HFWeights
-from .layout import LlamaSpec, read_groups
+from .layout import GLOBAL_RULES, LAYER_RULES, LlamaSpec, read_groups
 from .torch_dist import NemoWeights
 
 # School-maths prompts in Japanese, like the competition's tasks (fixed: logits are compared on them).
@@ -36,6 +38,9 @@ PROMPTS = (
 # max |logits diff| allowed = LOGITS_RTOL * max(1, max |logit|). fp32 summation-order noise is
 # ~1e-6 relative; a wrong head order or a swapped gate/up gives differences of the logits' size.
 LOGITS_RTOL = 1e-3
+# Memory the logits check may use (GB): the whole model in one window when its fp32 copy fits,
+# else windows of layers (llm-jp-4-8b: embedding + output layer 6.4 GB in fp32, 0.9 GB a layer).
+LOGITS_MEMORY_GB = 16.0
 
 
 class VerificationError(UserError):
@@ -149,37 +154,6 @@ def prompt_ids(tokenizer, vocab_size: int) -> list[list[int]]:
     return out
 
 
-def _round(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """fp32 parameters holding values representable in `dtype` (the output's rounding)."""
-    model.float()
-    if dtype != torch.float32:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(p.to(dtype).float())
-    return model
-
-
-def hf_logits(model_dir: Path, ids: list[list[int]], dtype: torch.dtype) -> list[torch.Tensor]:
-    """Logits of transformers' LlamaForCausalLM from `model_dir` (fp32 compute, `dtype` weights)."""
-    from transformers import LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # our own bars already report; keep logs readable
-    try:
-        model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                 attn_implementation="eager")
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    model = _round(model, dtype).eval()
-    with torch.no_grad():
-        out = [model(torch.tensor([x])).logits[0].clone() for x in ids]
-    del model
-    gc.collect()
-    return out
-
-
 def build_gpt(spec: LlamaSpec):
     """A Megatron-core GPTModel (local spec, CPU, fp32, uninitialised) for a LlamaSpec.
 
@@ -233,23 +207,6 @@ def load_gpt(spec: LlamaSpec, weights_dir: Path, prefix: str = "model."):
     return model
 
 
-def megatron_logits(spec: LlamaSpec, weights_dir: Path, ids: list[list[int]], dtype: torch.dtype,
-                    prefix: str = "model.") -> list[torch.Tensor]:
-    """Logits of the Megatron-core GPTModel loaded from a NeMo `model_weights/` folder."""
-    from .megatron_cpu import causal_mask
-
-    model = _round(load_gpt(spec, weights_dir, prefix), dtype).eval()
-    out = []
-    with torch.no_grad():
-        for x in ids:
-            t = torch.tensor([x])
-            pos = torch.arange(len(x))[None]
-            out.append(model(t, pos, causal_mask(len(x)))[0].clone())
-    del model
-    gc.collect()
-    return out
-
-
 def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict:
     """Max |diff|, the tolerance it must meet, and the share of positions with the same argmax."""
     diff = max((a - b).abs().max().item() for a, b in zip(ref, got))
@@ -261,17 +218,114 @@ def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict:
             "tokens": sum(a.shape[0] for a in ref)}
 
 
+def logits_windows(spec: LlamaSpec, memory_gb: float) -> list[tuple[int, int]]:
+    """Layer windows [a, b) for the logits check so that one fp32 model of a window fits `memory_gb`.
+
+    A window holds the embedding, final norm and output layer plus its layers, in fp32 (4 bytes a
+    parameter), with 30% for activations and loader buffers. One window = the whole model when it
+    fits; otherwise as many layers per window as fit (at least one).
+    """
+    fixed = 4 * (2 * spec.vocab_size * spec.hidden_size + spec.hidden_size)
+    layer = 4 * sum(r.numel(spec) for r in LAYER_RULES)
+    room = memory_gb * 2**30 / 1.3 - fixed
+    per = max(1, min(spec.num_layers, int(room // layer))) if room > 0 else 1
+    return [(a, min(a + per, spec.num_layers)) for a in range(0, spec.num_layers, per)]
+
+
+def _rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 values representable in `dtype` (the output's rounding)."""
+    return t.to(dtype).float()
+
+
+def hf_window_logits(hf: HFWeights, config: dict, spec: LlamaSpec, window: tuple[int, int],
+                     ids: list[list[int]], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Logits of transformers' LlamaForCausalLM holding only layers [a, b) of the HF weights
+    (renumbered from 0), plus embedding, final norm and output layer; fp32 compute."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    a, b = window
+    cfg = LlamaConfig(**{**config, "num_hidden_layers": b - a, "torch_dtype": "float32", "dtype": "float32"})
+    cfg._attn_implementation = "eager"
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    state = {}
+    for name in model.state_dict():
+        src = name
+        if name.startswith("model.layers."):
+            i, rest = name[len("model.layers."):].split(".", 1)
+            src = f"model.layers.{int(i) + a}.{rest}"
+        state[name] = _rounded(hf.get(src), dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)   # its buffer was on meta
+    model.eval()
+    with torch.no_grad():
+        out = [model(torch.tensor([x])).logits[0].clone() for x in ids]
+    del model, state
+    gc.collect()
+    return out
+
+
+# Megatron's local layer spec names the fused norms of the TE spec (the checkpoint's keys) this way.
+_LOCAL_NAMES = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+                "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
+
+
+def megatron_window_logits(nemo: NemoWeights, spec: LlamaSpec, window: tuple[int, int],
+                           ids: list[list[int]], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Logits of a Megatron-core GPTModel holding only layers [a, b) of a NeMo checkpoint, each
+    read by Megatron's `dist_checkpointing.load` (`NemoWeights.read`); fp32 compute."""
+    from dataclasses import replace
+
+    from .megatron_cpu import causal_mask
+
+    a, b = window
+    model = build_gpt(replace(spec, num_layers=b - a))
+    state = {rule.nemo: _rounded(t, dtype) for rule, t in
+             ((r, nemo.read(spec, None, (r,))[r.nemo]) for r in GLOBAL_RULES)}
+    for j, layer in enumerate(range(a, b)):
+        for key, t in nemo.read(spec, layer).items():
+            rest = key[len("decoder.layers."):]
+            state[f"decoder.layers.{j}.{_LOCAL_NAMES.get(rest, rest)}"] = _rounded(t, dtype)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise VerificationError(f"verification: Megatron-core GPTModel keys do not match "
+                                f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for x in ids:
+            pos = torch.arange(len(x))[None]
+            out.append(model(torch.tensor([x]), pos, causal_mask(len(x)))[0].clone())
+    del model, state
+    gc.collect()
+    return out
+
+
 def check_logits(hf_dir: Path, spec: LlamaSpec, weights_dir: Path, tokenizer, dtype: torch.dtype,
-                 prefix: str = "model.") -> dict:
-    """Run both models on the prompts and compare; VerificationError if they disagree."""
+                 prefix: str = "model.", memory_gb: float = LOGITS_MEMORY_GB) -> dict:
+    """Run both models on the prompts, window by window of layers, and compare; VerificationError
+    if any window disagrees. Peak memory: one fp32 model of one window (`logits_windows`)."""
+    from .configs import read_json
+
     ids = prompt_ids(tokenizer, spec.vocab_size)
-    ref = hf_logits(hf_dir, ids, dtype)
-    got = megatron_logits(spec, weights_dir, ids, dtype, prefix)
-    result = compare_logits(ref, got)
-    if not result["logits_match"]:
-        raise VerificationError(
-            f"verification: Megatron-core and transformers logits differ by "
-            f"{result['logits_max_abs_diff']:.3g} (allowed {result['logits_tolerance']:.3g}) "
-            "(the conversion is wrong; the output was not published)")
-    result["_sample"] = (ref[0], got[0])  # for plots; popped before the summary is written
+    hf, nemo = HFWeights(hf_dir), NemoWeights(weights_dir)
+    config = read_json(hf_dir / "config.json")
+    windows = logits_windows(spec, memory_gb)
+    results, sample = [], None
+    for window in windows:
+        ref = hf_window_logits(hf, config, spec, window, ids, dtype)
+        got = megatron_window_logits(nemo, spec, window, ids, dtype)
+        res = compare_logits(ref, got)
+        if not res["logits_match"]:
+            raise VerificationError(
+                f"verification: Megatron-core and transformers logits differ by {res['logits_max_abs_diff']:.3g} "
+                f"(allowed {res['logits_tolerance']:.3g}) on layers {window[0]}-{window[1] - 1} (the conversion "
+                "is wrong; the output was not published)")
+        results.append(res)
+        sample = sample or (ref[0], got[0])
+    worst = max(results, key=lambda r: r["logits_max_abs_diff"] / r["logits_tolerance"])
+    result = {**worst, "argmax_agreement": min(r["argmax_agreement"] for r in results),
+              "layer_windows": [list(w) for w in windows], "logits_memory_gb": memory_gb}
+    result["_sample"] = sample  # for plots; popped before the summary is written
     return result

@@ -219,10 +219,18 @@ def test_logits_windows_fit_the_memory_budget():
     assert 1 < len(windows) < 32 and windows[0][0] == 0 and windows[-1][1] == 32
     assert all(a == b for (_, a), (b, _) in zip(windows, windows[1:]))
     per = windows[0][1] - windows[0][0]
-    fixed, layer = 4 * 2 * 196608 * 4096, 4 * (big.num_params() - 2 * 196608 * 4096 - 4096) / 32
+    fixed, layer = 16 * verify.VOCAB_SAMPLE * 4096, 4 * (big.num_params() - 2 * 196608 * 4096 - 4096) / 32
     assert 1.3 * (fixed + per * layer) <= 16 * 2**30 < 1.3 * (fixed + (per + 1) * layer)
     assert verify.logits_windows(big, 64.0) == [(0, 32)]
     assert verify.logits_windows(big, 1.0) == [(i, i + 1) for i in range(32)]
+
+
+def test_the_vocabulary_sample_holds_the_prompts_and_spreads_over_the_rest():
+    ids = [[5, 196600, 77], [77, 3]]
+    vocab = verify.vocab_sample(ids, 196608, limit=1000)
+    assert len(vocab) <= 1000 and {3, 5, 77, 196600} <= set(vocab) and vocab == sorted(vocab)
+    assert vocab[-1] > 190000 and len([v for v in vocab if v < 98304]) > 400
+    assert verify.vocab_sample(ids, 300, limit=1000) == list(range(300))
 
 
 def test_windowed_logits_check_passes_and_records_its_windows(tiny, tmp_path):
@@ -270,7 +278,8 @@ def test_a_byte_changed_on_disk_after_writing_stops_hf_to_nemo(tiny, tmp_path, m
 
     monkeypatch.setattr(api, "write_weights", faulty)
     out = tmp_path / "nemo"
-    with pytest.raises(verify.VerificationError, match=r"__0_0\.distcp.*(reads back different bytes|cannot be read back)"):
+    bad = r"__0_0\.distcp.*(reads back different bytes|cannot be read back)"
+    with pytest.raises(verify.VerificationError, match=bad):
         api.hf_to_nemo(str(tiny), out, verify_logits=False, **QUIET)
     assert not out.exists() and not list(tmp_path.glob("nemo.tmp-*"))
 

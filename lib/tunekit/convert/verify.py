@@ -12,7 +12,8 @@
    own `dist_checkpointing.load`, gives the same logits as transformers' LlamaForCausalLM on fixed
    Japanese prompts. Both run in fp32 with the weights rounded to the output dtype, so the only
    differences left are fp32 summation order. The check runs on windows of layers (embedding,
-   the window's layers, final norm, output layer) sized to a stated memory budget
+   the window's layers, final norm, output layer; only the rows of the prompts' tokens and of an
+   evenly spread sample of the vocabulary, VOCAB_SAMPLE ids) sized to a stated memory budget
    (`LOGITS_MEMORY_GB`, `logits_windows`): the whole model in one window when its fp32 copy fits,
    else a few layers at a time, every layer checked. Each model is built, run and freed in turn
    (`verify_logits=False` skips this check).
@@ -40,7 +41,11 @@ PROMPTS = (
 LOGITS_RTOL = 1e-3
 # Memory the logits check may use (GB): the whole model in one window when its fp32 copy fits,
 # else windows of layers (llm-jp-4-8b: embedding + output layer 6.4 GB in fp32, 0.9 GB a layer).
-LOGITS_MEMORY_GB = 16.0
+LOGITS_MEMORY_GB = 4.0
+# The logits compared: the prompts' tokens plus an evenly spread sample of the vocabulary, this many
+# ids at most. Embedding and output rows of other ids are never loaded (their bytes are verified
+# by the round trip and the checksums), so the check's memory does not grow with the vocabulary.
+VOCAB_SAMPLE = 8192
 
 
 class VerificationError(UserError):
@@ -221,11 +226,13 @@ def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict:
 def logits_windows(spec: LlamaSpec, memory_gb: float) -> list[tuple[int, int]]:
     """Layer windows [a, b) for the logits check so that one fp32 model of a window fits `memory_gb`.
 
-    A window holds the embedding, final norm and output layer plus its layers, in fp32 (4 bytes a
-    parameter), with 30% for activations and loader buffers. One window = the whole model when it
-    fits; otherwise as many layers per window as fit (at least one).
+    A window holds its layers in fp32 (4 bytes a parameter) and, for both models, the sampled rows
+    of the embedding and output layer (read once, before the first window; that read passes one
+    whole embedding-sized tensor in its stored dtype while no layer is loaded); 30% is added for
+    activations and loader buffers. One window = the whole model when it fits; otherwise as many
+    layers per window as fit (at least one).
     """
-    fixed = 4 * (2 * spec.vocab_size * spec.hidden_size + spec.hidden_size)
+    fixed = 16 * min(VOCAB_SAMPLE, spec.vocab_size) * spec.hidden_size
     layer = 4 * sum(r.numel(spec) for r in LAYER_RULES)
     room = memory_gb * 2**30 / 1.3 - fixed
     per = max(1, min(spec.num_layers, int(room // layer))) if room > 0 else 1
@@ -237,29 +244,71 @@ def _rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).float()
 
 
-def hf_window_logits(hf: HFWeights, config: dict, spec: LlamaSpec, window: tuple[int, int],
-                     ids: list[list[int]], dtype: torch.dtype) -> list[torch.Tensor]:
-    """Logits of transformers' LlamaForCausalLM holding only layers [a, b) of the HF weights
-    (renumbered from 0), plus embedding, final norm and output layer; fp32 compute."""
+def vocab_sample(ids: list[list[int]], vocab_size: int, limit: int = VOCAB_SAMPLE) -> list[int]:
+    """The vocabulary ids whose logits are compared: every id of the prompts, then evenly spread ids."""
+    if vocab_size <= limit:
+        return list(range(vocab_size))
+    used = sorted({i for x in ids for i in x})
+    room = max(0, min(limit, vocab_size) - len(used))
+    spread = range(0, vocab_size, max(1, vocab_size // room)) if room else range(0)
+    return sorted(set(used) | set(list(spread)[:room]))
+
+
+def _take_rows(read_rows, n_rows: int, rows: list[int], row_bytes: int) -> torch.Tensor:
+    """Rows `rows` (sorted) of a tensor, read in blocks of at most _BLOCK bytes."""
+    step = max(1, _BLOCK // max(1, row_bytes))
+    out, k = [], 0
+    for start in range(0, n_rows, step):
+        stop = min(n_rows, start + step)
+        j = k
+        while j < len(rows) and rows[j] < stop:
+            j += 1
+        if j > k:
+            block = read_rows(start, stop)
+            out.append(block[torch.tensor(rows[k:j]) - start].clone())
+            k = j
+    return torch.cat(out)
+
+
+def _remap(ids: list[list[int]], vocab: list[int]) -> list[list[int]]:
+    where = {v: i for i, v in enumerate(vocab)}
+    return [[where[i] for i in x] for x in ids]
+
+
+def hf_globals(hf: HFWeights, spec: LlamaSpec, dtype: torch.dtype, vocab: list[int]) -> dict[str, torch.Tensor]:
+    """The `vocab` rows of embedding and output layer and the final norm, from HF weights (fp32)."""
+    out = {"model.norm.weight": _rounded(hf.get("model.norm.weight"), dtype)}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        row_bytes = spec.hidden_size * hf.entries[name].dtype.itemsize
+        rows = _take_rows(lambda x, y, n=name: hf.get_rows(n, x, y), spec.vocab_size, vocab, row_bytes)
+        out[name] = _rounded(rows, dtype)
+    return out
+
+
+def hf_window_logits(hf: HFWeights, config: dict, window: tuple[int, int], ids: list[list[int]],
+                     dtype: torch.dtype, vocab: list[int], globals_: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Logits (of the `vocab` ids) of transformers' LlamaForCausalLM holding only layers [a, b) of
+    the HF weights (renumbered from 0) and `globals_` (`hf_globals`); fp32 compute."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     a, b = window
-    cfg = LlamaConfig(**{**config, "num_hidden_layers": b - a, "torch_dtype": "float32", "dtype": "float32"})
+    cfg = LlamaConfig(**{**config, "num_hidden_layers": b - a, "vocab_size": len(vocab),
+                         "torch_dtype": "float32", "dtype": "float32"})
     cfg._attn_implementation = "eager"
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
     state = {}
     for name in model.state_dict():
-        src = name
-        if name.startswith("model.layers."):
-            i, rest = name[len("model.layers."):].split(".", 1)
-            src = f"model.layers.{int(i) + a}.{rest}"
-        state[name] = _rounded(hf.get(src), dtype)
+        if name in globals_:
+            state[name] = globals_[name]
+            continue
+        i, rest = name[len("model.layers."):].split(".", 1)
+        state[name] = _rounded(hf.get(f"model.layers.{int(i) + a}.{rest}"), dtype)
     model.load_state_dict(state, strict=True, assign=True)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)   # its buffer was on meta
     model.eval()
     with torch.no_grad():
-        out = [model(torch.tensor([x])).logits[0].clone() for x in ids]
+        out = [model(torch.tensor([x])).logits[0].clone() for x in _remap(ids, vocab)]
     del model, state
     gc.collect()
     return out
@@ -270,18 +319,30 @@ _LOCAL_NAMES = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.
                 "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
 
 
-def megatron_window_logits(nemo: NemoWeights, spec: LlamaSpec, window: tuple[int, int],
-                           ids: list[list[int]], dtype: torch.dtype) -> list[torch.Tensor]:
-    """Logits of a Megatron-core GPTModel holding only layers [a, b) of a NeMo checkpoint, each
-    read by Megatron's `dist_checkpointing.load` (`NemoWeights.read`); fp32 compute."""
+def megatron_globals(nemo: NemoWeights, spec: LlamaSpec, dtype: torch.dtype,
+                     vocab: list[int]) -> dict[str, torch.Tensor]:
+    """The `vocab` rows of embedding and output layer and the final norm, read by Megatron (fp32)."""
+    rows, out = torch.tensor(vocab), {}
+    for rule in GLOBAL_RULES:  # one whole tensor at a time, in its stored dtype
+        t = nemo.read(spec, None, (rule,))[rule.nemo]
+        out[rule.nemo] = _rounded(t[rows] if t.dim() == 2 else t, dtype)
+        del t
+    return out
+
+
+def megatron_window_logits(nemo: NemoWeights, spec: LlamaSpec, window: tuple[int, int], ids: list[list[int]],
+                           dtype: torch.dtype, vocab: list[int],
+                           globals_: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Logits (of the `vocab` ids) of a Megatron-core GPTModel holding only layers [a, b) of a
+    NeMo checkpoint, each layer read by Megatron's `dist_checkpointing.load` (`NemoWeights.read`),
+    and `globals_` (`megatron_globals`); fp32 compute."""
     from dataclasses import replace
 
     from .megatron_cpu import causal_mask
 
     a, b = window
-    model = build_gpt(replace(spec, num_layers=b - a))
-    state = {rule.nemo: _rounded(t, dtype) for rule, t in
-             ((r, nemo.read(spec, None, (r,))[r.nemo]) for r in GLOBAL_RULES)}
+    model = build_gpt(replace(spec, num_layers=b - a, vocab_size=len(vocab)))
+    state = dict(globals_)
     for j, layer in enumerate(range(a, b)):
         for key, t in nemo.read(spec, layer).items():
             rest = key[len("decoder.layers."):]
@@ -294,7 +355,7 @@ def megatron_window_logits(nemo: NemoWeights, spec: LlamaSpec, window: tuple[int
     model.eval()
     out = []
     with torch.no_grad():
-        for x in ids:
+        for x in _remap(ids, vocab):
             pos = torch.arange(len(x))[None]
             out.append(model(torch.tensor([x]), pos, causal_mask(len(x)))[0].clone())
     del model, state
@@ -312,10 +373,12 @@ def check_logits(hf_dir: Path, spec: LlamaSpec, weights_dir: Path, tokenizer, dt
     hf, nemo = HFWeights(hf_dir), NemoWeights(weights_dir)
     config = read_json(hf_dir / "config.json")
     windows = logits_windows(spec, memory_gb)
+    vocab = vocab_sample(ids, spec.vocab_size)
+    hf_g, nemo_g = hf_globals(hf, spec, dtype, vocab), megatron_globals(nemo, spec, dtype, vocab)
     results, sample = [], None
     for window in windows:
-        ref = hf_window_logits(hf, config, spec, window, ids, dtype)
-        got = megatron_window_logits(nemo, spec, window, ids, dtype)
+        ref = hf_window_logits(hf, config, window, ids, dtype, vocab, hf_g)
+        got = megatron_window_logits(nemo, spec, window, ids, dtype, vocab, nemo_g)
         res = compare_logits(ref, got)
         if not res["logits_match"]:
             raise VerificationError(
@@ -326,6 +389,7 @@ def check_logits(hf_dir: Path, spec: LlamaSpec, weights_dir: Path, tokenizer, dt
         sample = sample or (ref[0], got[0])
     worst = max(results, key=lambda r: r["logits_max_abs_diff"] / r["logits_tolerance"])
     result = {**worst, "argmax_agreement": min(r["argmax_agreement"] for r in results),
-              "layer_windows": [list(w) for w in windows], "logits_memory_gb": memory_gb}
+              "layer_windows": [list(w) for w in windows], "logits_memory_gb": memory_gb,
+              "vocab_ids_compared": len(vocab)}
     result["_sample"] = sample  # for plots; popped before the summary is written
     return result

@@ -316,18 +316,20 @@ def _key_count(obj: Any) -> int:
     key written adds a match; a duplicate would add a match but no key), so the hook that finds
     duplicates can be skipped; any doubt falls back to it.
     """
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:   # json.loads makes exact dicts and lists
         return -1
     n = len(obj)
     for key, value in obj.items():
-        if key == "messages" and isinstance(value, list):
+        kind = type(value)
+        if key == "messages" and kind is list:
             for m in value:
-                if not isinstance(m, dict):
+                if type(m) is not dict:
                     return -1
                 n += len(m)
-                if any(isinstance(v, (dict, list)) for v in m.values()):
-                    return -1
-        elif isinstance(value, (dict, list)):
+                for v in m.values():
+                    if type(v) is dict or type(v) is list:
+                        return -1
+        elif kind is dict or kind is list:
             return -1
     return n
 

@@ -194,7 +194,7 @@ class ShardWriter:
     def verify(self) -> int:
         """Re-read every written shard and compare its checksum with the one taken while writing;
         returns the bytes read. Raises VerificationError naming a file that differs."""
-        from .verify import VerificationError
+        from .failures import VerificationError
 
         total = 0
         for name, want in self.checksums.items():

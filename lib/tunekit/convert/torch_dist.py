@@ -177,7 +177,7 @@ def verify_written(weights_dir: Path, checksums: dict[tuple[str, tuple[int, ...]
     """Re-read every tensor chunk written by `write_weights` (its byte range, as torch_dist stores
     it) and compare its checksum with the one taken while writing; returns the chunks checked.
     Only bytes are read back: no model, no Megatron."""
-    from .verify import VerificationError
+    from .failures import VerificationError
 
     md = read_metadata(weights_dir)
     seen = 0

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .failures import VerificationError
 from .hf_files import HFWeights
 from .layout import GLOBAL_RULES, LAYER_RULES, LlamaSpec, read_groups
 from .torch_dist import NemoWeights
@@ -46,10 +47,6 @@ LOGITS_MEMORY_GB = 4.0
 # ids at most. Embedding and output rows of other ids are never loaded (their bytes are verified
 # by the round trip and the checksums), so the check's memory does not grow with the vocabulary.
 VOCAB_SAMPLE = 8192
-
-
-class VerificationError(UserError):
-    """The converted model does not match its source (the output is not published)."""
 
 
 class RoundTrip:

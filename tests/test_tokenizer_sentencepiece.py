@@ -170,3 +170,29 @@ def test_a_twin_that_disagrees_is_refused(tmp_path):
     assert sentencepiece_twin(d, load_tokenizer(d)) is None
     (d / "tokenizer.model").unlink()
     assert sentencepiece_twin(d, load_tokenizer(d)) is None
+
+
+def test_sft_arrays_equal_the_record_by_record_assembly(pair):
+    """The cache's numpy assembly (`encode_sft_arrays`) gives exactly the ids, masks and counts of
+    `encode_sft_records` + `join_runs`, with either encoder."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_data import records
+
+    recs = _sample_records("sft") + _fuzz_records("sft", 300, seed=4) + records(300, seed=6)
+    trailing = {"messages": recs[0]["messages"] + [{"role": "user", "content": "続きは？"}]}
+    recs += [trailing, {"messages": [{"role": "system", "content": ""}, *recs[1]["messages"][1:]]}]
+    for tok in pair:
+        info = encode.probe(tok)
+        want = encode.encode_sft_records(recs, tok, info, "kit")
+        got = encode.encode_sft_arrays(recs, tok, info)
+        assert got["tokens"].tolist() == [t for ids, _ in want for t in ids]
+        assert got["mask"].tolist() == [m for _, runs in want for m in encode.runs_to_mask(runs)]
+        assert got["tokens_len"].tolist() == [len(ids) for ids, _ in want]
+        assert got["loss_tokens"].tolist() == [sum(runs[1::2]) for _, runs in want]
+        assert (got["tokens"].dtype, got["mask"].dtype) == (np.int32, np.uint8)
+        empty = encode.encode_sft_arrays([], tok, info)
+        assert all(len(v) == 0 for v in empty.values())

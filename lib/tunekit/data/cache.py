@@ -144,7 +144,10 @@ def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options
             kept.append((n, obj))
     style = options["style"]
     out: dict[str, Any] = {}
-    if kind == "sft":
+    if kind == "sft" and style == "kit" and (arrays := _sft_arrays(kept, tok, info)) is not None:
+        good = kept
+        out.update(arrays)   # the hot path: ids and masks assembled by numpy
+    elif kind == "sft":
         kept, enc = _encode_each_or_report(kept, lambda recs: encode.encode_sft_records(recs, tok, info, style),
                                            path, report)
         good = kept
@@ -176,6 +179,15 @@ def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options
     out["ids"] = np.asarray([id_hash(o) for _, o in good], np.uint64)
     out["report"] = report
     return out
+
+
+def _sft_arrays(kept: list[tuple[int, dict]], tok, info) -> dict[str, Any] | None:
+    """`encode.encode_sft_arrays` of the records, or None on any failure: the record-by-record
+    path then finds (and reports by path:line) the records at fault."""
+    try:
+        return encode.encode_sft_arrays([o for _, o in kept], tok, info)
+    except Exception:  # noqa: BLE001 - a third-party tokenizer's error, or a record it cannot take
+        return None
 
 
 def _encode_each_or_report(kept: list[tuple[int, dict]], encode_many, path: str,

@@ -52,8 +52,17 @@ lab: setup  ## JupyterLab on localhost with the tunekit kernel, opened on notebo
 sync-notebooks: setup  ## regenerate each .ipynb from its py:percent twin (the reviewed source)
 	$(VENV)/bin/tunekit notebooks sync
 
-bench: setup  ## run the benchmarks (print figures; never part of make test)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+# Each benchmark writes under one temp dir of its own and removes it (also on Ctrl-C / SIGTERM); the
+# real llm-jp tokenizer comes from ../shared/fixtures or the folder in TUNEKIT_SHARED_FIXTURES. The figures of
+# all of them are printed again at the end, each ratio next to its target.
+bench: setup  ## run the benchmarks; ends with every ratio next to its target (never part of make test)
+	@log=$$(mktemp -t tunekit-bench-XXXXXX.log); trap 'rm -f "$$log"' EXIT; \
+	for b in benchmarks/bench_*.py; do \
+		echo "== $$b" | tee -a "$$log"; \
+		$(PY) $$b 2>&1 | tee -a "$$log"; status=$${PIPESTATUS[0]}; [ "$$status" -eq 0 ] || exit "$$status"; \
+	done; \
+	echo; echo "== ratios vs targets (load average now $$(cut -d' ' -f1-3 /proc/loadavg) on $$(nproc) cores)"; \
+	grep -h "(target" "$$log" | sort -u
 
 clean:  ## remove runs/, caches and the venv
 	rm -rf runs .cache $(VENV)

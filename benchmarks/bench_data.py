@@ -1,34 +1,39 @@
-"""Benchmark of the data pipeline on a generated SFT corpus with the real llm-jp tokenizer.
+"""Benchmark of the data pipeline against its true baselines, with the real llm-jp tokenizer.
 
     .venv/bin/python benchmarks/bench_data.py [--records 100000] [--workers 0]
 
-Prints, in one run:
-- raw tokenizer batch-encode throughput (tokens/s): the Rust tokenizer's `encode_batch` over the
-  rendered conversations, with its own thread pool on all cores (the baseline);
-- the kit's full pipeline throughput (read + validate + template + loss masks + cache write, in
-  worker processes on all cores) and its ratio to the baseline (target >= 0.8);
-- cold (build) vs warm (cached) load time; warm load of the packed dataset too (target < 1 s),
-  with the resident-memory growth showing that tokens are memory-mapped, not read;
-- peak memory of this process and of the worker processes.
-- the same comparison on ONE core over 10k records (interleaved runs), a per-core efficiency figure
-  that machine load distorts less than the all-core one.
-Nothing here is part of the test suite. Figures depend on the machine: run it on an idle one.
+Prints, in one run, each figure next to its target (issue 19) and the load of the machine:
+1. Tokenisation: the kit's cold build (read + validate + template + loss masks + cache write, worker
+   processes on all cores) against raw SentencePiece `encode(texts, num_threads=N)` of the same
+   conversations with the same N: wall seconds AND CPU seconds (children included), interleaved
+   (baseline, kit, baseline, kit; best of each). Target: kit throughput >= 0.8x the baseline's.
+2. The build's parent process memory at 10k records and at --records (a fresh child process
+   each, VmHWM): flat, i.e. it does not grow with the data.
+3. Opening the cached file: the kit's warm `tokenize_file` against `pickle.load` of the same token
+   lists (what the official kit's `<name>.pkl` cache does), RSS growth of the open, and reading
+   every record one by one both ways. Target: open >= 100x faster than pickle.load.
+4. Integrity checks: what verifying every array's xxh3 checksum costs (it runs at build and when a
+   file's stat fingerprint changes, not on a warm open) next to a warm open.
+5. Warm `load_sft_data` (split + pack at 4096): target < 1 s.
+Everything is written under one temp dir, removed at the end (also on Ctrl-C / SIGTERM). The llm-jp
+model comes from the kit's shared-fixture resolver (../shared/fixtures or $TUNEKIT_SHARED_FIXTURES).
+Nothing here is part of the test suite.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import pickle
 import random
 import resource
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-# The baseline uses the tokenizer's own thread pool: it must be allowed before tokenizers loads.
-os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
 SYSTEMS = ["以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。",
            "あなたは数学の先生です。途中の式も書いて、最後に答えを \\boxed{} で示してください。", ""]
@@ -47,22 +52,54 @@ def problem(rng: random.Random) -> tuple[str, str]:
     return q, "\n".join(steps) + f"\nよって、答えは $\\boxed{{\\frac{{{c - b}}}{{{a}}}}}$ です。"
 
 
-def generate(path: Path, n: int, seed: int = 0) -> list[str]:
-    """Write n SFT records (about a quarter multi-turn); return their rendered texts."""
+def records(n: int, seed: int = 0) -> list[dict]:
+    """n SFT records (about a quarter multi-turn), deterministic for a seed."""
     rng = random.Random(seed)
-    rendered = []
+    out = []
+    for _ in range(n):
+        msgs = [{"role": "system", "content": rng.choice(SYSTEMS)}]
+        for _turn in range(1 if rng.random() < 0.75 else rng.randint(2, 3)):
+            q, ans = problem(rng)
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": ans}]
+        out.append({"messages": msgs})
+    return out
+
+
+def render(record: dict) -> str:
+    """The conversation as one text in the llm-jp prompt format (what raw SentencePiece encodes)."""
+    msgs = record["messages"]
+    return msgs[0]["content"] + "".join(
+        f"\n\n### 指示:\n{u['content']}\n\n### 応答:\n{a['content']}" for u, a in zip(msgs[1::2], msgs[2::2]))
+
+
+def generate(path: Path, n: int, seed: int = 0) -> list[str]:
+    """Write n SFT records to `path`; return their rendered texts."""
+    recs = records(n, seed)
     with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            system = rng.choice(SYSTEMS)
-            msgs = [{"role": "system", "content": system}]
-            text = system
-            for _turn in range(1 if rng.random() < 0.75 else rng.randint(2, 3)):
-                q, ans = problem(rng)
-                msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": ans}]
-                text += f"\n\n### 指示:\n{q}\n\n### 応答:\n{ans}"
-            f.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
-            rendered.append(text)
-    return rendered
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    return [render(r) for r in recs]
+
+
+BUILD_CHILD = r"""
+import json, os, resource, sys, time
+from tunekit.data import cache
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+before = hwm()
+r0, c0, t0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+tf = cache.tokenize_file(sys.argv[1], "sft", sys.argv[2], workers=int(sys.argv[3]), show_progress=False)
+wall = time.perf_counter() - t0
+r1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = sum(getattr(b, f) - getattr(a, f) for a, b in ((r0, r1), (c0, c1)) for f in ("ru_utime", "ru_stime"))
+print("RESULT " + json.dumps({"wall": wall, "cpu": cpu, "tokens": int(tf.array("offsets")[-1]),
+                              "parent_before_mb": before, "parent_peak_mb": hwm(), "build": tf.manifest["build"]}))
+"""
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its waited-for children so far."""
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
 
 
 def rss_mb() -> float:
@@ -71,102 +108,186 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def build_in_child(path: Path, tok_dir: Path, workers: int, cache_dir: Path) -> dict:
+    """A cold build in a fresh interpreter (its own memory high-water mark), into an empty cache."""
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    env = {**os.environ, "TUNEKIT_CACHE_DIR": str(cache_dir)}
+    out = subprocess.run([sys.executable, "-c", BUILD_CHILD, str(path), str(tok_dir), str(workers)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise SystemExit(f"the build failed:\n{out.stderr[-3000:]}")
+    return json.loads(next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))[7:])
+
+
+def raw_sentencepiece(model_file: Path, texts: list[str], threads: int) -> dict:
+    """The baseline: raw SentencePiece batch encode of the same conversations, same thread count."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    c, t = cpu_seconds(), time.perf_counter()
+    n = sum(map(len, sp.encode(texts, num_threads=threads)))
+    return {"wall": time.perf_counter() - t, "cpu": cpu_seconds() - c, "tokens": n}
+
+
+def best(runs: list[dict], key: str) -> float:
+    return min(r[key] for r in runs)
+
+
+class Report:
+    """Collects `figure: value vs baseline = ratio (target ...)` lines, printed again at the end."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def ratio(self, what: str, ratio: float, target: str, met: bool, detail: str) -> None:
+        line = f"{what}: {ratio:.2f}x  (target {target}: {'met' if met else 'NOT met'})  {detail}"
+        self.lines.append(line)
+        print(line, flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved runs of each side (best is kept)")
     args = ap.parse_args()
-
-    from tokenizers import Tokenizer
 
     from tunekit.data import cache
     from tunekit.data.sft import load_sft_data
+
+    try:  # (older kits, measured for before/after figures, have no fingerprint module)
+        from tunekit.data import fingerprint
+    except ImportError:
+        fingerprint = None
     from tunekit.model import llmjp_tokenizer_dir
 
-    tok_dir = llmjp_tokenizer_dir()
     workers = args.workers or cache.default_workers()
-    tmp = Path(tempfile.mkdtemp(prefix="tunekit-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="tunekit-bench-data-"))
+    # SIGTERM (a killed `make bench`) must still run the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ["TUNEKIT_CACHE_DIR"] = str(tmp / "cache")
+    rep = Report()
     try:
+        tok_dir = llmjp_tokenizer_dir()
         vdir = tmp / "data" / "bench" / "tuning" / "train"
         vdir.mkdir(parents=True)
         path = vdir / "gen.jsonl"
-        t = time.perf_counter()
         texts = generate(path, args.records)
-        print(f"corpus: {args.records} SFT records, {path.stat().st_size / 2**20:.1f} MB "
-              f"(generated in {time.perf_counter() - t:.1f} s); cores: {workers}")
+        small = tmp / "small.jsonl"
+        generate(small, min(10_000, args.records))
+        print(f"corpus: {args.records:,} SFT records, {path.stat().st_size / 2**20:.1f} MB; workers/threads: "
+              f"{workers}; load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
 
-        raw = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-        t = time.perf_counter()
-        raw_tokens = 0
-        for i in range(0, len(texts), 10_000):
-            raw_tokens += sum(len(e.ids) for e in raw.encode_batch(texts[i:i + 10_000], add_special_tokens=False))
-        raw_s = time.perf_counter() - t
-        raw_tps = raw_tokens / raw_s
-        print(f"raw tokenizer encode_batch (Rust threads, all cores): {raw_tokens:,} tokens in "
-              f"{raw_s:.1f} s = {raw_tps:,.0f} tokens/s")
+        # 1. tokenisation, interleaved
+        raw_runs, kit_runs = [], []
+        for _ in range(args.repeats):
+            raw_runs.append(raw_sentencepiece(tok_dir / "tokenizer.model", texts, workers))
+            kit_runs.append(build_in_child(path, tok_dir, workers, tmp / "build-cache"))
+        raw_tok, kit_tok = raw_runs[0]["tokens"], kit_runs[0]["tokens"]
+        for name, runs, n in (("raw SentencePiece", raw_runs, raw_tok), ("kit build", kit_runs, kit_tok)):
+            print(f"  {name:<18} {n:>12,} tokens  wall {best(runs, 'wall'):6.2f} s  cpu {best(runs, 'cpu'):6.2f} s"
+                  f"  ({n / best(runs, 'wall'):,.0f} tokens/s)")
+        wall_ratio = (kit_tok / best(kit_runs, "wall")) / (raw_tok / best(raw_runs, "wall"))
+        cpu_ratio = (kit_tok / best(kit_runs, "cpu")) / (raw_tok / best(raw_runs, "cpu"))
+        print(f"  (the kit's token count adds bos/eos per turn; encoder: "
+              f"{kit_runs[0]['build'].get('encoder', 'tokenizers')})")
+        # The floor of any Python pipeline: parsing the JSON lines alone, one core, against raw
+        # SentencePiece on one core (the kit also validates, hashes, templates, masks and writes).
+        lines = path.read_bytes().splitlines()[:10_000]
+        c = cpu_seconds()
+        for line in lines:
+            json.loads(line)
+        parse_cpu = cpu_seconds() - c
+        one = raw_sentencepiece(tok_dir / "tokenizer.model", texts[:10_000], 1)
+        print(f"  floor: json.loads of 10k lines alone costs {parse_cpu:.2f} CPU-s = {parse_cpu / one['cpu']:.0%} "
+              f"of raw SentencePiece encoding them ({one['cpu']:.2f} CPU-s, one thread)")
+        rep.ratio("tokenise throughput vs raw SentencePiece (wall)", wall_ratio, ">= 0.8", wall_ratio >= 0.8,
+                  f"cpu-seconds ratio {cpu_ratio:.2f}x")
+        del texts
 
-        # Single core, same 10k records, interleaved: an efficiency figure that machine load
-        # affects (nearly) equally on both sides.
-        from tunekit.data import encode, schema
+        # 2. parent memory of the build
+        little = build_in_child(small, tok_dir, workers, tmp / "build-cache")
+        big = kit_runs[-1]
+        grow = lambda r: r["parent_peak_mb"] - r["parent_before_mb"]  # noqa: E731
+        print(f"build parent process peak: {little['parent_peak_mb']:.0f} MB at {min(10_000, args.records):,} records, "
+              f"{big['parent_peak_mb']:.0f} MB at {args.records:,} (growth during the build {grow(little):.0f} / "
+              f"{grow(big):.0f} MB); each worker at most {big['build']['peak_rss_mb']} MB", flush=True)
 
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        lines = schema.lines_in_range(path, 0, path.stat().st_size, 1)[:10_000]
-        sub = texts[:10_000]
-        tok = cache.load_tokenizer(tok_dir)
-        info = encode.probe(tok)
-        raw1 = kit1 = 0.0
-        for _ in range(2):
-            t = time.perf_counter()
-            n1 = sum(len(e.ids) for e in raw.encode_batch(sub, add_special_tokens=False))
-            raw1 += time.perf_counter() - t
-            t = time.perf_counter()
-            res = cache.process_chunk(lines, str(path), "sft", {"style": "kit"}, tok, info)
-            kit1 += time.perf_counter() - t
-        k1 = len(res["tokens"])
-        print(f"single core, 10k records: raw {2 * n1 / raw1:,.0f} tokens/s, kit (validate + template "
-              f"+ masks, no write) {2 * k1 / kit1:,.0f} tokens/s, ratio {(k1 / kit1) / (n1 / raw1):.2f}")
-        os.environ["TOKENIZERS_PARALLELISM"] = "true"
-        del texts, raw, lines, sub, res
-
-        t = time.perf_counter()
+        # 3. opening: the real cache, built once here, then opened warm
         tf = cache.tokenize_file(path, "sft", tok_dir, workers=workers, show_progress=False)
-        cold_s = time.perf_counter() - t
-        kit_tokens = int(tf.array("offsets")[-1])
-        kit_tps = kit_tokens / cold_s
-        print(f"kit pipeline (read + validate + template + masks + cache write, {workers} processes): "
-              f"{kit_tokens:,} tokens in {cold_s:.1f} s = {kit_tps:,.0f} tokens/s")
-        print(f"ratio kit / raw: {kit_tps / raw_tps:.2f}  (target >= 0.8)")
+        lists = [tf.sft(i)[0].tolist() for i in range(len(tf))]
+        pkl = tmp / "gen.pkl"
+        with open(pkl, "wb") as f:
+            pickle.dump(lists, f, protocol=pickle.HIGHEST_PROTOCOL)
+        del lists, tf
+        time.sleep(getattr(fingerprint, "RACY_S", 0))   # a real reuse comes later than this (see fingerprint)
+        t = time.perf_counter()
+        cache.tokenize_file(path, "sft", tok_dir, show_progress=False)  # the one re-verification after a build
+        first_open = time.perf_counter() - t
+        pickle_s, open_s, growth = [], [], []
+        for _ in range(5):
+            t = time.perf_counter()
+            with open(pkl, "rb") as f:
+                lists = pickle.load(f)
+            pickle_s.append(time.perf_counter() - t)
+            del lists
+            r0 = rss_mb()
+            t = time.perf_counter()
+            tf = cache.tokenize_file(path, "sft", tok_dir, show_progress=False)
+            tf.sft(len(tf) - 1)
+            open_s.append(time.perf_counter() - t)
+            growth.append(rss_mb() - r0)
+        open_ratio = min(pickle_s) / min(open_s)
+        rep.ratio("open cached file vs pickle.load of the same token lists", open_ratio, ">= 100",
+                  open_ratio >= 100, f"open {min(open_s) * 1e3:.1f} ms, pickle.load {min(pickle_s):.2f} s, "
+                  f"RSS growth of an open {max(growth):.1f} MB")
+        t = time.perf_counter()
+        with open(pkl, "rb") as f:
+            n = sum(len(x) for x in pickle.load(f))
+        iter_pickle = time.perf_counter() - t
+        t = time.perf_counter()
+        tf = cache.tokenize_file(path, "sft", tok_dir, show_progress=False)
+        m = sum(len(tf.sft(i)[0]) for i in range(len(tf)))
+        iter_kit = time.perf_counter() - t
+        assert n == m
+        print(f"  open + read every record one by one: kit {iter_kit:.2f} s, pickle.load + iterate {iter_pickle:.2f} s "
+              f"({iter_pickle / iter_kit:.1f}x)")
 
-        rss0 = rss_mb()
+        # 4. what verification costs
+        names = [f"{k}.npy" for k, v in tf.manifest["arrays"].items() if "xxh3_128" in v]
+        if fingerprint is not None and names:
+            size = sum((tf.dir / k).stat().st_size for k in names)
+            t = time.perf_counter()
+            for k in names:
+                fingerprint.hash_file(tf.dir / k, "xxh3_128")
+            verify_s = time.perf_counter() - t
+            print(f"integrity: verifying all {len(names)} arrays ({size / 2**20:.0f} MB) takes {verify_s * 1e3:.0f} "
+                  f"ms = {verify_s / min(open_s):.1f}x a warm open; it runs at build and when an array's fingerprint "
+                  f"changes, not on a warm open (first open right after the build: {first_open * 1e3:.0f} ms)")
+        else:
+            print("integrity: this kit records no array checksums")
+
+        # 5. packed load
         t = time.perf_counter()
-        tf = cache.tokenize_file(path, "sft", tok_dir, workers=workers, show_progress=False)
-        ids, mask = tf.sft(len(tf) - 1)
-        warm_s = time.perf_counter() - t
-        print(f"load cached file: cold (build) {cold_s:.1f} s, warm {warm_s:.3f} s "
-              f"(rebuilt: {tf.built}; tokens on disk {kit_tokens * 5 / 2**20:.0f} MB, RSS growth "
-              f"{rss_mb() - rss0:.1f} MB)")
-        rss0 = rss_mb()
-        t = time.perf_counter()
-        data = load_sft_data({"data_dir": str(tmp / "data"), "data_version": "bench",
-                              "tokenizer": str(tok_dir), "max_seq_length": 4096, "workers": workers},
-                             show_progress=False)
-        item = data.train[0]
-        warm_pack_s = time.perf_counter() - t
-        print(f"warm load_sft_data (split + pack {data.train.stats.examples:,} examples into "
-              f"{len(data.train):,} sequences of 4096, utilisation {data.train.stats.utilisation:.3f}): "
-              f"{warm_pack_s:.2f} s, RSS growth {rss_mb() - rss0:.1f} MB  (target < 1 s); "
-              f"item keys {sorted(item)}")
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        build = tf.manifest["build"]
-        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print(f"peak memory: this benchmark process {own:.0f} MB (holds the corpus texts for the "
-              f"baseline); each of the {build['processes']} tokeniser processes at most "
-              f"{build['peak_rss_mb']} MB (its own VmHWM)")
+        data = load_sft_data({"data_dir": str(tmp / "data"), "data_version": "bench", "tokenizer": str(tok_dir),
+                              "max_seq_length": 4096, "workers": workers}, show_progress=False)
+        data.train[0]
+        pack_s = time.perf_counter() - t
+        print(f"warm load_sft_data (split + pack {data.train.stats.examples:,} examples into {len(data.train):,} "
+              f"sequences of 4096, utilisation {data.train.stats.utilisation:.3f}): {pack_s:.2f} s  (target < 1 s: "
+              f"{'met' if pack_s < 1 else 'NOT met'})")
+        print(f"\nload average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other processes share "
+              "them: ratios come from interleaved runs, absolute times do not)")
+        print("summary:\n  " + "\n  ".join(rep.lines))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tunekit.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as exc:  # e.g. no llm-jp tokenizer model: say where it is looked for
+        sys.exit(f"bench_data: {exc}")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--targets", default="attention_qkv")
-    ap.add_argument("--model-dir", default="", help="where to build/reuse the random model "
-                    "(default: a folder under the temp dir named after the shape)")
+    ap.add_argument("--model-dir", default="", help="where to build/reuse the random model, kept "
+                    "afterwards (default: a temp dir, removed at the end)")
     args = ap.parse_args(argv)
     from tunekit.train.params import SFTParams  # noqa: F401  (fail early outside the venv)
     from tunekit.train.engine import load_for_training
@@ -130,12 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     if "lora" not in inspect.signature(load_for_training).parameters:
         sys.exit("the engine has no LoRA hook yet (apply the LoRA integration patch first)")
     shape = f"h{args.hidden}-l{args.layers}-v{args.vocab}"
-    model_dir = Path(args.model_dir or Path(tempfile.gettempdir()) / f"tunekit-bench-lora-{shape}")
-    print(f"model: random LLaMA {shape} at {model_dir}", flush=True)
-    build_model(model_dir, args.hidden, args.layers, args.vocab)
-    common = dict(model_dir=str(model_dir), seq=args.seq, mbs=args.micro_batch, steps=args.steps,
-                  vocab=args.vocab, rank=args.rank, targets=args.targets)
-    rows = {m: run_child(dict(common, method=m)) for m in ("full", "lora")}
+    scratch = None if args.model_dir else Path(tempfile.mkdtemp(prefix="tunekit-bench-lora-"))
+    model_dir = Path(args.model_dir) if args.model_dir else scratch / shape
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # so that the cleanup below runs
+    try:
+        print(f"model: random LLaMA {shape} at {model_dir}", flush=True)
+        build_model(model_dir, args.hidden, args.layers, args.vocab)
+        common = dict(model_dir=str(model_dir), seq=args.seq, mbs=args.micro_batch, steps=args.steps,
+                      vocab=args.vocab, rank=args.rank, targets=args.targets)
+        rows = {m: run_child(dict(common, method=m)) for m in ("full", "lora")}
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     gib = 1024 ** 3
     print(f"\n{args.seq} tokens x micro batch {args.micro_batch}, fp32, 1 thread, "
           f"LoRA rank {args.rank} alpha {2 * args.rank} on {args.targets}")

@@ -37,7 +37,7 @@ template_style: str = "kit"  # kit | official (differ only for an empty system p
 on_error: str = "raise"  # raise: stop on bad data lines | skip: train without them (counted)
 # --- SFT packing
 packing: str = "isolated"  # isolated: documents never attend to each other | official: stream-and-cut
-overlong: str = "truncate"  # SFT examples longer than max_seq_length: truncate | drop
+overlong: str = "drop"  # SFT examples longer than max_seq_length: drop | truncate (cuts the answer's end)
 # --- DPO pairs
 dpo_overlong: str = "drop"  # DPO pairs longer than max_seq_length: drop | truncate_prompt (both counted)
 # --- cost estimate
@@ -114,6 +114,16 @@ pair_total = dpo_len["prompt_tokens"] + dpo_len[["chosen_tokens", "rejected_toke
 fit = pd.DataFrame([{"what": "SFT examples", **stats.over_length(sft_len["total_tokens"], cfg.max_seq_length)},
                     {"what": "DPO pairs", **stats.over_length(pair_total, cfg.max_seq_length)}])
 fit
+
+# %% [markdown]
+# What `max_seq_length` costs each SFT dataset under `overlong` (`drop`, the default, leaves an
+# over-long example out; `truncate` cuts its tail). `answers_cut` counts the examples whose answer
+# ends past the limit: truncating them removes the end of the answer, with its final `\boxed{}`
+# and eos, so the model would learn answers that stop before their result.
+
+# %%
+lost = stats.lost_tokens(sft_mix, cfg.max_seq_length, cfg.overlong)
+lost
 
 # %% [markdown]
 # ## 4. One SFT example and one DPO pair

@@ -38,7 +38,7 @@ template_style: str = "kit"  # kit | official (differ only for an empty system p
 on_error: str = "raise"  # raise: stop on bad data lines | skip: train without them (counted)
 # --- SFT packing
 packing: str = "isolated"  # isolated: documents never attend to each other | official: stream-and-cut
-overlong: str = "truncate"  # SFT examples longer than max_seq_length: truncate | drop
+overlong: str = "drop"  # SFT examples longer than max_seq_length: drop | truncate (cuts the answer's end)
 # --- training
 global_batch_size: int = 8  # sequences per optimizer step, all processes together (official: 64)
 micro_batch_size: int = 4  # sequences per forward/backward per process (official: 4)

@@ -210,7 +210,39 @@ def test_sharded_hf_output(nemo_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- verification is not vacuous
-def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkeypatch):
+def test_logits_windows_fit_the_memory_budget():
+    """llm-jp-4-8b's fp32 copy (32 GB) does not fit 16 GB: windows of a few layers, every layer
+    covered once; a small model is checked whole."""
+    big = LlamaSpec(num_layers=32, hidden_size=4096, ffn_hidden_size=14336, num_heads=32, num_query_groups=8,
+                    head_dim=128, vocab_size=196608)
+    windows = verify.logits_windows(big, 16.0)
+    assert 1 < len(windows) < 32 and windows[0][0] == 0 and windows[-1][1] == 32
+    assert all(a == b for (_, a), (b, _) in zip(windows, windows[1:]))
+    per = windows[0][1] - windows[0][0]
+    fixed, layer = 16 * verify.VOCAB_SAMPLE * 4096, 4 * (big.num_params() - 2 * 196608 * 4096 - 4096) / 32
+    assert 1.3 * (fixed + per * layer) <= 16 * 2**30 < 1.3 * (fixed + (per + 1) * layer)
+    assert verify.logits_windows(big, 64.0) == [(0, 32)]
+    assert verify.logits_windows(big, 1.0) == [(i, i + 1) for i in range(32)]
+
+
+def test_the_vocabulary_sample_holds_the_prompts_and_spreads_over_the_rest():
+    ids = [[5, 196600, 77], [77, 3]]
+    vocab = verify.vocab_sample(ids, 196608, limit=1000)
+    assert len(vocab) <= 1000 and {3, 5, 77, 196600} <= set(vocab) and vocab == sorted(vocab)
+    assert vocab[-1] > 190000 and len([v for v in vocab if v < 98304]) > 400
+    assert verify.vocab_sample(ids, 300, limit=1000) == list(range(300))
+
+
+def test_windowed_logits_check_passes_and_records_its_windows(tiny, tmp_path):
+    res = api.hf_to_nemo(str(tiny), tmp_path / "nemo", logits_memory_gb=1e-6, **QUIET)
+    v = res.summary["verification"]
+    assert v["layer_windows"] == [[0, 1], [1, 2]] and v["logits_match"] and v["logits_max_abs_diff"] < 1e-5
+    back = api.nemo_to_hf(str(tmp_path / "nemo"), tmp_path / "hf", logits_memory_gb=1e-6, **QUIET)
+    assert back.summary["verification"]["layer_windows"] == [[0, 1], [1, 2]]
+
+
+@pytest.mark.parametrize("memory_gb", [16.0, 1e-6], ids=["whole model", "one layer at a time"])
+def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkeypatch, memory_gb):
     """A wrong QKV layout that round-trips (fuse and split agree) passes the weight check; only the
     Megatron-core logits can catch it, and then no output folder may appear."""
     def plain_fuse(spec, q, k, v):
@@ -224,8 +256,54 @@ def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkey
     monkeypatch.setattr(layout, "split_qkv", plain_split)
     out = tmp_path / "bad"
     with pytest.raises(verify.VerificationError, match="logits differ"):
-        api.hf_to_nemo(str(tiny), out, **QUIET)
+        api.hf_to_nemo(str(tiny), out, logits_memory_gb=memory_gb, **QUIET)
     assert not out.exists() and not list(tmp_path.glob("bad.tmp-*"))
+
+
+def _flip_middle(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_byte_changed_on_disk_after_writing_stops_hf_to_nemo(tiny, tmp_path, monkeypatch):
+    """The written bytes are read back once against checksums taken while writing (no second load
+    of the model): a disk or filesystem fault between the two is caught, nothing is published."""
+    real = api.write_weights
+
+    def faulty(weights_dir, *a, **k):
+        sums = real(weights_dir, *a, **k)
+        _flip_middle(weights_dir / "__0_0.distcp")
+        return sums
+
+    monkeypatch.setattr(api, "write_weights", faulty)
+    out = tmp_path / "nemo"
+    bad = r"__0_0\.distcp.*(reads back different bytes|cannot be read back)"
+    with pytest.raises(verify.VerificationError, match=bad):
+        api.hf_to_nemo(str(tiny), out, verify_logits=False, **QUIET)
+    assert not out.exists() and not list(tmp_path.glob("nemo.tmp-*"))
+
+
+def test_a_byte_changed_on_disk_after_writing_stops_nemo_to_hf(nemo_dir, tmp_path, monkeypatch):
+    real = st.ShardWriter.close
+
+    def faulty(self):
+        real(self)
+        _flip_middle(self.out_dir / self.files[0])
+
+    monkeypatch.setattr(st.ShardWriter, "close", faulty)
+    out = tmp_path / "hf"
+    with pytest.raises(verify.VerificationError, match=r"model\.safetensors reads back different bytes"):
+        api.nemo_to_hf(str(nemo_dir), out, verify_logits=False, **QUIET)
+    assert not out.exists()
+
+
+def test_a_mapping_that_does_not_invert_stops_before_writing(tiny, tmp_path, monkeypatch):
+    """A split that is not the inverse of the fuse is caught in memory, tensor by tensor."""
+    real = layout.split_qkv
+    monkeypatch.setattr(layout, "split_qkv", lambda spec, w: tuple(t.flip(0) for t in real(spec, w)))
+    with pytest.raises(verify.VerificationError, match=r"q_proj\.weight does not come back from .*linear_qkv"):
+        api.hf_to_nemo(str(tiny), tmp_path / "nemo", verify_logits=False, **QUIET)
 
 
 # ---------------------------------------------------------------- damaged inputs: one clear error each

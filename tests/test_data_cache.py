@@ -222,15 +222,35 @@ def _truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _flip(path, at=-4):
+    """Flip the bits of one byte (default: in the last token) without changing the size."""
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _other_same_shape(d):
+    """Replace tokens.npy with another array of the same dtype and shape (e.g. copied from
+    another entry): the first record then starts with eos instead of bos."""
+    tokens = np.load(d / "tokens.npy")
+    np.save(d / "tokens.npy", np.roll(tokens, 1))
+
+
+CHANGED = "does not match its checksum in the manifest"
 DAMAGE = {
-    "truncated tokens.npy": (lambda d: _truncate(d / "tokens.npy"), "tokens.npy is damaged"),
+    "flipped bytes in tokens.npy": (lambda d: _flip(d / "tokens.npy"), f"tokens.npy {CHANGED}"),
+    "tokens.npy of the same shape": (_other_same_shape, f"tokens.npy {CHANGED}"),
+    "truncated tokens.npy": (lambda d: _truncate(d / "tokens.npy"), f"tokens.npy {CHANGED}"),
     "missing mask.npy": (lambda d: (d / "mask.npy").unlink(), "mask.npy is missing"),
     "garbage manifest.json": (lambda d: (d / "manifest.json").write_bytes(b"\x00{garbage"),
                               "manifest.json is not valid JSON"),
     "empty manifest.json": (lambda d: (d / "manifest.json").write_bytes(b""), "manifest.json is empty"),
     "missing manifest.json": (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
     "array of another shape": (lambda d: np.save(d / "lines.npy", np.zeros(3, np.int32)),
-                               "lines.npy holds int32 [3] but the manifest says int32 [40]"),
+                               f"lines.npy {CHANGED}"),
+    "manifest without checksums": (lambda d: (d / "manifest.json").write_text(json.dumps(
+        {**json.loads((d / "manifest.json").read_text()), "arrays": {"tokens": {"dtype": "int32"}}})),
+        "manifest.json lacks the array checksums"),
 }
 
 
@@ -252,7 +272,7 @@ def test_a_damaged_entry_says_why_and_is_rebuilt(data, tok_dir, capsys, damage):
     assert not third.built and third.rebuilt_because is None
 
 
-@pytest.mark.parametrize("how", ["numpy short write", "ENOSPC"])
+@pytest.mark.parametrize("how", ["ENOSPC on an array", "ENOSPC"])
 def test_disk_full_during_a_build_is_one_sentence_simulated(data, tok_dir, monkeypatch, how):
     """A full disk simulated by patching the write (numpy reports it as `N requested and M
     written`, other writes as ENOSPC); the real thing on a small tmpfs is the next test."""
@@ -267,9 +287,9 @@ def test_disk_full_during_a_build_is_one_sentence_simulated(data, tok_dir, monke
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         monkeypatch.setattr(atomic, "write_bytes", full)   # the manifest, written last
     else:
-        def full(path, arr, allow_pickle=False):
-            raise OSError(f"{arr.size} requested and 7 written")
-        monkeypatch.setattr(cache_entry.np, "save", full)
+        def full(dtype, length):   # the first write of every array; errno only, like os.write
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(cache_entry, "npy_header", full)
     with pytest.raises(UserError, match=r"^disk full at .*: the cache entry for .*d\.jsonl could not be "
                                         r"written \(writing .*\) \(free space on that disk, or set "
                                         r"TUNEKIT_CACHE_DIR") as exc:
@@ -310,3 +330,69 @@ def test_disk_full_during_a_build_on_a_real_small_disk(data, tok_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith(f"error: disk full at {cache_dir / 'data'}/"), out.stdout + out.stderr
     assert "could not be written" in out.stdout and "Traceback" not in out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------- O(1) opens, verification cost
+def _count_hashes(monkeypatch):
+    """Record the name of every file hashed (data, tokenizer files, cache arrays)."""
+    from tunekit.data import fingerprint
+
+    seen: list[str] = []
+    real = fingerprint.hash_file
+
+    def counted(path, algo):
+        seen.append(os.path.basename(path))
+        return real(path, algo)
+
+    monkeypatch.setattr(fingerprint, "hash_file", counted)
+    return seen
+
+
+def test_a_warm_open_hashes_nothing_and_a_changed_file_is_hashed_again(data, tok_dir, monkeypatch):
+    """Opening re-hashed the data and tokenizer files every time (most of an open's cost); now a
+    file is hashed again only when its stat fingerprint changes, arrays only when theirs does."""
+    from tunekit.data import fingerprint
+
+    monkeypatch.setattr(fingerprint, "RACY_S", 0.0)   # this test's files are seconds old at most
+    first = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    seen = _count_hashes(monkeypatch)
+    again = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    assert not again.built and seen == []
+    os.utime(data)                                     # touched: same bytes, new mtime
+    again = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    assert not again.built and seen == [data.name]
+    seen.clear()
+    os.utime(first.dir / "mask.npy")                   # an array touched: verified again, still whole
+    again = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    assert not again.built and seen == ["mask.npy"]
+    seen.clear()
+    with open(data, "a", encoding="utf-8") as f:       # new content: a new key, a new entry
+        f.write(sft_line(99) + "\n")
+    changed = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    assert changed.built and len(changed) == 41 and data.name in seen
+
+
+def test_a_file_changed_within_the_timestamp_granularity_is_hashed_again(tmp_path, monkeypatch):
+    """Racy writes: when a file's fingerprint cannot show a change (a coarse clock, the same
+    size), a digest taken less than RACY_S after the file's last change is not trusted."""
+    from tunekit.data import fingerprint
+
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "x.jsonl"
+    f.write_text("aaaa", encoding="utf-8")
+    frozen = fingerprint.stat_key(f)
+    monkeypatch.setattr(fingerprint, "stat_key", lambda _p: frozen)   # the clock did not move
+    first = fingerprint.digest(f)
+    f.write_text("bbbb", encoding="utf-8")
+    assert fingerprint.digest(f) != first
+
+
+def test_an_open_file_pickles_without_its_data(data, tok_dir):
+    import pickle
+
+    tf = cache.tokenize_file(data, "sft", tok_dir, show_progress=False)
+    ids = [tf.sft(i)[0] for i in range(len(tf))]
+    assert len(tf._maps) == 3
+    back = pickle.loads(pickle.dumps(tf))
+    assert len(pickle.dumps(tf)) < 20_000 and back._maps == {}
+    assert all(np.array_equal(back.sft(i)[0], ids[i]) for i in range(len(tf)))

@@ -147,3 +147,60 @@ def test_pickles_without_the_token_data(tf):
     assert len(blob) < 20_000
     again = pickle.loads(blob)
     assert all(np.array_equal(again[3][k], ds[3][k]) for k in ds[3])
+
+
+# ---------------------------------------------------------------- what max_seq_length costs
+def test_drop_is_the_default_and_truncation_reports_answers_that_lose_their_end(tf, capsys):
+    """Truncating cuts the END of an answer (its final \\boxed{} and eos): the default drops such
+    examples (counted), and `truncate` says how many answers lose their end and how many trained
+    tokens go with them."""
+    from tunekit.data.params import DataConfig
+
+    assert DataConfig().overlong == "drop"
+    src, rec = np.zeros(len(tf), np.int32), np.arange(len(tf))
+    dropped = pack_sft([tf], src, rec, max_seq_length=S, pad_id=4)
+    over = tf.lengths() > S
+    assert dropped.stats.dropped_overlong == int(over.sum()) > 0 and dropped.stats.truncated == 0
+    assert dropped.stats.dropped_overlong_tokens == int(tf.lengths()[over].sum())
+    assert "lose the end of an answer" not in capsys.readouterr().err
+    cut = pack_sft([tf], src, rec, max_seq_length=S, pad_id=4, overlong="truncate")
+    # brute force: trained tokens at positions >= S of each over-long example
+    lost = [int(tf.sft(r)[1][S:].sum()) for r in range(len(tf)) if over[r]]
+    assert cut.stats.answers_cut == sum(n > 0 for n in lost) > 0
+    assert cut.stats.truncated_loss_tokens == sum(lost)
+    err = capsys.readouterr().err
+    assert f"warning: {cut.stats.answers_cut} of {len(tf)} SFT examples lose the end of an answer" in err
+    assert f"max_seq_length={S} ({sum(lost)} trained tokens" in err and err.count("warning") == 1
+
+
+def test_lost_tokens_table_per_dataset(tmp_path, monkeypatch):
+    """10_inspect_data's table: per dataset and split, what is lost at max_seq_length, both policies."""
+    from tunekit.data.mixing import build_mixture
+    from tunekit.data.stats import lost_tokens
+
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    train = tmp_path / "v" / "tuning" / "train"
+    train.mkdir(parents=True)
+    for name, words, step in (("short", 2, 0), ("long", 60, 1)):
+        lines = [json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": f"q{i}"},
+                                          {"role": "assistant", "content": " ".join(["12"] * (words + step * i))}]})
+                 for i in range(20)]
+        (train / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    mix = build_mixture({"data_dir": str(tmp_path), "data_version": "v", "tokenizer": "tiny"}, "sft",
+                        show_progress=False)
+    for policy in ("drop", "truncate"):
+        table = lost_tokens(mix, S, policy).set_index(["dataset", "split"])
+        assert table.loc[("short", "train"), "over_length"] == 0 and table.loc[("short", "train"), "tokens_lost"] == 0
+        src = next(s for s in mix.sources if s.name == "long")
+        idx = src.train_idx
+        n = src.file.lengths()[idx]
+        row = table.loc[("long", "train")]
+        assert row["over_length"] == int((n > S).sum()) > 0
+        masks = [src.file.sft(int(r))[1] for r in idx if src.file.lengths()[r] > S]
+        assert row["answers_cut"] == sum(int(m[S:].sum()) > 0 for m in masks)
+        if policy == "drop":
+            assert row["examples_lost"] == row["over_length"] and row["tokens_lost"] == int(n[n > S].sum())
+            assert row["trained_tokens_lost"] == sum(int(m.sum()) for m in masks)
+        else:
+            assert row["examples_lost"] == 0 and row["tokens_lost"] == int((n[n > S] - S).sum())
+            assert row["trained_tokens_lost"] == sum(int(m[S:].sum()) for m in masks)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,3 +163,47 @@ def test_dpo_loss_with_cached_reference_equals_live_reference(model_dir, tmp_pat
         c, r = cached.for_batch(pb)
         lc, lr = live(None, pb)
         assert torch.equal(c, lc.float()) and torch.equal(r, lr.float())
+
+
+def _flip_byte(path: Path, at: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["flipped byte in logps.npz", "truncated logps.npz", "garbage meta.json"])
+def test_a_damaged_entry_names_its_file_and_is_recomputed(model_dir, tmp_path, damage):
+    cache = tmp_path / "cache"
+    pairs = random_pairs(5)
+    fn = lambda pb: (torch.arange(pb.n_pairs, dtype=torch.float32), -torch.ones(pb.n_pairs))  # noqa: E731
+    first = _ensure(fn, pairs, model_dir, cache)
+    target = entry_dir(first.info["key"], cache)
+    npz = target / "logps.npz"
+    if damage == "flipped byte in logps.npz":
+        # the last byte of the stored `chosen` floats (npz members are stored uncompressed)
+        import struct
+        import zipfile
+
+        with zipfile.ZipFile(npz) as z:
+            info = z.getinfo("chosen.npy")
+        raw = npz.read_bytes()
+        name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+        _flip_byte(npz, info.header_offset + 30 + name_len + extra_len + info.compress_size - 1)
+    elif damage == "truncated logps.npz":
+        npz.write_bytes(npz.read_bytes()[:100])
+    else:
+        (target / "meta.json").write_text("{not json", encoding="utf-8")
+    said = []
+    calls = {"n": 0}
+
+    def counted(pb):
+        calls["n"] += 1
+        return fn(pb)
+
+    again = _ensure(counted, pairs, model_dir, cache, log=said.append)
+    name = "meta.json" if "meta" in damage else "logps.npz"
+    assert any(f"cache entry {target} is damaged: {name}" in m and "recomputing it" in m for m in said), said
+    assert again.info["hit"] is False and calls["n"] > 0
+    assert {d: again.table[d] for d in first.table} == first.table
+    third = _ensure(counted, pairs, model_dir, cache)
+    assert third.info["hit"] is True

@@ -4,7 +4,9 @@
     nemo_to_hf("/groups/x/sft_out", "out/hf")      # picks step=*-last, -> HF dir with chat template
 
 Both build the output under `<dst>.tmp-<pid>` and rename it into place only after verification
-passed (`verify.py`), so a killed or failed conversion never leaves a folder that looks complete.
+passed (`verify.py`: every tensor mapped back bit for bit as it is produced, the written bytes read
+back once against checksums taken while writing, and the logits check), so a killed or failed
+conversion never leaves a folder that looks complete.
 Memory stays near one tensor (writing) or one layer (reading) plus the largest single tensor
 (the embedding), not the model; the logits check loads one fp32 model at a time (verify.py).
 """
@@ -28,7 +30,7 @@ from .common_state import non_model_entries
 from .layout import RULES, LlamaSpec, Rule, extra_state_keys, read_groups
 from .megatron_cpu import megatron_on_cpu
 from .safetensors_io import ShardWriter
-from .torch_dist import NemoWeights, plan_chunks, write_weights
+from .torch_dist import NemoWeights, plan_chunks, verify_written, write_weights
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_CHOICES = ("auto", "bf16", "fp32")
@@ -97,14 +99,15 @@ def _weights_bytes(spec: LlamaSpec, dtype: torch.dtype) -> int:
 
 # ---------------------------------------------------------------- HF -> NeMo
 def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits: bool = True,
-               overwrite: bool = False, log=print) -> ConversionResult:
+               overwrite: bool = False, logits_memory_gb: float = verify.LOGITS_MEMORY_GB,
+               log=print) -> ConversionResult:
     """Convert an HF LLaMA model ("tiny", HF dir, run dir) into a NeMo dir in the official kit's layout.
 
     Writes `model_config.yaml`, `model_weights/` (torch_dist) and `tokenizer/`: the HF model that
     `tokenizer.type` names (tokenizer with the kit's chat template, config, weights as hard links
     to the source's), loadable by the official kit's transformers 4.47 and its exporter. Verified
     before publishing: weights bit-exact back to HF, and Megatron-core logits equal HF logits
-    (unless verify_logits=False).
+    (unless verify_logits=False), checked in layer windows that fit `logits_memory_gb`.
     """
     t0 = time.time()
     hf_dir = sources.resolve_hf_source(src)
@@ -122,11 +125,18 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
     log(f"hf-to-nemo: {hf_dir} ({spec.num_params():,} parameters, {str(weights.dtype)[6:]}) -> "
         f"{path} ({dname})")
 
+    trip = verify.RoundTrip(spec, dt)
+
     def fetch(rule: Rule, layer: int | None, part: int | None) -> torch.Tensor:
         names = rule.hf_names(layer)
         if part is not None:
-            return weights.get(names[part])
-        return rule.to_nemo(spec, [weights.get(n) for n in names])
+            t = weights.get(names[part])
+            trip.same_part(rule, layer, part, t, t.to(dt))
+            return t
+        parts = [weights.get(n) for n in names]
+        nemo_t = rule.to_nemo(spec, parts)
+        trip.hf_to_nemo(rule, layer, parts, nemo_t)  # before it is written: a wrong map stops here
+        return nemo_t
 
     tokenizer = hf_files.load_tokenizer(hf_dir) if has_tok else None
     with megatron_on_cpu(), atomic.atomic_dir(path, overwrite=overwrite) as tmp:
@@ -139,22 +149,28 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
                 "tokenizer.type, as the official scripts expect")
         bar = _bar(_weights_bytes(spec, dt), "hf-to-nemo")
         t_write = time.time()
-        write_weights(tmp / "model_weights", spec, plan_chunks(spec, fetch), dt,
-                      on_chunk=bar.update)
-        bar.close()
+        try:
+            sums = write_weights(tmp / "model_weights", spec, plan_chunks(spec, fetch), dt,
+                                 on_chunk=bar.update)
+        except BaseException:  # torch's CheckpointException is a BaseException
+            if trip.error is not None:  # the writer wraps it: raise the real one
+                raise trip.error from None
+            raise
+        finally:
+            bar.close()
         write_s = time.time() - t_write
         written = _dir_bytes(tmp / "model_weights")
         log(f"hf-to-nemo: wrote {written / 1e6:.1f} MB in {write_s:.1f} s; verifying ...")
         t_ver = time.time()
         nemo = NemoWeights(tmp / "model_weights")
         nemo.check(spec)
-        vbar = progress(total=spec.num_layers, unit="layer", desc="verify weights")
-        compared = verify.compare_weights(nemo, weights, spec, dt, vbar)
-        vbar.close()
-        checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": compared}
+        chunks = verify_written(tmp / "model_weights", sums)
+        checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
+                                  "chunks_read_back": chunks, "checksum": "xxh3_128"}
         sample = None
         if verify_logits:
-            logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt)
+            logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt,
+                                         memory_gb=logits_memory_gb)
             sample = logits.pop("_sample", None)
             checks.update(logits)
         summary = _summary("hf_to_nemo", str(hf_dir), f"HF model {hf_dir}", path, dname, spec,
@@ -171,7 +187,8 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
 # ---------------------------------------------------------------- NeMo -> HF
 def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: str = "last",
                tokenizer: str = "", verify_logits: bool = True, overwrite: bool = False,
-               max_shard_gb: float = 5.0, log=print) -> ConversionResult:
+               max_shard_gb: float = 5.0, logits_memory_gb: float = verify.LOGITS_MEMORY_GB,
+               log=print) -> ConversionResult:
     """Convert a NeMo dir / official-kit training output / run dir of 21 into an HF model dir.
 
     Writes safetensors (sharded above `max_shard_gb`), config.json, generation_config.json and a
@@ -210,8 +227,9 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             writer = ShardWriter(tmp, plan, dt, int(max_shard_gb * 1e9))
             bar = _bar(writer.total_bytes, "nemo-to-hf")
             t_write = time.time()
+            trip = verify.RoundTrip(spec, dt)
             for group, layer in read_groups(spec):
-                _write_group(nemo, spec, group, layer, writer, bar)
+                _write_group(nemo, spec, group, layer, writer, bar, trip)
             writer.close()
             bar.close()
             write_s = time.time() - t_write
@@ -221,13 +239,13 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             t_ver = time.time()
             out = hf_files.HFWeights(tmp)
             out.check(spec)
-            vbar = progress(total=spec.num_layers, unit="layer", desc="verify weights")
-            compared = verify.compare_weights(nemo, out, spec, dt, vbar)
-            vbar.close()
-            checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": compared}
+            writer.verify()
+            checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
+                                      "files_read_back": len(writer.checksums), "checksum": "xxh3_128"}
             sample = None
             if verify_logits:
-                logits = verify.check_logits(tmp, spec, source.weights_dir, tok, dt, nemo.prefix)
+                logits = verify.check_logits(tmp, spec, source.weights_dir, tok, dt, nemo.prefix,
+                                             memory_gb=logits_memory_gb)
                 sample = logits.pop("_sample", None)
                 checks.update(logits)
             summary = _summary("nemo_to_hf", str(source.weights_dir), source.note, path, dname, spec,
@@ -241,11 +259,15 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
     return ConversionResult(summary, path, sample)
 
 
-def _write_group(nemo: NemoWeights, spec: LlamaSpec, group, layer, writer: ShardWriter, bar) -> None:
+def _write_group(nemo: NemoWeights, spec: LlamaSpec, group, layer, writer: ShardWriter, bar,
+                 trip: verify.RoundTrip) -> None:
     # A function of its own so the group's tensors are freed before the next group is read.
     tensors = nemo.read(spec, layer, group)
     for rule in group:
-        for name, t in zip(rule.hf_names(layer), rule.to_hf(spec, tensors.pop(rule.nemo))):
+        nemo_t = tensors.pop(rule.nemo)
+        parts = rule.to_hf(spec, nemo_t)
+        trip.nemo_to_hf(rule, layer, nemo_t, parts)  # before it is written: a wrong map stops here
+        for name, t in zip(rule.hf_names(layer), parts):
             bar.update(writer.write(name, t))
 
 

@@ -133,8 +133,10 @@ class ShardWriter:
                       [f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)])
         self.order = [(i, name, shape) for i, s in enumerate(shards) for name, shape, _ in s]
         self.total_bytes = sum(n for s in shards for _, _, n in s)
+        self.checksums: dict[str, str] = {}   # file -> xxh3-128 of its bytes, taken while writing
         self._pos = 0
         self._file = None
+        self._hash = None
         self._shard = -1
 
     def _open(self, i: int) -> None:
@@ -148,14 +150,21 @@ class ShardWriter:
             offset += n
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes with spaces
-        self._file = open(self.out_dir / self.files[i], "wb")
-        self._file.write(struct.pack("<Q", len(blob)) + blob)
+        self._file = open(self.out_dir / self.files[i], "wb", buffering=0)  # large writes go straight out
+        self._hash = _hasher()
+        self._put(struct.pack("<Q", len(blob)) + blob)
         self._shard = i
 
+    def _put(self, data) -> None:
+        self._hash.update(data)
+        view = memoryview(data).cast("B")
+        while view:  # an unbuffered write may be short
+            view = view[self._file.write(view):]
+
     def _close_file(self) -> None:
-        self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        self.checksums[self.files[self._shard]] = self._hash.hexdigest()
         self._file = None
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
@@ -166,7 +175,7 @@ class ShardWriter:
         if shard != self._shard:
             self._open(shard)
         data = tensor_bytes(tensor.to(self.dtype))
-        self._file.write(data)
+        self._put(data)
         self._pos += 1
         return data.nbytes
 
@@ -181,3 +190,27 @@ class ShardWriter:
                      "weight_map": {name: self.files[i] for i, name, _ in self.order}}
             (self.out_dir / "model.safetensors.index.json").write_text(
                 json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    def verify(self) -> int:
+        """Re-read every written shard and compare its checksum with the one taken while writing;
+        returns the bytes read. Raises VerificationError naming a file that differs."""
+        from .failures import VerificationError
+
+        total = 0
+        for name, want in self.checksums.items():
+            h = _hasher()
+            with open(self.out_dir / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+                    total += len(block)
+            if h.hexdigest() != want:
+                raise VerificationError(f"verification: {self.out_dir / name} reads back different bytes "
+                                        "than were written (a disk or filesystem fault; the output was not "
+                                        "published)")
+        return total
+
+
+def _hasher():
+    import xxhash
+
+    return xxhash.xxh3_128()

@@ -107,6 +107,7 @@ class LazyPlanner(SavePlanner):
         self.objects = objects
         self.dtype = dtype
         self.on_chunk = on_chunk
+        self.checksums: dict[tuple[str, tuple[int, ...]], str] = {}   # item -> xxh3 of its bytes
 
     def set_up_planner(self, state_dict, storage_meta=None, is_coordinator=False):
         self.is_coordinator = is_coordinator
@@ -136,6 +137,7 @@ class LazyPlanner(SavePlanner):
             return io.BytesIO(self.objects[write_item.index.fqn])
         c = self.chunks[(write_item.index.fqn, tuple(write_item.index.offset))]
         t = c.make().to(self.dtype).reshape(c.sizes).contiguous()
+        self.checksums[(c.fqn, tuple(c.offsets))] = _tensor_checksum(t)
         self.on_chunk(t.numel() * t.element_size())
         return t
 
@@ -143,9 +145,16 @@ class LazyPlanner(SavePlanner):
         return object  # already serialised bytes, like Megatron's MCoreSavePlanner
 
 
+def _tensor_checksum(t: torch.Tensor) -> str:
+    import xxhash
+
+    return xxhash.xxh3_128(t.reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
 def write_weights(weights_dir: Path, spec: LlamaSpec, chunks: list[Chunk], dtype: torch.dtype,
-                  on_chunk: Callable[[int], None] = lambda n: None) -> None:
-    """Write a torch_dist checkpoint (the NeMo `model_weights/` folder) from lazily made chunks."""
+                  on_chunk: Callable[[int], None] = lambda n: None) -> dict[tuple[str, tuple[int, ...]], str]:
+    """Write a torch_dist checkpoint (the NeMo `model_weights/` folder) from lazily made chunks;
+    returns the checksum of every chunk's bytes, taken as it was handed to the writer."""
     from torch.distributed import checkpoint as dcp
 
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +170,40 @@ def write_weights(weights_dir: Path, spec: LlamaSpec, chunks: list[Chunk], dtype
         dcp.save({}, storage_writer=writer, planner=planner, no_dist=True)
     torch.save({}, weights_dir / "common.pt")
     (weights_dir / "metadata.json").write_text(json.dumps(METADATA_JSON), encoding="utf-8")
+    return planner.checksums
+
+
+def verify_written(weights_dir: Path, checksums: dict[tuple[str, tuple[int, ...]], str]) -> int:
+    """Re-read every tensor chunk written by `write_weights` (its byte range, as torch_dist stores
+    it) and compare its checksum with the one taken while writing; returns the chunks checked.
+    Only bytes are read back: no model, no Megatron."""
+    from .failures import VerificationError
+
+    md = read_metadata(weights_dir)
+    seen = 0
+    by_file: dict[str, list] = {}
+    for index, info in md.storage_data.items():
+        if (index.fqn, tuple(index.offset or ())) in checksums:
+            by_file.setdefault(info.relative_path, []).append((index, info))
+    for rel, items in by_file.items():
+        with open(weights_dir / rel, "rb") as f:
+            for index, info in sorted(items, key=lambda x: x[1].offset):
+                f.seek(info.offset)
+                blob = f.read(info.length)
+                try:
+                    t = torch.load(io.BytesIO(blob), weights_only=True)
+                except Exception as exc:  # noqa: BLE001 - any unreadable bytes are a failed check
+                    raise VerificationError(f"verification: {weights_dir / rel}: {index.fqn} cannot be read back "
+                                            f"({type(exc).__name__}) (the output was not published)") from None
+                if _tensor_checksum(t.contiguous()) != checksums[(index.fqn, tuple(index.offset))]:
+                    raise VerificationError(f"verification: {weights_dir / rel}: {index.fqn} at {list(index.offset)} "
+                                            "reads back different bytes than were written (a disk or filesystem "
+                                            "fault; the output was not published)")
+                seen += 1
+    if seen != len(checksums):
+        raise VerificationError(f"verification: {weights_dir}: {len(checksums) - seen} written chunks are not in "
+                                "the checkpoint metadata (the output was not published)")
+    return seen
 
 
 # ---------------------------------------------------------------- reading

@@ -1,13 +1,22 @@
-"""Checks run after every conversion, before the output gets its final name.
+"""Checks run during and after every conversion, before the output gets its final name.
 
-1. Weights, bit for bit: every NeMo tensor, split back into HF tensors, equals the HF tensor in the
-   output dtype (the HF -> NeMo -> HF round trip, done tensor by tensor in memory).
-2. Logits: a Megatron-core GPTModel built from `model_config.yaml` and loaded from `model_weights/`
-   by Megatron's own `dist_checkpointing.load` gives the same logits as transformers'
-   LlamaForCausalLM on fixed Japanese prompts. Both run in fp32 with the weights rounded to the
-   output dtype, so the only differences left are fp32 summation order. Each model is built, run
-   and freed in turn: peak memory is one fp32 model plus Megatron's load buffers (measured 6.5 GB
-   for 1.02B parameters, so ~52 GB for 8B; `verify_logits=False` skips this check).
+1. Weights, bit for bit, without a second load of the model:
+   a. the mapping, in memory, as each tensor is produced: every NeMo tensor, split back into HF
+      tensors, equals the HF tensors in the output dtype (`RoundTrip`);
+   b. the bytes on disk: a checksum (xxh3-128) of every tensor's bytes is taken while it is
+      written, and the written files are re-read once and must give the same checksums
+      (`safetensors_io.ShardWriter.verify`, `torch_dist.verify_written`). Reading back only
+      hashes bytes: no Megatron load, no tensor comparison against the source.
+   `compare_weights` (the old full re-load through Megatron's loader) stays for tests.
+2. Logits: a Megatron-core GPTModel built from `model_config.yaml`, its weights read by Megatron's
+   own `dist_checkpointing.load`, gives the same logits as transformers' LlamaForCausalLM on fixed
+   Japanese prompts. Both run in fp32 with the weights rounded to the output dtype, so the only
+   differences left are fp32 summation order. The check runs on windows of layers (embedding,
+   the window's layers, final norm, output layer; only the rows of the prompts' tokens and of an
+   evenly spread sample of the vocabulary, VOCAB_SAMPLE ids) sized to a stated memory budget
+   (`LOGITS_MEMORY_GB`, `logits_windows`): the whole model in one window when its fp32 copy fits,
+   else a few layers at a time, every layer checked. Each model is built, run and freed in turn
+   (`verify_logits=False` skips this check).
 """
 from __future__ import annotations
 
@@ -17,8 +26,9 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .failures import VerificationError
 from .hf_files import HFWeights
-from .layout import LlamaSpec, read_groups
+from .layout import GLOBAL_RULES, LAYER_RULES, LlamaSpec, read_groups
 from .torch_dist import NemoWeights
 
 # School-maths prompts in Japanese, like the competition's tasks (fixed: logits are compared on them).
@@ -30,10 +40,50 @@ PROMPTS = (
 # max |logits diff| allowed = LOGITS_RTOL * max(1, max |logit|). fp32 summation-order noise is
 # ~1e-6 relative; a wrong head order or a swapped gate/up gives differences of the logits' size.
 LOGITS_RTOL = 1e-3
+# Memory the logits check may use (GB): the whole model in one window when its fp32 copy fits,
+# else windows of layers (llm-jp-4-8b: embedding + output layer 6.4 GB in fp32, 0.9 GB a layer).
+LOGITS_MEMORY_GB = 4.0
+# The logits compared: the prompts' tokens plus an evenly spread sample of the vocabulary, this many
+# ids at most. Embedding and output rows of other ids are never loaded (their bytes are verified
+# by the round trip and the checksums), so the check's memory does not grow with the vocabulary.
+VOCAB_SAMPLE = 8192
 
 
-class VerificationError(UserError):
-    """The converted model does not match its source (the output is not published)."""
+class RoundTrip:
+    """Check, in memory, that each converted tensor maps back to its source bit for bit (1a)."""
+
+    def __init__(self, spec: LlamaSpec, dtype: torch.dtype):
+        self.spec, self.dtype, self.compared = spec, dtype, 0
+        self.error: VerificationError | None = None   # kept: torch's checkpoint writer wraps exceptions
+
+    def _fail(self, message: str) -> None:
+        self.error = VerificationError(message)
+        raise self.error
+
+    def hf_to_nemo(self, rule, layer: int | None, parts: list[torch.Tensor], nemo: torch.Tensor) -> None:
+        """`nemo` (made from the HF `parts`) splits back into `parts` (all in the output dtype)."""
+        back = rule.to_hf(self.spec, nemo.to(self.dtype))
+        self._same(rule, layer, back, parts)
+
+    def nemo_to_hf(self, rule, layer: int | None, nemo: torch.Tensor, parts: list[torch.Tensor]) -> None:
+        """The HF `parts` (split from `nemo`) fuse back into `nemo` (all in the output dtype)."""
+        again = rule.to_nemo(self.spec, [p.to(self.dtype) for p in parts])
+        if not _same_bits(again, nemo.to(self.dtype)):
+            self._fail(f"verification: {rule.nemo_key()} layer {layer} does not fuse back from its "
+                       "HF tensors (the conversion is wrong; please report it)")
+        self.compared += len(parts)
+
+    def same_part(self, rule, layer: int | None, part: int, hf: torch.Tensor, written: torch.Tensor) -> None:
+        """A row block written as it came (SwiGLU gate/up) holds exactly the HF tensor."""
+        self._same(rule, layer, [written], [hf], names=[rule.hf_names(layer)[part]])
+
+    def _same(self, rule, layer, got, want, names=None) -> None:
+        names = names or rule.hf_names(layer)
+        for name, a, b in zip(names, got, want):
+            if not _same_bits(a, b.to(self.dtype)):
+                self._fail(f"verification: {name} does not come back from {rule.nemo_key()} "
+                           "bit for bit (the conversion is wrong; please report it)")
+            self.compared += 1
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -106,37 +156,6 @@ def prompt_ids(tokenizer, vocab_size: int) -> list[list[int]]:
     return out
 
 
-def _round(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """fp32 parameters holding values representable in `dtype` (the output's rounding)."""
-    model.float()
-    if dtype != torch.float32:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(p.to(dtype).float())
-    return model
-
-
-def hf_logits(model_dir: Path, ids: list[list[int]], dtype: torch.dtype) -> list[torch.Tensor]:
-    """Logits of transformers' LlamaForCausalLM from `model_dir` (fp32 compute, `dtype` weights)."""
-    from transformers import LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # our own bars already report; keep logs readable
-    try:
-        model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
-                                                 attn_implementation="eager")
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    model = _round(model, dtype).eval()
-    with torch.no_grad():
-        out = [model(torch.tensor([x])).logits[0].clone() for x in ids]
-    del model
-    gc.collect()
-    return out
-
-
 def build_gpt(spec: LlamaSpec):
     """A Megatron-core GPTModel (local spec, CPU, fp32, uninitialised) for a LlamaSpec.
 
@@ -190,23 +209,6 @@ def load_gpt(spec: LlamaSpec, weights_dir: Path, prefix: str = "model."):
     return model
 
 
-def megatron_logits(spec: LlamaSpec, weights_dir: Path, ids: list[list[int]], dtype: torch.dtype,
-                    prefix: str = "model.") -> list[torch.Tensor]:
-    """Logits of the Megatron-core GPTModel loaded from a NeMo `model_weights/` folder."""
-    from .megatron_cpu import causal_mask
-
-    model = _round(load_gpt(spec, weights_dir, prefix), dtype).eval()
-    out = []
-    with torch.no_grad():
-        for x in ids:
-            t = torch.tensor([x])
-            pos = torch.arange(len(x))[None]
-            out.append(model(t, pos, causal_mask(len(x)))[0].clone())
-    del model
-    gc.collect()
-    return out
-
-
 def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict:
     """Max |diff|, the tolerance it must meet, and the share of positions with the same argmax."""
     diff = max((a - b).abs().max().item() for a, b in zip(ref, got))
@@ -218,17 +220,173 @@ def compare_logits(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict:
             "tokens": sum(a.shape[0] for a in ref)}
 
 
+def logits_windows(spec: LlamaSpec, memory_gb: float) -> list[tuple[int, int]]:
+    """Layer windows [a, b) for the logits check so that one fp32 model of a window fits `memory_gb`.
+
+    A window holds its layers in fp32 (4 bytes a parameter) and, for both models, the sampled rows
+    of the embedding and output layer (read once, before the first window; that read passes one
+    whole embedding-sized tensor in its stored dtype while no layer is loaded); 30% is added for
+    activations and loader buffers. One window = the whole model when it fits; otherwise as many
+    layers per window as fit (at least one).
+    """
+    fixed = 16 * min(VOCAB_SAMPLE, spec.vocab_size) * spec.hidden_size
+    layer = 4 * sum(r.numel(spec) for r in LAYER_RULES)
+    room = memory_gb * 2**30 / 1.3 - fixed
+    per = max(1, min(spec.num_layers, int(room // layer))) if room > 0 else 1
+    return [(a, min(a + per, spec.num_layers)) for a in range(0, spec.num_layers, per)]
+
+
+def _rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 values representable in `dtype` (the output's rounding)."""
+    return t.to(dtype).float()
+
+
+def vocab_sample(ids: list[list[int]], vocab_size: int, limit: int = VOCAB_SAMPLE) -> list[int]:
+    """The vocabulary ids whose logits are compared: every id of the prompts, then evenly spread ids."""
+    if vocab_size <= limit:
+        return list(range(vocab_size))
+    used = sorted({i for x in ids for i in x})
+    room = max(0, min(limit, vocab_size) - len(used))
+    spread = range(0, vocab_size, max(1, vocab_size // room)) if room else range(0)
+    return sorted(set(used) | set(list(spread)[:room]))
+
+
+def _take_rows(read_rows, n_rows: int, rows: list[int], row_bytes: int) -> torch.Tensor:
+    """Rows `rows` (sorted) of a tensor, read in blocks of at most _BLOCK bytes."""
+    step = max(1, _BLOCK // max(1, row_bytes))
+    out, k = [], 0
+    for start in range(0, n_rows, step):
+        stop = min(n_rows, start + step)
+        j = k
+        while j < len(rows) and rows[j] < stop:
+            j += 1
+        if j > k:
+            block = read_rows(start, stop)
+            out.append(block[torch.tensor(rows[k:j]) - start].clone())
+            k = j
+    return torch.cat(out)
+
+
+def _remap(ids: list[list[int]], vocab: list[int]) -> list[list[int]]:
+    where = {v: i for i, v in enumerate(vocab)}
+    return [[where[i] for i in x] for x in ids]
+
+
+def hf_globals(hf: HFWeights, spec: LlamaSpec, dtype: torch.dtype, vocab: list[int]) -> dict[str, torch.Tensor]:
+    """The `vocab` rows of embedding and output layer and the final norm, from HF weights (fp32)."""
+    out = {"model.norm.weight": _rounded(hf.get("model.norm.weight"), dtype)}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        row_bytes = spec.hidden_size * hf.entries[name].dtype.itemsize
+        rows = _take_rows(lambda x, y, n=name: hf.get_rows(n, x, y), spec.vocab_size, vocab, row_bytes)
+        out[name] = _rounded(rows, dtype)
+    return out
+
+
+def hf_window_logits(hf: HFWeights, config: dict, window: tuple[int, int], ids: list[list[int]],
+                     dtype: torch.dtype, vocab: list[int], globals_: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Logits (of the `vocab` ids) of transformers' LlamaForCausalLM holding only layers [a, b) of
+    the HF weights (renumbered from 0) and `globals_` (`hf_globals`); fp32 compute."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    a, b = window
+    cfg = LlamaConfig(**{**config, "num_hidden_layers": b - a, "vocab_size": len(vocab),
+                         "torch_dtype": "float32", "dtype": "float32"})
+    cfg._attn_implementation = "eager"
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    state = {}
+    for name in model.state_dict():
+        if name in globals_:
+            state[name] = globals_[name]
+            continue
+        i, rest = name[len("model.layers."):].split(".", 1)
+        state[name] = _rounded(hf.get(f"model.layers.{int(i) + a}.{rest}"), dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)   # its buffer was on meta
+    model.eval()
+    with torch.no_grad():
+        out = [model(torch.tensor([x])).logits[0].clone() for x in _remap(ids, vocab)]
+    del model, state
+    gc.collect()
+    return out
+
+
+# Megatron's local layer spec names the fused norms of the TE spec (the checkpoint's keys) this way.
+_LOCAL_NAMES = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+                "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
+
+
+def megatron_globals(nemo: NemoWeights, spec: LlamaSpec, dtype: torch.dtype,
+                     vocab: list[int]) -> dict[str, torch.Tensor]:
+    """The `vocab` rows of embedding and output layer and the final norm, read by Megatron (fp32)."""
+    rows, out = torch.tensor(vocab), {}
+    for rule in GLOBAL_RULES:  # one whole tensor at a time, in its stored dtype
+        t = nemo.read(spec, None, (rule,))[rule.nemo]
+        out[rule.nemo] = _rounded(t[rows] if t.dim() == 2 else t, dtype)
+        del t
+    return out
+
+
+def megatron_window_logits(nemo: NemoWeights, spec: LlamaSpec, window: tuple[int, int], ids: list[list[int]],
+                           dtype: torch.dtype, vocab: list[int],
+                           globals_: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Logits (of the `vocab` ids) of a Megatron-core GPTModel holding only layers [a, b) of a
+    NeMo checkpoint, each layer read by Megatron's `dist_checkpointing.load` (`NemoWeights.read`),
+    and `globals_` (`megatron_globals`); fp32 compute."""
+    from dataclasses import replace
+
+    from .megatron_cpu import causal_mask
+
+    a, b = window
+    model = build_gpt(replace(spec, num_layers=b - a, vocab_size=len(vocab)))
+    state = dict(globals_)
+    for j, layer in enumerate(range(a, b)):
+        for key, t in nemo.read(spec, layer).items():
+            rest = key[len("decoder.layers."):]
+            state[f"decoder.layers.{j}.{_LOCAL_NAMES.get(rest, rest)}"] = _rounded(t, dtype)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise VerificationError(f"verification: Megatron-core GPTModel keys do not match "
+                                f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for x in _remap(ids, vocab):
+            pos = torch.arange(len(x))[None]
+            out.append(model(torch.tensor([x]), pos, causal_mask(len(x)))[0].clone())
+    del model, state
+    gc.collect()
+    return out
+
+
 def check_logits(hf_dir: Path, spec: LlamaSpec, weights_dir: Path, tokenizer, dtype: torch.dtype,
-                 prefix: str = "model.") -> dict:
-    """Run both models on the prompts and compare; VerificationError if they disagree."""
+                 prefix: str = "model.", memory_gb: float = LOGITS_MEMORY_GB) -> dict:
+    """Run both models on the prompts, window by window of layers, and compare; VerificationError
+    if any window disagrees. Peak memory: one fp32 model of one window (`logits_windows`)."""
+    from .configs import read_json
+
     ids = prompt_ids(tokenizer, spec.vocab_size)
-    ref = hf_logits(hf_dir, ids, dtype)
-    got = megatron_logits(spec, weights_dir, ids, dtype, prefix)
-    result = compare_logits(ref, got)
-    if not result["logits_match"]:
-        raise VerificationError(
-            f"verification: Megatron-core and transformers logits differ by "
-            f"{result['logits_max_abs_diff']:.3g} (allowed {result['logits_tolerance']:.3g}) "
-            "(the conversion is wrong; the output was not published)")
-    result["_sample"] = (ref[0], got[0])  # for plots; popped before the summary is written
+    hf, nemo = HFWeights(hf_dir), NemoWeights(weights_dir)
+    config = read_json(hf_dir / "config.json")
+    windows = logits_windows(spec, memory_gb)
+    vocab = vocab_sample(ids, spec.vocab_size)
+    hf_g, nemo_g = hf_globals(hf, spec, dtype, vocab), megatron_globals(nemo, spec, dtype, vocab)
+    results, sample = [], None
+    for window in windows:
+        ref = hf_window_logits(hf, config, window, ids, dtype, vocab, hf_g)
+        got = megatron_window_logits(nemo, spec, window, ids, dtype, vocab, nemo_g)
+        res = compare_logits(ref, got)
+        if not res["logits_match"]:
+            raise VerificationError(
+                f"verification: Megatron-core and transformers logits differ by {res['logits_max_abs_diff']:.3g} "
+                f"(allowed {res['logits_tolerance']:.3g}) on layers {window[0]}-{window[1] - 1} (the conversion "
+                "is wrong; the output was not published)")
+        results.append(res)
+        sample = sample or (ref[0], got[0])
+    worst = max(results, key=lambda r: r["logits_max_abs_diff"] / r["logits_tolerance"])
+    result = {**worst, "argmax_agreement": min(r["argmax_agreement"] for r in results),
+              "layer_windows": [list(w) for w in windows], "logits_memory_gb": memory_gb,
+              "vocab_ids_compared": len(vocab)}
+    result["_sample"] = sample  # for plots; popped before the summary is written
     return result

@@ -6,8 +6,18 @@ files, the template version, the source code of the builder (this module, `encod
 can never be reused (the official kit reused `<name>.pkl` whenever it existed); unchanged inputs
 are never tokenised again. One directory per key, written atomically (`tunekit.atomic.atomic_dir`);
 a file lock makes concurrent ranks build it once while the others wait and then read it.
-An entry is used only when `cache_entry.entry_problem` finds it whole; a damaged one is rebuilt
-(with a message saying why), and a build stopped by a full disk says "disk full at <path>".
+An entry is used only when `cache_entry.entry_problem` finds it whole (every array matches the
+checksum in its manifest); a damaged one is rebuilt (with a message saying why), and a build
+stopped by a full disk says "disk full at <path>".
+
+Opening is O(1) in the data size: the digests in the key come from `fingerprint.digest` (hashed
+again only when a file's stat fingerprint changes), array checksums are verified at build and when
+an array's fingerprint changes, and each array is memory-mapped once per `TokenizedFile`.
+
+Building: worker processes (all cores for large files) each load the tokenizer once, tokenise
+their byte ranges of the file and write their token arrays to part files; the parent streams the
+parts into the final arrays, so its memory does not grow with the data. SentencePiece-based
+tokenizers (llm-jp) are run with the `sentencepiece` library (`tokenizer.sentencepiece_twin`).
 
 Layout of `<cache_root>/data/<key24>/`:
     manifest.json        key inputs, the validation report (counts + first problems), array list
@@ -18,6 +28,7 @@ Layout of `<cache_root>/data/<key24>/`:
          loss_tokens.npy (int32, trained tokens per record)
     DPO: prompt.npy / chosen.npy / rejected.npy (int32, responses without the prompt) with
          prompt_off.npy / chosen_off.npy / rejected_off.npy (int64, n+1), plus bad_pairs in the report
+    verified.json        stat fingerprints of the arrays at their last checksum verification
 """
 from __future__ import annotations
 
@@ -27,7 +38,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +48,13 @@ from .. import atomic
 from ..errors import UserError
 from ..paths import cache_root
 from .. import template
-from . import cache_entry, encode, schema, tokenizer, validate
-from .cache_entry import entry_problem, read_manifest, save_array
+from . import cache_entry, encode, fingerprint, schema, tokenizer, validate
+from .cache_entry import entry_problem, read_manifest, write_array, write_npy
 from .files import refusal
 from .schema import FileReport, Kind, Problem, id_hash, record_hash  # noqa: F401 (re-exported)
 from .tokenizer import LightTokenizer, load_tokenizer  # noqa: F401  (re-exported)
 
-CACHE_FORMAT = 2   # 2: arrays listed in the manifest, duplicates and tokenizer failures reported
+CACHE_FORMAT = 3   # 3: array checksums in the manifest; 2: arrays listed, duplicates reported
 # Files of an HF tokenizer directory that define its behaviour (a model dir also holds weights).
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
@@ -53,17 +64,13 @@ CHUNK_RECORDS = 2_000
 
 
 # --------------------------------------------------------------------------- key
-def file_digest(path: str | os.PathLike, h=None) -> str:
-    """sha256 of a file's bytes (streamed)."""
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (memoised by its stat fingerprint: see tunekit.data.fingerprint)."""
+    return fingerprint.digest(path, "sha256")
 
 
 def tokenizer_digest(tok_dir: str | os.PathLike) -> str:
-    """sha256 over the names and bytes of the tokenizer files in `tok_dir`."""
+    """sha256 over the names and digests of the tokenizer files in `tok_dir`."""
     tok_dir = Path(tok_dir)
     h = hashlib.sha256()
     found = [n for n in _TOKENIZER_FILES if (tok_dir / n).is_file()]
@@ -71,18 +78,25 @@ def tokenizer_digest(tok_dir: str | os.PathLike) -> str:
         raise UserError(f"{tok_dir}: no tokenizer files here (expected tokenizer.json or "
                         "tokenizer.model; pass an HF model or tokenizer directory)")
     for name in found:
-        h.update(name.encode() + b"\0")
-        file_digest(tok_dir / name, h)
+        h.update(name.encode() + b"\0" + file_digest(tok_dir / name).encode() + b"\0")
     return h.hexdigest()
+
+
+_CODE: dict[tuple, str] = {}
 
 
 def code_digest() -> str:
     """sha256 of the builder's source code: a code change invalidates every cache."""
-    h = hashlib.sha256(str(CACHE_FORMAT).encode())
-    for mod in (encode, schema, template, tokenizer, validate, cache_entry):
-        h.update(Path(mod.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
-    return h.hexdigest()
+    files = [Path(m.__file__) for m in (encode, schema, template, tokenizer, validate, cache_entry)]
+    files.append(Path(__file__))
+    stamp = tuple(fingerprint.stat_key(f) for f in files)
+    if stamp not in _CODE:
+        h = hashlib.sha256(str(CACHE_FORMAT).encode())
+        for f in files:
+            h.update(f.read_bytes())
+        _CODE.clear()
+        _CODE[stamp] = h.hexdigest()
+    return _CODE[stamp]
 
 
 def cache_key(path: str | os.PathLike, kind: Kind, tok_dir: str | os.PathLike,
@@ -99,11 +113,13 @@ def cache_key(path: str | os.PathLike, kind: Kind, tok_dir: str | os.PathLike,
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(tok_dir: str, info: encode.TokenizerInfo) -> None:
-    # One single-threaded tokenizer per worker process: the pool already uses every core, and
-    # the Rust thread pool on top would oversubscribe them. The parent's probe result is reused.
+def _worker_init(tok_dir: str, info: encode.TokenizerInfo, twin: dict[str, Any] | None) -> None:
+    # One single-threaded tokenizer per worker process, loaded once (not per chunk): the pool
+    # already uses every core, and a thread pool on top would oversubscribe them. The parent's
+    # probe result and its choice of encoder (the sentencepiece twin it checked) are reused.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER.update(tok=load_tokenizer(tok_dir), info=info)
+    tok = tokenizer.SentencePieceTokenizer(**twin) if twin else load_tokenizer(tok_dir)
+    _WORKER.update(tok=tok, info=info)
 
 
 def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options: dict[str, Any],
@@ -128,7 +144,10 @@ def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options
             kept.append((n, obj))
     style = options["style"]
     out: dict[str, Any] = {}
-    if kind == "sft":
+    if kind == "sft" and style == "kit" and (arrays := _sft_arrays(kept, tok, info)) is not None:
+        good = kept
+        out.update(arrays)   # the hot path: ids and masks assembled by numpy
+    elif kind == "sft":
         kept, enc = _encode_each_or_report(kept, lambda recs: encode.encode_sft_records(recs, tok, info, style),
                                            path, report)
         good = kept
@@ -137,6 +156,8 @@ def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options
         runs = [r for _, rr in enc for r in rr]
         values = np.fromiter((k % 2 for _, rr in enc for k in range(len(rr))), np.uint8, count=len(runs))
         out["mask"] = np.repeat(values, np.asarray(runs, np.int64))
+        # Trained tokens per record: the loss runs are the odd ones.
+        out["loss_tokens"] = np.fromiter((sum(rr[1::2]) for _, rr in enc), np.int32, count=len(enc))
     else:
         kept, enc = _encode_each_or_report(
             kept, lambda recs: encode.encode_dpo_records(recs, tok, info, style, options["dpo_append_eos"]),
@@ -158,6 +179,15 @@ def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options
     out["ids"] = np.asarray([id_hash(o) for _, o in good], np.uint64)
     out["report"] = report
     return out
+
+
+def _sft_arrays(kept: list[tuple[int, dict]], tok, info) -> dict[str, Any] | None:
+    """`encode.encode_sft_arrays` of the records, or None on any failure: the record-by-record
+    path then finds (and reports by path:line) the records at fault."""
+    try:
+        return encode.encode_sft_arrays([o for _, o in kept], tok, info)
+    except Exception:  # noqa: BLE001 - a third-party tokenizer's error, or a record it cannot take
+        return None
 
 
 def _encode_each_or_report(kept: list[tuple[int, dict]], encode_many, path: str,
@@ -210,6 +240,13 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+BIG = {"sft": ("tokens", "mask"), "dpo": ("prompt", "chosen", "rejected")}
+_DTYPES = {"mask": np.uint8}
+# Arrays of one value per record: small (n x 8 bytes), returned by the workers and concatenated.
+_PER_RECORD = {"sft": ("lines", "hashes", "ids", "loss_tokens"), "dpo": ("lines", "hashes", "ids")}
+_SMALL_DTYPES = {"lines": np.int32, "hashes": np.uint64, "ids": np.uint64, "loss_tokens": np.int32}
+
+
 def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: Path,
            workers: int, show_progress: bool) -> tuple[FileReport, dict[str, Any], dict[str, Any], dict]:
     from ..runtime import progress
@@ -221,58 +258,77 @@ def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: 
     workers = workers or default_workers()
     tok = load_tokenizer(tok_dir)
     info = encode.probe(tok)
+    twin = tokenizer.sentencepiece_twin(tok_dir, tok)
     bar = progress(total=n_lines, desc=f"tokenise {path.name}", unit="line",
                    disable=not show_progress)
-    jobs = [(str(path), r[0], r[1], r[2], kind, options) for r in ranges]
+    parts = out / ".parts"
+    parts.mkdir()
+    jobs = [(str(path), r[0], r[1], r[2], kind, options, str(parts / f"{k:06d}")) for k, r in enumerate(ranges)]
     results: list[dict[str, Any]] = []
     processes = 1
     if workers > 1 and n_lines >= PARALLEL_MIN_RECORDS and _can_spawn():
         processes = min(workers, len(jobs))
-        results = _run_pool(jobs, processes, tok_dir, info, bar)
+        results = _run_pool(jobs, processes, tok_dir, info, twin.spec() if twin else None, bar)
     if not results:
         processes = 1
         for job in jobs:
-            res = _range_job(job, tok, info)
+            res = _range_job(job, twin or tok, info)
             results.append(res)
             bar.update(res["report"].records + res["report"].blank)
     bar.close()
     report = _merge_reports(str(path), kind, [r["report"] for r in results])
+    small = {name: np.concatenate([r[name] for r in results] or [np.zeros(0, _SMALL_DTYPES[name])])
+             for name in _PER_RECORD[kind]}
     # Duplicates within the file: the validator's rule and messages (across files: the mixture).
     index = validate.DuplicateIndex()
-    for r in results:
-        for n, h, i in zip(r["lines"].tolist(), r["hashes"].tolist(), r["ids"].tolist()):
-            for reason, message, _ in index.check(str(path), n, h, i):
-                report.add(Problem(str(path), n, "warning", message), reason)
+    for n, h, i in zip(small["lines"].tolist(), small["hashes"].tolist(), small["ids"].tolist()):
+        for reason, message, _ in index.check(str(path), n, h, i):
+            report.add(Problem(str(path), n, "warning", message), reason)
     schema.finish_file(report)
     report.problems.sort(key=lambda p: p.line)  # line order, as the validator reports them
-    arrays: dict[str, np.ndarray] = {}
-    names = ("tokens", "mask") if kind == "sft" else ("prompt", "chosen", "rejected")
-    for name in names:
-        arrays[name] = np.concatenate([r[name] for r in results]) if results else \
-            np.zeros(0, np.uint8 if name == "mask" else np.int32)
+    specs: dict[str, dict[str, Any]] = {}
+    for name in BIG[kind]:
+        specs[name] = _join_parts(out / f"{name}.npy", name, [r["parts"][name] for r in results])
         if name != "mask":
-            lens = np.concatenate([r[f"{name}_len"] for r in results]) if results else np.zeros(0, np.int64)
+            lens = np.concatenate([r[f"{name}_len"] for r in results] or [np.zeros(0, np.int64)])
             off = np.zeros(len(lens) + 1, np.int64)
             np.cumsum(lens, out=off[1:])
-            arrays["offsets" if name == "tokens" else f"{name}_off"] = off
-    if kind == "sft":
-        off = arrays["offsets"]
-        csum = np.concatenate([[0], np.cumsum(arrays["mask"], dtype=np.int64)])
-        arrays["loss_tokens"] = (csum[off[1:]] - csum[off[:-1]]).astype(np.int32)
-    arrays["lines"] = np.concatenate([r["lines"] for r in results]) if results else np.zeros(0, np.int32)
-    arrays["hashes"] = np.concatenate([r["hashes"] for r in results]) if results else np.zeros(0, np.uint64)
-    arrays["ids"] = np.concatenate([r["ids"] for r in results]) if results else np.zeros(0, np.uint64)
-    for name, arr in arrays.items():
-        save_array(out / f"{name}.npy", arr)
+            key = "offsets" if name == "tokens" else f"{name}_off"
+            specs[key] = write_array(out / f"{key}.npy", off)
+    for name, arr in small.items():
+        specs[name] = write_array(out / f"{name}.npy", arr)
+    parts.rmdir()
     peaks = [r["peak_rss_mb"] for r in results if r.get("peak_rss_mb") is not None]
     build = {"seconds": round(time.perf_counter() - t0, 3), "lines": n_lines, "chunks": len(jobs),
-             "processes": processes, "peak_rss_mb": round(max(peaks), 1) if peaks else None}
-    return report, asdict(info), build, cache_entry.array_specs(arrays)
+             "processes": processes, "encoder": "sentencepiece" if twin else "tokenizers",
+             "peak_rss_mb": round(max(peaks), 1) if peaks else None}
+    return report, asdict(info), build, specs
+
+
+def _join_parts(dst: Path, name: str, parts: list[tuple[str, int]]) -> dict[str, Any]:
+    """Stream the workers' part files (raw array bytes, in file order) into one .npy, deleting
+    each part once copied: memory stays at one block, disk at the data plus one part."""
+    dtype = np.dtype(_DTYPES.get(name, np.int32))
+
+    def blocks():
+        for part, _ in parts:
+            with open(part, "rb") as f:
+                yield from iter(lambda: f.read(1 << 24), b"")
+            os.unlink(part)
+
+    return write_npy(dst, dtype, sum(n for _, n in parts), blocks())
 
 
 def _range_job(job, tok=None, info=None):
-    path, start, end, first, kind, options = job
+    path, start, end, first, kind, options, part = job
     out = process_chunk(schema.lines_in_range(path, start, end, first), path, kind, options, tok, info)
+    out["parts"] = {}
+    for name in BIG[kind]:  # the token arrays go to disk here, not back to the parent
+        arr = np.ascontiguousarray(out.pop(name))
+        file = f"{part}.{name}"
+        with open(file, "wb") as f:
+            f.write(memoryview(arr).cast("B") if arr.size else b"")
+        out["parts"][name] = (file, len(arr))
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
 
@@ -296,7 +352,7 @@ def _can_spawn() -> bool:
 
 
 def _run_pool(jobs: list[tuple], workers: int, tok_dir: Path, info: encode.TokenizerInfo,
-              bar) -> list[dict[str, Any]]:
+              twin: dict[str, Any] | None, bar) -> list[dict[str, Any]]:
     """Run the range jobs in spawned worker processes, results in file order; [] if the workers
     could not run (the caller then tokenises in this process)."""
     import multiprocessing as mp
@@ -310,7 +366,7 @@ def _run_pool(jobs: list[tuple], workers: int, tok_dir: Path, info: encode.Token
     results = []
     try:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(str(tok_dir), info)) as ex:
+                                 initializer=_worker_init, initargs=(str(tok_dir), info, twin)) as ex:
             for res in ex.map(_range_job, jobs):
                 results.append(res)
                 bar.update(res["report"].records + res["report"].blank)
@@ -333,10 +389,19 @@ class TokenizedFile:
     report: FileReport
     built: bool  # True if this call tokenised it, False if it came from the cache
     rebuilt_because: str | None = None  # why the entry found in the cache was damaged
+    _maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def array(self, name: str) -> np.ndarray:
-        """A cached array, memory-mapped."""
-        return np.load(self.dir / f"{name}.npy", mmap_mode="r")
+        """A cached array, memory-mapped (once per TokenizedFile: reading records one by one must
+        not reopen files)."""
+        arr = self._maps.get(name)
+        if arr is None:
+            arr = self._maps[name] = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+        return arr
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickled memmap would carry its data: send the paths, reopen on the other side.
+        return {**self.__dict__, "_maps": {}}
 
     def __len__(self) -> int:
         return int(self.manifest["records"])
@@ -350,9 +415,13 @@ class TokenizedFile:
 
     def sft(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, loss_mask) of record i."""
-        off = self.array("offsets")
+        maps = self._maps
+        if not {"offsets", "tokens", "mask"} <= maps.keys():
+            for name in ("offsets", "tokens", "mask"):
+                self.array(name)
+        off = maps["offsets"]
         a, b = int(off[i]), int(off[i + 1])
-        return np.asarray(self.array("tokens")[a:b]), np.asarray(self.array("mask")[a:b])
+        return np.asarray(maps["tokens"][a:b]), np.asarray(maps["mask"][a:b])
 
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(prompt, chosen response, rejected response) ids of record i (responses without prompt)."""

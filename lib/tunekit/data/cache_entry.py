@@ -1,10 +1,11 @@
 """One entry of the data cache on disk: writing its arrays, and deciding whether it is whole.
 
 `entry_problem` is the single place that decides whether a cache entry may be used: the manifest
-must parse and belong to the key, and every array it lists must be there with the recorded dtype
-and shape and its bytes all present. A damaged entry (a truncated or missing array, a garbage or
-empty manifest) is never used: `tunekit.data.cache` says why and rebuilds it. Checks of array
-contents (e.g. checksums recorded in the manifest) belong in `entry_problem` too.
+must parse and belong to the key, and every array it lists must match the xxh3-128 checksum the
+manifest recorded when it was written (so flipped bytes, a truncated file or another array of the
+same shape are all caught). Checksums are verified when the entry is built and again whenever an
+array's stat fingerprint changes (`fingerprint.verify_files`), not on every open: a warm open
+stays O(1). A damaged entry is never used: `tunekit.data.cache` says why and rebuilds it.
 """
 from __future__ import annotations
 
@@ -24,9 +25,49 @@ _REQUIRED = ("key", "records", "report", "problems", "tokenizer_info", "arrays")
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 
 
-def array_specs(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """What the manifest records of each array: {name: {"dtype", "shape"}}."""
-    return {name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in arrays.items()}
+CHECKSUM = "xxh3_128"
+
+
+def npy_header(dtype, length: int) -> bytes:
+    """The .npy header of a 1-D C-order array (what np.save writes before the data)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": (length,)})
+    return buf.getvalue()
+
+
+def write_npy(path: Path, dtype, length: int, blocks) -> dict[str, Any]:
+    """Stream a 1-D array into `path` as .npy from byte blocks (large sequential writes), hashing
+    while writing; returns its manifest spec {"dtype", "shape", CHECKSUM}. A full disk is ENOSPC
+    naming the file."""
+    from .fingerprint import new_hasher
+
+    h = new_hasher(CHECKSUM)
+    written = 0
+    try:
+        with open(path, "wb") as f:
+            head = npy_header(dtype, length)
+            f.write(head)
+            h.update(head)
+            for block in blocks:
+                f.write(block)
+                h.update(block)
+                written += len(block)
+    except OSError as exc:
+        if is_disk_full(exc) and not exc.filename:
+            raise OSError(errno.ENOSPC, f"No space left on device ({exc})", str(path)) from None
+        raise
+    if written != length * np.dtype(dtype).itemsize:
+        raise RuntimeError(f"internal: {path.name}: wrote {written} bytes for {length} x {dtype}")
+    return {"dtype": str(np.dtype(dtype)), "shape": [length], CHECKSUM: h.hexdigest()}
+
+
+def write_array(path: Path, arr: np.ndarray) -> dict[str, Any]:
+    """`write_npy` of an in-memory 1-D array."""
+    arr = np.ascontiguousarray(arr)
+    return write_npy(path, arr.dtype, len(arr), [memoryview(arr).cast("B")] if arr.size else [])
 
 
 def read_manifest(entry: Path) -> dict[str, Any]:
@@ -53,25 +94,12 @@ def entry_problem(entry: Path, key: str) -> str | None:
         return f"{MANIFEST} lacks the fields of a cache entry (written by an older kit, or damaged)"
     if manifest["key"] != key:
         return f"{MANIFEST} belongs to another cache key"
-    for name, spec in manifest["arrays"].items():
-        problem = _array_problem(entry / f"{name}.npy", spec)
-        if problem:
-            return problem
-    return None
+    from .fingerprint import verify_files
 
-
-def _array_problem(path: Path, spec: dict[str, Any]) -> str | None:
-    if not path.is_file():
-        return f"{path.name} is missing"
-    try:
-        # mmap needs every byte the header promises: a truncated file fails here.
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        return f"{path.name} is damaged ({exc})"
-    if str(arr.dtype) != spec.get("dtype") or list(arr.shape) != spec.get("shape"):
-        return (f"{path.name} holds {arr.dtype} {list(arr.shape)} but the manifest says "
-                f"{spec.get('dtype')} {spec.get('shape')}")
-    return None
+    arrays = manifest["arrays"]
+    if not isinstance(arrays, dict) or any(not isinstance(s, dict) or CHECKSUM not in s for s in arrays.values()):
+        return f"{MANIFEST} lacks the array checksums (written by an older kit)"
+    return verify_files(entry, {f"{name}.npy": spec[CHECKSUM] for name, spec in arrays.items()}, CHECKSUM)
 
 
 def is_disk_full(exc: OSError) -> bool:
@@ -85,13 +113,3 @@ def disk_full_error(entry: Path, data_file: Path, exc: OSError) -> UserError:
     return UserError(f"disk full at {entry}: the cache entry for {data_file} could not be written "
                      f"(writing {what}: {exc.strerror or exc}) (free space on that disk, or set "
                      "TUNEKIT_CACHE_DIR to a folder on a larger one; nothing half-written was kept)")
-
-
-def save_array(path: Path, arr: np.ndarray) -> None:
-    """np.save that reports a full disk as ENOSPC naming the file (numpy gives neither)."""
-    try:
-        np.save(path, arr, allow_pickle=False)
-    except OSError as exc:
-        if is_disk_full(exc) and not exc.filename:
-            raise OSError(errno.ENOSPC, f"No space left on device ({exc})", str(path)) from None
-        raise

@@ -53,6 +53,9 @@ class TokenizerInfo:
 
 def encode_batch(tok, texts: Sequence[str]) -> list[list[int]]:
     """Ids of each text without special tokens added (special-token text inside is still mapped)."""
+    fast = getattr(tok, "encode_texts", None)
+    if fast is not None:  # tunekit.data.tokenizer.SentencePieceTokenizer
+        return fast(texts)
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is not None:  # the Rust tokenizer directly: no BatchEncoding overhead
         return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
@@ -312,6 +315,66 @@ def encode_sft_records(records: Sequence[dict], tok, info: TokenizerInfo,
         out.append(join_runs(flat[i:i + len(ss)], m, info, style))
         i += len(ss)
     return out
+
+
+def encode_sft_arrays(records: Sequence[dict], tok, info: TokenizerInfo) -> dict[str, Any]:
+    """`encode_sft_records` of the "kit" style straight into flat arrays, assembled by numpy rather
+    than per record in Python (the cache's hot path): {"tokens", "tokens_len", "mask",
+    "loss_tokens"}. The same ids and mask as `join_runs` (tested); UserError where it would raise."""
+    import itertools
+
+    import numpy as np
+
+    segs, prompt_nl, per_record = [], [], []
+    for r in records:
+        msgs = sft_messages(r["messages"])
+        ss = conversation_segments(msgs, info, "kit")
+        blocks = _blocks(msgs)
+        if len(ss) != len(blocks) or any(answer is None for _, answer in blocks):
+            raise ValueError("not an answered conversation")  # (cannot pass validation; see join_runs)
+        segs += ss
+        prompt_nl += [(msgs[0]["content"] + instr if t == 0 else instr).count("\n")
+                      for t, (instr, _) in enumerate(blocks)]
+        per_record.append(len(ss))
+    if not records:
+        return {"tokens": np.zeros(0, np.int32), "mask": np.zeros(0, np.uint8),
+                "tokens_len": np.zeros(0, np.int64), "loss_tokens": np.zeros(0, np.int32)}
+    enc = encode_batch(tok, segs)
+    seg_len = np.fromiter(map(len, enc), np.int64, count=len(enc))
+    flat = np.fromiter(itertools.chain.from_iterable(enc), np.int32, count=int(seg_len.sum()))
+    starts = np.concatenate(([0], np.cumsum(seg_len)[:-1])).astype(np.int64)
+    # Where each segment's loss starts: just after its k-th newline token (k = newlines in its prompt).
+    nl_at = np.flatnonzero(flat == info.newline_ids[0])
+    k = np.asarray(prompt_nl, np.int64)
+    which = np.searchsorted(nl_at, starts) + k - 1
+    need = k > 0   # (every kit prompt holds newlines; 0 would mean loss from the first token)
+    ok = which[need] < len(nl_at)
+    ok[ok] = nl_at[which[need][ok]] < (starts + seg_len)[need][ok]
+    if not ok.all():
+        raise UserError("tokenizer: fewer newline tokens than newlines in the text (this "
+                        "tokenizer does not behave like llm-jp's SentencePiece)")
+    cut = np.zeros(len(segs), np.int64)
+    cut[need] = nl_at[which[need]] - starts[need] + 1
+    # Loss on [start + cut, end) of each segment: +1 / -1 at the bounds, summed up.
+    edges = np.zeros(len(flat) + 1, np.int8)
+    np.add.at(edges, starts + cut, 1)   # (add.at: a loss start may equal the previous segment's end)
+    np.add.at(edges, starts + seg_len, -1)
+    seg_mask = np.cumsum(edges[:-1], dtype=np.int8).view(np.uint8)
+    # eos after every segment (all turns are answered), bos before each record's first segment; at
+    # the same position the previous record's eos comes first (stable sort, eos listed first).
+    first = np.zeros(len(segs), bool)
+    first[np.concatenate(([0], np.cumsum(per_record)[:-1])).astype(np.int64)] = True
+    pos = np.concatenate((starts + seg_len, starts[first]))
+    order = np.argsort(pos, kind="stable")
+    n_bos = int(first.sum())
+    ins_tok = np.concatenate((np.full(len(segs), info.eos_id, np.int32), np.full(n_bos, info.bos_id, np.int32)))
+    ins_mask = np.concatenate((np.ones(len(segs), np.uint8), np.zeros(n_bos, np.uint8)))
+    pos, ins_tok, ins_mask = pos[order], ins_tok[order], ins_mask[order]
+    rec_of_seg = np.repeat(np.arange(len(per_record)), per_record)
+    seg_loss = seg_len - cut + 1
+    return {"tokens": np.insert(flat, pos, ins_tok), "mask": np.insert(seg_mask, pos, ins_mask),
+            "tokens_len": np.bincount(rec_of_seg, seg_len + 1, len(per_record)).astype(np.int64) + 1,
+            "loss_tokens": np.bincount(rec_of_seg, seg_loss, len(per_record)).astype(np.int32)}
 
 
 def encode_dpo_records(records: Sequence[dict], tok, info: TokenizerInfo, style: str = "kit",

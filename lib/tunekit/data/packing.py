@@ -11,8 +11,12 @@ numpy arrays, all of length `max_seq_length`:
 The engine turns doc_lens into a block-diagonal causal mask (CPU/SDPA) or cu_seqlens (GPU).
 
 packing="isolated" (default): best-fit-decreasing bin packing of whole documents; no document
-attends to another. Examples longer than max_seq_length are truncated (their tail is cut) or
-dropped (`overlong`); examples left without a trained token are dropped; all counted.
+attends to another. Examples longer than max_seq_length are dropped (`overlong="drop"`, the
+default) or truncated (`"truncate"`: their tail is cut); examples left without a trained token are
+dropped; all counted. Truncation cuts the END of the last answer, which in maths data carries the
+final \boxed{} answer and the eos: a model trained on such examples learns answers that stop
+before their result, so `drop` is the default and `truncate` warns, once per packing, how many
+answers lose their end (`answers_cut`) and how many trained tokens go with them.
 
 packing="official": the official kit's stream-and-cut, for reproducing official runs. All examples
 are concatenated into one stream and cut into windows of max_seq_length + 1 tokens across example
@@ -23,6 +27,7 @@ the final partial window are dropped, and counted.
 from __future__ import annotations
 
 import bisect
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -68,6 +73,9 @@ class PackStats:
     packed: int = 0             # examples placed in sequences (isolated mode)
     truncated: int = 0
     truncated_tokens: int = 0
+    answers_cut: int = 0        # truncated examples that lose trained (answer) tokens, i.e. an answer's end
+    truncated_loss_tokens: int = 0   # trained tokens those cuts remove
+    dropped_overlong_tokens: int = 0
     dropped_overlong: int = 0
     dropped_no_loss: int = 0
     sequences: int = 0
@@ -196,7 +204,7 @@ class PackedDataset:
 
 def pack_sft(files: Sequence[TokenizedFile | None], src: np.ndarray, rec: np.ndarray, *,
              max_seq_length: int, pad_id: int, packing: str = "isolated",
-             overlong: str = "truncate") -> PackedDataset:
+             overlong: str = "drop") -> PackedDataset:
     """Pack the examples (src[k], rec[k]) of cached SFT files into a PackedDataset."""
     stores = _Stores(files)
     S = max_seq_length
@@ -207,13 +215,22 @@ def pack_sft(files: Sequence[TokenizedFile | None], src: np.ndarray, rec: np.nda
     length = np.minimum(full, S)
     keep = np.ones(len(src), bool)
     over = full > S
+    loss = _loss_in_prefix(files, src, rec, length)
     if overlong == "drop":
         keep &= ~over
         stats.dropped_overlong = int(over.sum())
+        stats.dropped_overlong_tokens = int(full[over].sum())
     else:
         stats.truncated = int(over.sum())
         stats.truncated_tokens = int((full - length)[over].sum())
-    loss = _loss_in_prefix(files, src, rec, length)
+        cut = _total_loss(files, src, rec) - loss
+        stats.answers_cut = int((cut[over] > 0).sum())
+        stats.truncated_loss_tokens = int(cut[over].sum())
+        if stats.answers_cut:
+            print(f"tunekit.data: warning: {stats.answers_cut} of {len(src)} SFT examples lose the end of an answer "
+                  f"at max_seq_length={S} ({stats.truncated_loss_tokens} trained tokens, e.g. a final \\boxed{{}} "
+                  "and the eos, are never trained) (overlong='truncate'; use 'drop' to leave them out, or raise "
+                  "max_seq_length)", file=sys.stderr, flush=True)
     no_loss = keep & (loss == 0)
     stats.dropped_no_loss = int(no_loss.sum())
     keep &= ~no_loss
@@ -230,6 +247,15 @@ def _lengths(files, src, rec) -> np.ndarray:
     for s in np.unique(src):
         sel = src == s
         out[sel] = files[s].lengths()[rec[sel]]
+    return out
+
+
+def _total_loss(files, src, rec) -> np.ndarray:
+    """Trained tokens of each whole example (the stored per-record count)."""
+    out = np.zeros(len(src), np.int64)
+    for s in np.unique(src):
+        sel = src == s
+        out[sel] = files[s].array("loss_tokens")[rec[sel]]
     return out
 
 

@@ -74,8 +74,8 @@ class PackingParams(NotebookParams):
 
     packing: Literal["isolated", "official"] = Field(
         "isolated", description="isolated: documents never attend to each other | official: stream-and-cut")
-    overlong: Literal["truncate", "drop"] = Field(
-        "truncate", description="SFT examples longer than max_seq_length: truncate | drop")
+    overlong: Literal["drop", "truncate"] = Field(
+        "drop", description="SFT examples longer than max_seq_length: drop | truncate (cuts the answer's end)")
 
 
 class PairParams(NotebookParams):

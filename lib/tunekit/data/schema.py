@@ -304,6 +304,36 @@ def _object(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
+# The end of a key: a string's closing quote, blanks, a colon. Inside a JSON string a quote is
+# always escaped, so this also matches `\":` in text, never less than once per key.
+_KEY_END = re.compile(rb'"[ \t\r\n]*:')
+
+
+def _key_count(obj: Any) -> int:
+    """Keys of the top level and of each message (-1 when anything else nests objects or lists).
+
+    When it equals the number of `_KEY_END` matches of the line, no key was written twice (each
+    key written adds a match; a duplicate would add a match but no key), so the hook that finds
+    duplicates can be skipped; any doubt falls back to it.
+    """
+    if type(obj) is not dict:   # json.loads makes exact dicts and lists
+        return -1
+    n = len(obj)
+    for key, value in obj.items():
+        kind = type(value)
+        if key == "messages" and kind is list:
+            for m in value:
+                if type(m) is not dict:
+                    return -1
+                n += len(m)
+                for v in m.values():
+                    if type(v) is dict or type(v) is list:
+                        return -1
+        elif kind is dict or kind is list:
+            return -1
+    return n
+
+
 def _megabytes(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
@@ -319,7 +349,10 @@ def parse_line(raw: bytes) -> tuple[Any, tuple[str, str, str] | None]:
     except UnicodeDecodeError as exc:
         return None, _err("invalid UTF-8", f"invalid UTF-8 at byte {exc.start + 1} of the line")
     try:
-        return json.loads(text, object_pairs_hook=_object), None
+        obj = json.loads(text)   # C speed; duplicate keys are looked for below
+        if _key_count(obj) == len(_KEY_END.findall(raw)):
+            return obj, None
+        return json.loads(text, object_pairs_hook=_object), None   # exact, slower: finds duplicates
     except json.JSONDecodeError as exc:
         # Some of json's messages end in "at" ("Invalid control character at"): one "at" only.
         msg = exc.msg[:-3] if exc.msg.endswith(" at") else exc.msg

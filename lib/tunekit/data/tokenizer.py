@@ -1,14 +1,24 @@
-"""Loading tokenizers for tokenisation: the `tokenizers` library alone when that is exact.
+"""Loading tokenizers for tokenisation: the fastest library that gives exactly the HF ids.
 
 Importing transformers costs seconds per process, which adds up over tokeniser worker processes
-and notebook runs; the builders only need `backend_tokenizer`, the special ids and the vocabulary.
+and notebook runs; the builders only need an encoder, the special ids and the vocabulary. So:
+
+* `LightTokenizer`: the `tokenizers` library alone (a tokenizer.json with a generic class).
+* `SentencePieceTokenizer`: for a SentencePiece-based tokenizer (a `tokenizer.model` beside
+  tokenizer.json, as llm-jp's), the `sentencepiece` library itself, about 6x faster than
+  `tokenizers` on the llm-jp model. HF tokenizers map the text of their added (special) tokens,
+  e.g. `<|eos|>`, to one id and encode each stretch between them on its own; this class does the
+  same. `sentencepiece_twin` uses it only after checking, on the spot, that it reproduces the HF
+  tokenizer (same vocabulary size, same added tokens, same ids on a fixed battery of hard texts);
+  tests/test_tokenizer_sentencepiece.py proves id identity on hundreds of varied records.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import UserError
 
@@ -40,6 +50,122 @@ class LightTokenizer:
                                                   add_special_tokens=add_special_tokens)
         ids = [e.ids for e in enc]
         return {"input_ids": ids[0] if single else ids}
+
+
+class SentencePieceTokenizer:
+    """An HF SentencePiece tokenizer's ids computed by the `sentencepiece` library (see module doc).
+
+    `specials`: the HF added tokens {text: id}; their text inside a string becomes that one id,
+    and each stretch between them is encoded on its own, exactly as HF does it. `demote`: ids of
+    SentencePiece user-defined symbols that the HF tokenizer renamed (llm-jp: `<pad>` -> `<|pad|>`):
+    HF reads their old text as ordinary text, so they become control pieces here, which
+    SentencePiece never matches in text.
+    """
+
+    backend = "sentencepiece"
+
+    def __init__(self, model_file: str | os.PathLike, specials: dict[str, int], roles: dict[str, str | None],
+                 demote: Sequence[int] = (), threads: int = 1):
+        import sentencepiece as spm
+
+        self.model_file, self.demote = str(model_file), sorted(demote)
+        if self.demote:
+            proto = _load_proto(self.model_file)
+            for i in self.demote:
+                proto.pieces[i].type = _CONTROL
+            self.sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        else:
+            self.sp = spm.SentencePieceProcessor(model_file=self.model_file)
+        self.specials = dict(specials)
+        self.roles = dict(roles)
+        self.threads = threads
+        # Longest first, so that a special token that contains another wins (as HF's trie does).
+        names = sorted(self.specials, key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(re.escape(n) for n in names) + ")") if names else None
+        for role, name in self.roles.items():
+            setattr(self, f"{role}_token", name)
+            setattr(self, f"{role}_token_id", self.specials.get(name) if name else None)
+
+    def spec(self) -> dict[str, Any]:
+        """The constructor's arguments (what a worker process needs to build the same tokenizer)."""
+        return {"model_file": self.model_file, "specials": self.specials, "roles": self.roles,
+                "demote": self.demote}
+
+    def get_vocab(self) -> dict[str, int]:
+        vocab = {self.sp.id_to_piece(i): i for i in range(self.sp.get_piece_size())}
+        return {**vocab, **self.specials}
+
+    def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of each text (no bos/eos added; special-token text inside becomes its id)."""
+        texts = list(texts)
+        if self._split is None or not self._split.search("\0".join(texts)):
+            return self.sp.encode(texts, num_threads=self.threads)  # the common case: one C++ call
+        pieces = [self._split.split(t) for t in texts]   # text, special, text, special, ..., text
+        flat = self.sp.encode([p for ps in pieces for p in ps[0::2]], num_threads=self.threads)
+        out, k = [], 0
+        for ps in pieces:
+            ids: list[int] = []
+            for j, part in enumerate(ps):
+                if j % 2:
+                    ids.append(self.specials[part])
+                else:
+                    ids += flat[k]
+                    k += 1
+            out.append(ids)
+        return out
+
+    def __call__(self, texts, add_special_tokens: bool = False):
+        single = isinstance(texts, str)
+        ids = self.encode_texts([texts] if single else texts)
+        if add_special_tokens and self.bos_token_id is not None:
+            ids = [[self.bos_token_id] + x for x in ids]
+        return {"input_ids": ids[0] if single else ids}
+
+
+# Texts on which the sentencepiece twin must give the HF ids before it is used: markers, special-token
+# text (alone, adjacent, inside words, with spaces around), byte fallback, whitespace runs, emoji.
+TWIN_BATTERY = (
+    "", " ", "  ", "\n", "\n\n", "x", " x", "x ", "\t\tx\r\n", "\u3000全角スペース\u3000",
+    "\n\n### 指示:\n1 + 1 は？\n\n### 応答:\n", "答えは $\\boxed{\\frac{1}{2}}$ です。",
+    "<|eos|>", "a<|eos|>b", " <|bos|> ", "<|bos|><|eos|>", "<|eos|>\n", "x<|pad|><|unk|>y",
+    "<s></s><pad><unk><mask>", "<0x41> <RESERVED_000>", "👍🏽 👨‍👩‍👧 🇯🇵", "\x01\x7f\u00a0\u200b",
+    "𠮷野家の𩸽", "Ｆｕｌｌｗｉｄｔｈ　ＡＢＣ１２３", "##### # ## ###", "    indented\n\tcode",
+)
+
+
+def sentencepiece_twin(tok_dir: str | os.PathLike, hf_tok) -> SentencePieceTokenizer | None:
+    """A `SentencePieceTokenizer` equivalent to `hf_tok`, or None when there is none (no
+    tokenizer.model, added tokens HF treats specially, or any id differs on `TWIN_BATTERY`)."""
+    model = Path(tok_dir) / "tokenizer.model"
+    backend = getattr(hf_tok, "backend_tokenizer", None)
+    if backend is None or not model.is_file():
+        return None
+    added = backend.get_added_tokens_decoder()
+    if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added.values()):
+        return None  # whitespace-eating or normalised added tokens: not modelled here
+    try:
+        proto = _load_proto(model)
+        demote = [i for i, p in enumerate(proto.pieces)
+                  if p.type == _USER_DEFINED and backend.id_to_token(i) != p.piece]
+        roles = {r: getattr(hf_tok, f"{r}_token", None) for r in ("bos", "eos", "pad", "unk")}
+        twin = SentencePieceTokenizer(model, {t.content: i for i, t in added.items()}, roles, demote)
+    except Exception:  # noqa: BLE001 - not a SentencePiece model (protobuf/sentencepiece errors vary)
+        return None
+    if twin.sp.get_piece_size() != backend.get_vocab_size(with_added_tokens=True):
+        return None
+    want = [e.ids for e in backend.encode_batch(list(TWIN_BATTERY), add_special_tokens=False)]
+    return twin if twin.encode_texts(TWIN_BATTERY) == want else None
+
+
+_CONTROL, _USER_DEFINED = 3, 4   # sentencepiece ModelProto.SentencePiece.Type
+
+
+def _load_proto(model_file: str | os.PathLike):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(Path(model_file).read_bytes())
+    return proto
 
 
 def _read_json(path: Path) -> dict[str, Any]:

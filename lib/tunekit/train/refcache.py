@@ -15,7 +15,9 @@ compute dtype. Sums are stored with the token counts known from the ids, so summ
 per-token-averaged losses (`preference_average_log_probs`) both come from the same entry: the
 normalisation is derived, not part of the key. A sweep over beta, lr or loss type reuses it.
 
-Writes are atomic (a killed computation leaves nothing a later run trusts). Rank 0 takes a file
+Writes are atomic (a killed computation leaves nothing a later run trusts). An entry that cannot
+be read or lacks a pair it should hold (flipped bytes fail the zip CRC check) is reported naming
+the file and recomputed in place, like a damaged data-cache entry. Rank 0 takes a file
 lock so that two jobs needing the same entry compute it once; all ranks of a job share the work
 (each runs its share of the micro-batches, results are gathered).
 """
@@ -135,6 +137,24 @@ class ReferenceLogps:
         table = {bytes(d): (float(a), float(b)) for d, a, b in zip(dig, c, r)}
         info = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
         return cls(table, info)
+
+
+def load_checked(directory: Path, digests: Sequence[bytes]) -> tuple[ReferenceLogps | None, str | None]:
+    """(the entry, None) if it reads back whole and holds every pair in `digests`, else (None, why)."""
+    import zipfile
+
+    try:
+        ref = ReferenceLogps.load(directory)
+    except FileNotFoundError as exc:
+        return None, f"{Path(exc.filename or '?').name} is missing"
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        # zip CRC mismatches (flipped bytes), truncation and garbage all land here
+        name = "meta.json" if isinstance(exc, json.JSONDecodeError) else "logps.npz"
+        return None, f"{name} cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
+    missing = sum(d not in ref.table for d in set(digests))
+    if missing:
+        return None, f"logps.npz lacks {missing} of the pairs its key covers"
+    return ref, None
 
 
 # ----------------------------------------------------------------------------- computing
@@ -275,9 +295,14 @@ def ensure_reference_logps(logps_fn: Callable[[PairBatch], tuple[torch.Tensor, t
     lock = _file_lock(lock_path, on_wait=lambda: say(
         f"reference log-probs: waiting for another process computing the same entry ({key[:12]})"))
     with (lock if rank == 0 else contextlib.nullcontext()):
-        hit = _broadcast(target.is_dir() if rank == 0 else None, world_size)
+        found = None
+        if rank == 0 and target.is_dir():
+            found, damaged = load_checked(target, [p.digest() for p in [*pairs, *eval_pairs]])
+            if damaged:
+                say(f"reference log-probs: cache entry {target} is damaged: {damaged}; recomputing it")
+        hit = _broadcast(found is not None if rank == 0 else None, world_size)
         if hit:
-            ref = ReferenceLogps.load(target)
+            ref = found if rank == 0 else ReferenceLogps.load(target)
             ref.info["hit"] = True
             say(f"reference log-probs: cache hit {key[:12]} ({len(ref)} pairs) at {target}")
             return ref

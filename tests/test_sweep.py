@@ -138,7 +138,7 @@ def test_array_indices_select_each_point_and_resubmission_queues_only_points_not
 
 
 def test_a_failed_point_holds_back_the_follow_up_array_and_status_says_so(fake, runs_dir):
-    sub = submit_sweep(_req(grid=parse_grid(["fail=false,true"]), then="99_fake_eval"))
+    sub = submit_sweep(_req(grid=parse_grid(["fail=false,true"]), then="99_fake_eval", params={"total_steps": 2}))
     array, follow = fake.wait(sub.job_ids)
     assert array["exit_status"] == 1 and follow["deleted"] and follow["stime"] is None
     rows = sweep_status("g1")

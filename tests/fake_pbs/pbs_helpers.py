@@ -75,7 +75,9 @@ from pathlib import Path
 from tunekit.runs import start_run
 from tunekit import atomic
 run = start_run("sft", {"steps_per_job": steps_per_job, "total_steps": total_steps, "fail": fail,
-                        "sleep_s": sleep_s, "run_name": run_name, "runs_dir": runs_dir},
+                        "sleep_s": sleep_s, "global_batch_size": global_batch_size,
+                        "micro_batch_size": micro_batch_size, "max_seq_length": max_seq_length,
+                        "nproc_per_node": nproc_per_node, "run_name": run_name, "runs_dir": runs_dir},
                 run_name, runs_dir)
 progress = run.path("progress.json")
 step = json.loads(progress.read_text())["step"] if progress.exists() else 0

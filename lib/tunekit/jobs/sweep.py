@@ -241,9 +241,9 @@ def _shared(plans: list[JobPlan]) -> None:
 
 # ---------------------------------------------------------------------------- done / record
 def stage_done(run_dir: Path, stage: str) -> bool:
-    """A training run reports completed; any other run wrote its summary.json."""
+    """A training run reports completed (the chain's rule, train_result.json); any other run wrote summary.json."""
     if stage in chainmod.TRAINING_STAGES:
-        return chainmod.training_done(run_dir) and (run_dir / "summary.json").is_file()
+        return chainmod.training_done(run_dir)
     return (run_dir / "summary.json").is_file()
 
 

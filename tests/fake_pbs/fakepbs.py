@@ -355,6 +355,8 @@ def _run(home: Path, num: int) -> None:
         # PBS deletes a job whose afterok dependency can no longer be satisfied.
         _update(home, num, state="F", etime=time.time(), exit_status=-3, deleted=True,
                 comment="dependency not satisfied: a job it depends on did not exit 0")
+        for index in (job.get("subjobs") or {}):
+            _update_sub(home, num, int(index), state="X", exit_status=-3, deleted=True)
         return
     if job.get("array"):
         _run_array(home, num)

@@ -445,10 +445,10 @@ def _stage_state(run_dir: Path, stage: str, job: pbs.PBSJob | None, parent: pbs.
     if stage_done(run_dir, stage):
         return "done"
     link = (latest_link(run_dir) or {}).get("state")
+    if parent is not None and parent.finished and parent.exit_status not in (None, 0) and link is None:
+        return "not run"  # the follow-up array was deleted: its afterok could not be met
     if job is not None and not job.finished:
         return "running" if job.state == "R" or link == "running" else "queued"
-    if parent is not None and job is None and parent.finished and parent.exit_status not in (None, 0):
-        return "not run"  # the follow-up array was deleted: its afterok could not be met
     if parent is not None and job is None and not parent.finished:
         return "queued"
     if link in ("failed", "stopped") or (job is not None and job.exit_status not in (None, 0)):

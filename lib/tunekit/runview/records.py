@@ -204,10 +204,12 @@ def resolve_runs(specs: list[str], runs_dir: str | os.PathLike | None = None,
                 dirs = [root / spec]
             else:
                 dirs = [d for d in all_run_dirs(runs_dir) if d.name == spec]
-        if not dirs:
+        if not dirs and not any(ch in spec for ch in "*?["):  # a glob may match nothing (yet)
             raise UserError(f"{spec}: matches no run directory (give a run directory, a glob such as "
                             f"sft/* relative to {root}, a run name, or sweep:NAME)")
         found += [d.resolve() for d in dirs]
+    if not found:
+        raise UserError(f"{', '.join(map(str, specs))}: no run directory matches (runs root: {root})")
     return list(dict.fromkeys(found))
 
 

@@ -53,7 +53,8 @@ def test_grid_values_split_at_top_level_commas_and_points_are_every_combination(
     assert split_values("'x,y',z") == ["'x,y'", "z"]
     grid = parse_grid(["lr=1e-5,2e-5", "epochs=1,2,3"])
     points = grid_points(grid)
-    assert len(points) == 6 and points[0] == {"lr": "1e-5", "epochs": "1"} and points[5] == {"lr": "2e-5", "epochs": "3"}
+    assert len(points) == 6 and points[0] == {"lr": "1e-5", "epochs": "1"}
+    assert points[5] == {"lr": "2e-5", "epochs": "3"}
     for bad, why in (["lr"], "NAME=V1"), (["lr=1,,2"], "empty value"), (["lr=1,1"], "repeated"), \
             (["lr=1", "lr=2"], "given twice"), ([], "at least one"):
         with pytest.raises(UserError, match=why):

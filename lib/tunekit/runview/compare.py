@@ -280,7 +280,9 @@ def plot_heatmap(table) -> Any:
     ax.set_yticks(range(table.shape[0]), [str(i) for i in table.index])
     ax.set_xlabel(table.columns.name)
     ax.set_ylabel(table.index.name)
-    for (i, j), v in __import__("numpy").ndenumerate(table.to_numpy(dtype=float)):
+    import numpy as np
+
+    for (i, j), v in np.ndenumerate(table.to_numpy(dtype=float)):
         ax.text(j, i, "" if v != v else f"{v:.3g}", ha="center", va="center", color="w")
     fig.colorbar(im)
     fig.tight_layout()
@@ -305,7 +307,8 @@ def format_leaderboard(board) -> str:
         return "no evaluated models among these runs (evaluation runs hold the accuracies)"
     lines = [f"{'#':>2}  {'model':<40} {'accuracy':>8}  {'95% interval':<15} vs best"]
     for rank, row in board.iterrows():
-        p = "" if row["mcnemar_p"] is None or row["mcnemar_p"] != row["mcnemar_p"] else f" (McNemar p={row['mcnemar_p']:.3f})"
+        p_value = row["mcnemar_p"]
+        p = "" if p_value is None or p_value != p_value else f" (McNemar p={p_value:.3f})"
         lines.append(f"{rank:>2}  {row['model'][:40]:<40} {row['accuracy']:>8.3f}  "
                      f"[{row['low']:.3f}, {row['high']:.3f}]  {row['vs_best']}{p}")
     return "\n".join(lines)

@@ -145,3 +145,17 @@ def test_a_failed_point_holds_back_the_follow_up_array_and_status_says_so(fake, 
     rows = sweep_status("g1")
     assert [r["state"] for r in rows] == ["not run", "failed"]
     assert [r["evaluate"] for r in rows] == ["not run", "not run"]
+
+
+def test_cli_dry_run_and_status_of_an_unknown_sweep(fake, runs_dir, capsys):
+    from tunekit.cli import main
+
+    rc = main(["sweep", "submit", "98_fake_train", "--grid", "total_steps=2,3", "--grid", "steps_per_job=1,2",
+               "-p", "sleep_s", "0.5", "--name", "cli", "--group", "gab50000", "--queue", "rt_HC",
+               "--nproc-per-node", "1", "--walltime", "00:05:00", "--max-running", "3", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "# dry run: nothing written, nothing submitted" in out and "-J 0-3%3" in out
+    assert "[3] submit total_steps=3, steps_per_job=2" in out and fake.count() == 0
+    assert main(["sweep", "status", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: sweep 'nope': no ") and err.count("\n") == 1

@@ -73,8 +73,12 @@ def test_a_2x2_sft_sweep_with_chained_evaluation_runs_through_and_is_compared_wi
     board = summary["leaderboard"]
     assert len(board) == 4 and len(summary["paired"]) == 6
     assert [r["accuracy"] for r in board] == sorted((r["accuracy"] for r in board), reverse=True)
+    # A few tiny steps answer little or nothing right: an interval may be [0, 0], but it is there,
+    # computed from the 90 verdicts of each point's evaluation.
     for r in board:
-        assert 0 <= r["low"] <= r["accuracy"] <= r["high"] <= 1 and r["high"] > r["low"]
+        assert 0 <= r["low"] <= r["accuracy"] <= r["high"] <= 1
+    models = {r["model"] for r in board}
+    assert len(models) == 4 and all("grid-" in m for m in models)
     assert (out / "sweep_heatmap.png").is_file() and (out / "curves.png").is_file()
     capsys.readouterr()
     assert cli_main(["runs", "compare", "sweep:grid", "--n-boot", "2000"]) == 0

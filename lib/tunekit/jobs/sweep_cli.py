@@ -39,7 +39,7 @@ def _cmd_submit(args) -> int:
 def _cmd_status(args) -> int:
     from .sweep import format_sweep_status, sweep_status
 
-    print(format_sweep_status(args.name, sweep_status(args.name)))
+    print(format_sweep_status(args.name, sweep_status(args.name, args.runs_dir or "")))
     return 0
 
 
@@ -81,4 +81,5 @@ def register(subparsers) -> None:
     s.set_defaults(func=_cmd_submit)
     st = sub.add_parser("status", help="one row per point: queued/running/done/failed, step, losses, accuracy")
     st.add_argument("name", help="sweep name")
+    st.add_argument("--runs-dir", help="runs root (default: $TUNEKIT_RUNS_DIR or <repo>/runs)")
     st.set_defaults(func=_cmd_status)

@@ -159,3 +159,19 @@ def test_cli_dry_run_and_status_of_an_unknown_sweep(fake, runs_dir, capsys):
     assert main(["sweep", "status", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: sweep 'nope': no ") and err.count("\n") == 1
+
+
+def test_hostile_values_and_paths_reach_every_point_intact(fake, tmp_path, monkeypatch):
+    hostile = "a b'c\"d $(touch PWNED) `touch PWNED2`; touch PWNED3 & \\ $HOME * ~"
+    runs = tmp_path / "runs $(touch PWNED4) 'x'"
+    monkeypatch.setenv("TUNEKIT_RUNS_DIR", str(runs))
+    sub = submit_sweep(_req(notebook="97_report", grid=[("count", [1, 2])], params={"note": hostile},
+                            name="hostile"))
+    [array] = fake.wait(sub.job_ids)
+    assert array["exit_status"] == 0, _logs(fake, sub.job_ids[0])
+    for i, point in enumerate(sub.points):
+        seen = json.loads((point.plan.run_dir / "seen.json").read_text())
+        assert (seen["note"], seen["count"]) == (hostile, i + 1)
+        assert seen["pbs_jobid"] == pbs.subjob_id(sub.job_ids[0], i)
+    assert not [p for p in (tmp_path, repo_root(), Path.home()) for p in p.glob("**/PWNED*" if p == tmp_path
+                                                                             else "PWNED*")]

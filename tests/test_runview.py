@@ -207,3 +207,20 @@ def test_compare_notebook_runs_on_these_records(runs_dir):
     assert [r["model"] for r in summary["leaderboard"]] == ["sft/a", "tiny"]
     assert summary["leaderboard"][1]["vs_best"] == "worse"
     assert (out / "leaderboard.png").is_file() and (out / "curves.png").is_file()
+
+
+def test_watching_a_sweep_ends_when_a_failed_point_means_the_follow_ups_never_run(runs_dir):
+    ok = make_sft(runs_dir, "w-0", {"lr": 1e-5}, [1.0])
+    bad = make_sft(runs_dir, "w-1", {"lr": 2e-5}, [1.0], finished=False)
+    points = [{"index": i, "values": {"lr": lr}, "run_name": r.name, "stage": "sft", "run_dir": str(r),
+               "then_stage": "evaluate", "then_run_dir": str(runs_dir / "evaluate" / r.name)}
+              for i, (lr, r) in enumerate([("1e-5", ok), ("2e-5", bad)])]
+    _write(runs_dir / "sweeps" / "w" / "sweep.json", {"name": "w", "grid": {"lr": ["1e-5", "2e-5"]}, "points": points})
+    # Nothing failed yet: the follow-ups are awaited (here: until the timeout).
+    snap = watchmod.watch_terminal("w", every=0.05, timeout=0.2, out=open(os.devnull, "w"))
+    assert [i.status for i, _ in snap] == ["finished", "not started", "started", "not started"]
+    _write(bad / "job" / "s" / "link-1.json", {"state": "failed"})
+    (bad / "job" / "latest").write_text("s\n")
+    calls = []
+    snap = watchmod.watch_terminal("sweep:w", every=60, out=open(os.devnull, "w"), sleep=calls.append)
+    assert calls == [] and [i.status for i, _ in snap][2] == "failed"

@@ -85,7 +85,8 @@ def test_every_point_is_validated_before_anything_is_written_or_submitted(fake, 
 
 def test_dry_run_shows_one_array_script_that_passes_shellcheck_and_writes_nothing(fake, runs_dir, tmp_path):
     sub = submit_sweep(_req(then="99_fake_eval", max_running=2), dry_run=True)
-    assert fake.count() == 0 and not runs_dir.exists() or not any(runs_dir.iterdir())
+    assert fake.count() == 0
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
     script = sub.scripts["main"]
     assert script.count('case "${PBS_ARRAY_INDEX:-0}" in') == 1
     for point in sub.points:

@@ -67,18 +67,38 @@ def format_table(snap: list[tuple[RunInfo, list[dict[str, Any]]]]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def done(snap) -> bool:
-    """True when no run will change any more by itself."""
-    return all(info.status in FINAL for info, _ in snap)
+def done(snap, upstream: dict[Path, Path] | None = None) -> bool:
+    """True when no run will change any more by itself.
+
+    `upstream` maps a sweep's follow-up run dirs to their point's run: PBS deletes the whole
+    follow-up array (afterok) once any point failed, so a follow-up not started by then never will.
+    """
+    status = {info.dir: info.status for info, _ in snap}
+    blocked = bool(upstream) and any(status.get(up) == "failed" for up in upstream.values())
+    return all(s in FINAL or (blocked and s == "not started" and d in upstream) for d, s in status.items())
+
+
+def sweep_upstream(run_or_sweep: str, runs_dir: str | None = None) -> dict[Path, Path]:
+    """{follow-up run dir: point run dir} of a sweep target ({} for anything else)."""
+    from ..paths import resolve, runs_root
+    from .records import SWEEPS, sweep_record
+
+    spec = str(run_or_sweep)
+    root = resolve(runs_dir) if runs_dir else runs_root()
+    name = spec[len("sweep:"):] if spec.startswith("sweep:") else spec
+    if not spec.startswith("sweep:") and ("/" in spec or not (root / SWEEPS / spec / "sweep.json").is_file()):
+        return {}
+    return {Path(p["then_run_dir"]).resolve(): Path(p["run_dir"]).resolve()
+            for p in sweep_record(name, runs_dir).get("points", []) if p.get("then_run_dir")}
 
 
 def _loop(dirs: list[Path], every: float, timeout: float | None, show: Callable[[list], None],
-          sleep: Callable[[float], None]) -> list:
+          sleep: Callable[[float], None], upstream: dict[Path, Path] | None = None) -> list:
     start = time.time()
     while True:
         snap = snapshot(dirs)
         show(snap)
-        if done(snap) or (timeout is not None and time.time() - start >= timeout):
+        if done(snap, upstream) or (timeout is not None and time.time() - start >= timeout):
             return snap
         sleep(every)
 
@@ -90,15 +110,17 @@ def watch_terminal(run_or_sweep: str, every: float = 30.0, timeout: float | None
     dirs = targets(run_or_sweep, runs_dir)
     tty = hasattr(out, "isatty") and out.isatty()
 
+    upstream = sweep_upstream(run_or_sweep, runs_dir)
+
     def show(snap):
         text = format_table(snap)
         stamp = time.strftime("%H:%M:%S")
         out.write(("\x1b[H\x1b[2J" if tty else "") + f"{stamp}  {run_or_sweep}\n{text}\n")
-        if done(snap):
+        if done(snap, upstream):
             out.write("every run has ended\n")
         out.flush()
 
-    return _loop(dirs, every, timeout, show, sleep)
+    return _loop(dirs, every, timeout, show, sleep, upstream)
 
 
 def plot_snapshot(snap):
@@ -134,4 +156,4 @@ def watch(run_or_sweep: str, every: float = 30.0, timeout: float | None = None, 
             handle.update(fig)
         plt.close(fig)
 
-    return _loop(dirs, every, timeout, show, sleep)
+    return _loop(dirs, every, timeout, show, sleep, sweep_upstream(run_or_sweep, runs_dir))

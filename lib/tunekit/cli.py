@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "tunekit.convert.cli",     # convert nemo-to-hf / hf-to-nemo
     "tunekit.evaluate.cli",    # eval score/generate, submission
     "tunekit.jobs.cli",        # job submit/status/cancel
+    "tunekit.jobs.sweep_cli",  # sweep submit/status
+    "tunekit.runview.cli",     # runs list/watch/compare
 ]
 
 

@@ -58,6 +58,7 @@ NOTEBOOKS = [
     NotebookSpec("30_sft", "sft", "tunekit.train.params:SFTParams"),
     NotebookSpec("40_dpo", "dpo", "tunekit.train.params:DPOParams"),
     NotebookSpec("50_evaluate", "evaluate", "tunekit.evaluate.params:EvalParams"),
+    NotebookSpec("60_compare_runs", "compare_runs", "tunekit.runview.params:CompareParams"),
 ]
 
 
@@ -432,6 +433,8 @@ DEMO: list[Step] = [
     Step("40_dpo", lambda done: {"init": _stage_dir(done, "sft"), "lr": 3e-4, "min_lr": 3e-5,
                                  "sft_loss_weight": 1.0, "epochs": 2}),
     Step("50_evaluate", lambda done: {"models": ["tiny"] + [str(done[s]) for s in ("sft", "dpo") if s in done]}),
+    # Its defaults (every sft, dpo and evaluate run under the runs root) compare the runs above.
+    Step("60_compare_runs", lambda done: {}),
 ]
 
 

@@ -50,6 +50,10 @@ def headline(stage: str, s: dict[str, Any]) -> str:
     if stage == "evaluate":
         rows = s.get("comparison") or []
         return "accuracy: " + ", ".join(f"{r.get('model')} {f(r.get('accuracy'))}" for r in rows)
+    if stage == "compare_runs":
+        board = s.get("leaderboard") or []
+        return "leaderboard: " + ", ".join(
+            f"{r.get('model')} {f(r.get('accuracy'))} [{f(r.get('low'))}, {f(r.get('high'))}]" for r in board)
     return "summary.json written"
 
 

@@ -14,6 +14,14 @@ and the names listed in $FAKE_PBS_PASS_ENV. A job running longer than walltime x
 $FAKE_PBS_TIME_SCALE seconds is killed (SIGTERM, then SIGKILL), as PBS does at its walltime.
 With FAKE_PBS_SYNC=1, qsub runs the job to completion before it returns.
 
+Array jobs as PBS Pro has them (checked against OpenPBS's own tests, tests/functional/pbs_job_array.py):
+`qsub -J START-END[:STEP][%MAX]` prints `<n>[].fakepbs`; each subjob `<n>[i].fakepbs` runs the script
+with PBS_ARRAY_INDEX=i and PBS_ARRAY_ID=<n>[].fakepbs, at most MAX at a time (max_run_subjobs).
+`-o` may hold `^array_index^`. The array is Q, then B while subjobs run, then F with Exit_status 0
+(every subjob exited 0), 1 (some did not) or 2 (some were deleted); finished subjobs are X.
+`qstat -t` lists the subjobs too. `-W depend=afterok:ID` waits for ID to finish and runs only
+if it ended with exit status 0; otherwise the dependent job is deleted without running, as PBS does.
+
 Killing a job (qdel, walltime) sends SIGTERM, waits $FAKE_PBS_KILL_DELAY seconds (default 5, PBS's
 kill_delay) and sends SIGKILL to what is left. $FAKE_PBS_KILL_SCOPE chooses who gets the SIGTERM:
 `tree` (default: every process below the job script, as a cgroup-based kill does) or `session`
@@ -84,11 +92,28 @@ def _next_num(home: Path) -> int:
         return num
 
 
+_ID = re.compile(r"^(\d+)(\[(\d*)\])?(\.\S+)?$")
+
+
 def _num(jobid: str) -> int:
-    m = re.match(r"^(\d+)(\.\S+)?$", jobid.strip())
+    m = _ID.match(jobid.strip())
     if not m:
         raise SystemExit(f"qstat: illegally formed job identifier: {jobid}")
     return int(m.group(1))
+
+
+def _index(jobid: str) -> str | None:
+    """"3" for a subjob id `n[3]`, "" for an array id `n[]`, None for a plain job id."""
+    m = _ID.match(jobid.strip())
+    return m.group(3) if m and m.group(2) else None
+
+
+def _array_range(value: str) -> tuple[list[int], int | None]:
+    m = re.match(r"^(\d+)-(\d+)(?::(\d+))?(?:%(\d+))?$", value)
+    if not m or int(m.group(1)) >= int(m.group(2)) or (m.group(4) is not None and int(m.group(4)) < 1):
+        raise SystemExit(f"qsub: illegal -J value {value}")
+    start, end, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+    return list(range(start, end + 1, step)), int(m.group(4)) if m.group(4) else None
 
 
 def _hms(seconds: int) -> str:
@@ -123,7 +148,7 @@ def _parse_options(args: list[str], opts: dict) -> list[str]:
     i = 0
     while i < len(args):
         a = args[i]
-        if a in ("-P", "-q", "-N", "-j", "-o", "-e", "-W", "-v", "-l"):
+        if a in ("-P", "-q", "-N", "-j", "-o", "-e", "-W", "-v", "-l", "-J"):
             value = args[i + 1]
             i += 2
             if a == "-l":
@@ -133,9 +158,10 @@ def _parse_options(args: list[str], opts: dict) -> list[str]:
                 key, _, val = value.partition("=")
                 if key == "depend":
                     kind, _, ids = val.partition(":")
-                    if kind != "afterany":
-                        raise SystemExit(f"qsub: fake PBS supports only depend=afterany (got {kind})")
+                    if kind not in ("afterany", "afterok"):
+                        raise SystemExit(f"qsub: fake PBS supports only depend=afterany|afterok (got {kind})")
                     opts["depend"] = ids.split(":")
+                    opts["depend_kind"] = kind
             elif a == "-v":
                 opts.setdefault("vars", []).extend(v for v in value.split(",") if v)
             else:
@@ -189,9 +215,15 @@ def qsub(argv: list[str]) -> int:
         if not _job_file(home, _num(dep)).exists():
             print(f"qsub: Unknown Job Id {dep}", file=sys.stderr)
             return 2
+    array = _array_range(opts["-J"]) if "-J" in opts else None
     num = _next_num(home)
     job = {
-        "num": num, "id": f"{num}.{SUFFIX}", "name": opts.get("-N", script.name)[:236],
+        "num": num, "id": f"{num}[].{SUFFIX}" if array else f"{num}.{SUFFIX}",
+        "name": opts.get("-N", script.name)[:236],
+        "depend_kind": opts.get("depend_kind", "afterany"),
+        "array": {"indices": array[0], "max_run": array[1]} if array else None,
+        "subjobs": {str(i): {"state": "Q", "exit_status": None, "stime": None, "pid": None}
+                    for i in array[0]} if array else None,
         "group": opts["-P"], "queue": queue, "select": select,
         "walltime": res.get("walltime", "01:00:00"), "depend": [str(_num(d)) for d in opts.get("depend", [])],
         "vars": variables, "script": str(script), "workdir": os.getcwd(), "argv": argv,
@@ -215,7 +247,7 @@ def qsub(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------ runner
-def _job_env(home: Path, job: dict) -> dict:
+def _job_env(home: Path, job: dict, index: int | None = None) -> dict:
     nodefile = home / "nodefiles" / str(job["num"])
     nodefile.parent.mkdir(exist_ok=True)
     nodefile.write_text("".join(f"127.0.0.{i + 1}\n" for i in range(job["select"])))
@@ -231,8 +263,82 @@ def _job_env(home: Path, job: dict) -> dict:
         # The fake cluster's GPU queues run on this CPU: say so, or the kit refuses to train there.
         "TUNEKIT_DEVICE": "cpu",
     })
+    if index is not None:
+        env.update({"PBS_JOBID": _sub_id(job, index), "PBS_ARRAY_INDEX": str(index), "PBS_ARRAY_ID": job["id"]})
     env.update(job["vars"])
     return env
+
+
+def _sub_id(job: dict, index: int | str) -> str:
+    return job["id"].replace("[]", f"[{index}]", 1)
+
+
+def _update_sub(home: Path, num: int, index: int, **changes) -> dict:
+    with open(home / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        job = _load(home, num)
+        job["subjobs"][str(index)].update(changes)
+        _save(home, job)
+        return job
+
+
+def _output_path(job: dict, index: int | None) -> Path:
+    if job["output"]:
+        return Path(job["output"].replace("^array_index^", str(index if index is not None else "")))
+    suffix = f".{index}" if index is not None else ""
+    return Path(job["workdir"]) / f"{job['name']}.o{job['num']}{suffix}"
+
+
+def _run_script(home: Path, job: dict, index: int | None) -> int:
+    """Run the job script (one subjob when `index` is given) under its walltime; its exit status."""
+    scale = float(os.environ.get("FAKE_PBS_TIME_SCALE", "1"))
+    limit = _seconds(job["walltime"]) * scale
+    out = _output_path(job, index)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as log:
+        proc = subprocess.Popen(["bash", job["script"]], cwd=os.environ.get("HOME", "/"),
+                                env=_job_env(home, job, index), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        if index is None:
+            _update(home, job["num"], state="R", stime=time.time(), pid=proc.pid)
+        else:
+            _update_sub(home, job["num"], index, state="R", stime=time.time(), pid=proc.pid)
+        try:
+            return proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            log.write(f"=>> PBS: job killed: walltime {int(limit)} exceeded limit\n")
+            log.flush()
+            _kill_group(proc)
+            return 271
+
+
+def _run_array(home: Path, num: int) -> None:
+    """Run every subjob, at most max_run at a time; the array ends F with PBS Pro's exit status rule."""
+    import threading
+
+    job = _update(home, num, state="B", stime=time.time())
+    cap = job["array"]["max_run"] or len(job["array"]["indices"])
+    slots = threading.Semaphore(cap)
+    threads = []
+
+    def one(index: int) -> None:
+        with slots:
+            if _load(home, num)["deleted"]:
+                _update_sub(home, num, index, state="X", exit_status=-1, deleted=True)
+                return
+            rc = _run_script(home, job, index)
+            deleted = _load(home, num)["subjobs"][str(index)].get("deleted", False)
+            _update_sub(home, num, index, state="X", exit_status=271 if deleted else rc, etime=time.time())
+
+    for index in job["array"]["indices"]:
+        t = threading.Thread(target=one, args=(index,))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    subs = _load(home, num)["subjobs"].values()
+    status = 2 if any(s.get("deleted") for s in subs) else 0 if all(s["exit_status"] == 0 for s in subs) else 1
+    _update(home, num, state="F", etime=time.time(), exit_status=status)
 
 
 def _run(home: Path, num: int) -> None:
@@ -247,22 +353,17 @@ def _run(home: Path, num: int) -> None:
             return
     if _load(home, num)["deleted"]:
         return
-    scale = float(os.environ.get("FAKE_PBS_TIME_SCALE", "1"))
-    limit = _seconds(job["walltime"]) * scale
-    out = Path(job["output"]) if job["output"] else Path(job["workdir"]) / f"{job['name']}.o{num}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as log:
-        proc = subprocess.Popen(["bash", job["script"]], cwd=os.environ.get("HOME", "/"),
-                                env=_job_env(home, job), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        _update(home, num, state="R", stime=time.time(), pid=proc.pid)
-        try:
-            rc = proc.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            log.write(f"=>> PBS: job killed: walltime {int(limit)} exceeded limit\n")
-            log.flush()
-            _kill_group(proc)
-            rc = 271
+    if job["depend_kind"] == "afterok" and any(_load(home, int(d))["exit_status"] != 0 for d in job["depend"]):
+        # PBS deletes a job whose afterok dependency can no longer be satisfied.
+        _update(home, num, state="F", etime=time.time(), exit_status=-3, deleted=True,
+                comment="dependency not satisfied: a job it depends on did not exit 0")
+        for index in (job.get("subjobs") or {}):
+            _update_sub(home, num, int(index), state="X", exit_status=-3, deleted=True)
+        return
+    if job.get("array"):
+        _run_array(home, num)
+        return
+    rc = _run_script(home, job, None)
     job = _load(home, num)
     _update(home, num, state="F", etime=time.time(), exit_status=271 if job["deleted"] else rc)
 
@@ -323,6 +424,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 # ------------------------------------------------------------------------------------ qstat/qdel
+def _sub_state_json(job: dict, index: str) -> dict:
+    sub = job["subjobs"][index]
+    info = {"Job_Name": job["name"], "job_state": sub["state"], "queue": job["queue"], "project": job["group"],
+            "array_index": int(index), "qtime": _stamp(job["qtime"])}
+    if sub["stime"]:
+        info["stime"] = _stamp(sub["stime"])
+    if sub["state"] == "X":
+        info["Exit_status"] = sub["exit_status"]
+    return info
+
+
 def _state_json(job: dict) -> dict:
     info = {
         "Job_Name": job["name"], "job_state": job["state"], "queue": job["queue"],
@@ -335,7 +447,15 @@ def _state_json(job: dict) -> dict:
     if job["state"] == "F":
         info["Exit_status"] = job["exit_status"]
     if job["depend"]:
-        info["depend"] = "afterany:" + ":".join(f"{d}.{SUFFIX}" for d in job["depend"])
+        info["depend"] = job.get("depend_kind", "afterany") + ":" + ":".join(f"{d}.{SUFFIX}" for d in job["depend"])
+    if job.get("comment"):
+        info["comment"] = job["comment"]
+    if job.get("array"):
+        info["array"] = "True"
+        indices = job["array"]["indices"]
+        info["array_indices_submitted"] = f"{indices[0]}-{indices[-1]}"
+        if job["array"]["max_run"]:
+            info["max_run_subjobs"] = job["array"]["max_run"]
     return info
 
 
@@ -356,11 +476,26 @@ def qstat(argv: list[str]) -> int:
     flags, operands = _split_operands(argv)
     ids = [a for a in operands if a != "json"]
     history = "-x" in flags
+    subjobs = "-t" in flags
     rc = 0
     found = {}
     for jobid in ids:
         path = _job_file(home, _num(jobid))
         job = json.loads(path.read_text()) if path.exists() else None
+        index = _index(jobid)
+        if job is not None and (index is None) != (job.get("array") is None):
+            job = None  # `n[]` for a plain job, or `n` for an array: PBS does not know that id
+        if job is not None and index and index not in job["subjobs"]:
+            job = None
+        if job is not None and index:  # one subjob
+            sub = dict(job, state=job["subjobs"][index]["state"])
+            if sub["state"] == "X" and not history:
+                print(f"qstat: {jobid} Job has finished, use -x or -H to obtain historical job information",
+                      file=sys.stderr)
+                rc = 35
+            else:
+                found[_sub_id(job, index)] = (job, index)
+            continue
         if job is None:
             print(f"qstat: Unknown Job Id {jobid}", file=sys.stderr)
             rc = 153
@@ -369,13 +504,17 @@ def qstat(argv: list[str]) -> int:
                   file=sys.stderr)
             rc = 35
         else:
-            found[job["id"]] = job
+            found[job["id"]] = (job, None)
+            if subjobs and job.get("array"):
+                for i in job["subjobs"]:
+                    found[_sub_id(job, i)] = (job, i)
+    infos = {jid: _state_json(job) if index is None else _sub_state_json(job, index)
+             for jid, (job, index) in found.items()}
     if "-F" in flags:
-        print(json.dumps({"timestamp": int(time.time()), "pbs_version": "fake",
-                          "Jobs": {jid: _state_json(job) for jid, job in found.items()}}, indent=4))
+        print(json.dumps({"timestamp": int(time.time()), "pbs_version": "fake", "Jobs": infos}, indent=4))
     elif "-f" in flags:
-        for jid, job in found.items():
-            info = _state_json(job)
+        for jid, (job, _) in found.items():
+            info = infos[jid]
             print(f"Job Id: {jid}")
             print(f"    Job_Name = {info['Job_Name']}")
             print(f"    job_state = {info['job_state']}")
@@ -384,8 +523,8 @@ def qstat(argv: list[str]) -> int:
                 print(f"    stime = {info['stime']}")
             print()
     else:
-        for jid, job in found.items():
-            print(f"{jid:<20} {job['name'][:16]:<16} {job['state']}")
+        for jid, info in infos.items():
+            print(f"{jid:<20} {info['Job_Name'][:16]:<16} {info['job_state']}")
     return rc
 
 
@@ -398,7 +537,24 @@ def qdel(argv: list[str]) -> int:
             print(f"qdel: Unknown Job Id {jobid}", file=sys.stderr)
             rc = 153
             continue
+        index = _index(jobid)
+        if index:
+            job = _update_sub(home, num, int(index), deleted=True)
+            sub = job["subjobs"][index]
+            if sub["state"] == "R" and sub.get("pid"):
+                _kill_tree(sub["pid"])
+            elif sub["state"] == "Q":
+                _update_sub(home, num, int(index), state="X", exit_status=-1)
+            continue
         job = _update(home, num, deleted=True)
+        if job.get("array") and job["state"] != "F":
+            for i, sub in job["subjobs"].items():
+                if sub["state"] == "R" and sub.get("pid"):
+                    _update_sub(home, num, int(i), deleted=True)
+                    _kill_tree(sub["pid"])
+            if job["state"] == "Q":
+                _update(home, num, state="F", exit_status=2, etime=time.time())
+            continue
         if job["state"] == "F":
             print(f"qdel: Job has finished {jobid}", file=sys.stderr)
             rc = 35

@@ -75,7 +75,9 @@ from pathlib import Path
 from tunekit.runs import start_run
 from tunekit import atomic
 run = start_run("sft", {"steps_per_job": steps_per_job, "total_steps": total_steps, "fail": fail,
-                        "sleep_s": sleep_s, "run_name": run_name, "runs_dir": runs_dir},
+                        "sleep_s": sleep_s, "global_batch_size": global_batch_size,
+                        "micro_batch_size": micro_batch_size, "max_seq_length": max_seq_length,
+                        "nproc_per_node": nproc_per_node, "run_name": run_name, "runs_dir": runs_dir},
                 run_name, runs_dir)
 progress = run.path("progress.json")
 step = json.loads(progress.read_text())["step"] if progress.exists() else 0
@@ -91,6 +93,30 @@ with open(run.path("attempts.jsonl"), "a") as f:
 print(f"{status}: step {new}/{total_steps} (from {step})")
 '''
 
+class FakeEvalParams(NotebookParams):
+    """Parameters of the stand-in evaluation notebook (stage evaluate, takes run dirs as models)."""
+
+    models: list[str] = ["tiny"]
+    run_name: str = ""
+    runs_dir: str = ""
+
+
+EVAL_BODY = '''\
+import json, os
+from pathlib import Path
+from tunekit.runs import start_run
+run = start_run("evaluate", {"models": models, "run_name": run_name, "runs_dir": runs_dir}, run_name, runs_dir)
+rows = []
+for m in models:
+    progress = Path(m) / "progress.json"
+    step = json.loads(progress.read_text())["step"] if progress.exists() else 0
+    rows.append({"model": Path(m).name, "accuracy": step / 10})
+run.write_json("seen.json", {"pbs_jobid": os.environ.get("PBS_JOBID"),
+                             "array_index": os.environ.get("PBS_ARRAY_INDEX")})
+run.finish({"comparison": rows})
+'''
+
+EVAL_PARAMS = 'models: list = ["tiny"]\nrun_name: str = ""\nruns_dir: str = ""'
 REPORT_PARAMS = 'note: str = "hello"  # free text\ncount: int = 1\nrun_name: str = ""\nruns_dir: str = ""'
 TRAIN_PARAMS = ("steps_per_job: int = 2\ntotal_steps: int = 5\nfail: bool = False\nsleep_s: float = 0.0\n"
                 "global_batch_size: int = 16\nmicro_batch_size: int = 1\nmax_seq_length: int = 64\n"
@@ -125,11 +151,13 @@ def write_notebook(path: Path, params_src: str, body: str) -> Path:
 
 
 def register_stand_ins(monkeypatch, folder: Path) -> None:
-    """Add `97_report` (stage dummy) and `98_fake_train` (stage sft) to the notebook registry."""
+    """Add `97_report` (stage dummy), `98_fake_train` (stage sft) and `99_fake_eval` (stage evaluate)."""
     report = write_notebook(folder / "97_report.ipynb", REPORT_PARAMS, REPORT_BODY)
     train = write_notebook(folder / "98_fake_train.ipynb", TRAIN_PARAMS, TRAIN_BODY)
+    evaluate = write_notebook(folder / "99_fake_eval.ipynb", EVAL_PARAMS, EVAL_BODY)
     extra = [LocalNotebook("97_report", "dummy", "-", str(report), ReportParams),
-             LocalNotebook("98_fake_train", "sft", "-", str(train), FakeTrainParams)]
+             LocalNotebook("98_fake_train", "sft", "-", str(train), FakeTrainParams),
+             LocalNotebook("99_fake_eval", "evaluate", "-", str(evaluate), FakeEvalParams)]
     monkeypatch.setattr(notebooks, "NOTEBOOKS", [*extra, *notebooks.NOTEBOOKS])
 
 
@@ -140,7 +168,7 @@ class FakePBS:
         self.home = home
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return json.loads((self.home / "jobs" / f"{job_id.split('.')[0]}.json").read_text())
+        return json.loads((self.home / "jobs" / f"{job_id.split('.')[0].split('[')[0]}.json").read_text())
 
     def wait(self, job_ids, timeout: float = 180.0) -> list[dict[str, Any]]:
         """Block until every job is finished (state F); returns their records."""

@@ -5,7 +5,9 @@
                      group="gaXXXXX", nodes=2, walltime="24:00:00", chain=3)
     job_status(sub.run_dir)
 
-The CLI is `tunekit job submit|status|cancel`; docs/abci_jobs.md walks through it.
+The CLI is `tunekit job submit|status|cancel`; docs/abci_jobs.md walks through it. A grid of
+parameters as one PBS array job: `submit_sweep(SweepRequest(...))`, `sweep_status(name)`
+(`tunekit sweep submit|status`, tunekit.jobs.sweep).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ _EXPORTS = {
     "submit_job": "submit", "submit_plan": "submit", "job_status": "submit",
     "format_status": "submit", "wait_for_job": "submit", "cancel_job": "submit",
     "Submission": "submit", "JobRequest": "spec", "JobPlan": "spec", "plan_job": "spec",
-    "render_script": "render",
+    "render_script": "render", "submit_sweep": "sweep", "sweep_status": "sweep", "SweepRequest": "sweep",
+    "parse_grid": "sweep",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -44,12 +44,29 @@ def _tool(name: str) -> str:
     return path
 
 
+def array_range(count: int, max_running: int | None = None) -> str:
+    """PBS Pro's `-J` value for indices 0..count-1, `%N` capping how many subjobs run at once."""
+    if count < 2:
+        raise ValueError("a PBS array needs at least two indices (submit one point as a plain job)")
+    cap = f"%{max_running}" if max_running and max_running < count else ""
+    return f"0-{count - 1}{cap}"
+
+
 def qsub_argv(script: Path, *, depend_on: str | None = None, variables: Sequence[str] = (),
-              output: Path | None = None) -> list[str]:
-    """The qsub command for `script`; resources come from the script's #PBS lines."""
+              output: Path | str | None = None, array: str | None = None,
+              depend_type: str = "afterany") -> list[str]:
+    """The qsub command for `script`; resources come from the script's #PBS lines.
+
+    `array` (from `array_range`) makes it one PBS array job; `depend_type` is afterany (chain
+    links: run whatever the previous link did) or afterok (a sweep's follow-up stage).
+    """
     argv = ["qsub"]
+    if array:
+        argv += ["-J", array]
     if depend_on:
-        argv += ["-W", f"depend=afterany:{depend_on}"]
+        if depend_type not in ("afterany", "afterok"):
+            raise ValueError(f"unsupported dependency type {depend_type!r}")
+        argv += ["-W", f"depend={depend_type}:{depend_on}"]
     if variables:
         argv += ["-v", ",".join(variables)]
     if output is not None:
@@ -85,7 +102,8 @@ class PBSJob:
 
     @property
     def finished(self) -> bool:
-        return self.state == "F"
+        # F: a finished job or array; X: a finished subjob of an array (PBS Pro "expired").
+        return self.state in ("F", "X")
 
 
 def _parse_json(text: str) -> dict[str, PBSJob]:
@@ -97,6 +115,23 @@ def _parse_json(text: str) -> dict[str, PBSJob]:
                           int(status) if status is not None else None,
                           str(info.get("comment", "")), str(info.get("stime", "")))
     return out
+
+
+def query_array(array_id: str) -> dict[str, PBSJob]:
+    """qstat -x -t for an array job: the array itself and every subjob, keyed by the ids PBS prints."""
+    check_job_id(array_id)
+    exe = _tool("qstat")
+    proc = subprocess.run([exe, "-x", "-t", "-f", "-F", "json", "--", array_id], capture_output=True,
+                          text=True, timeout=120)
+    try:
+        return _parse_json(proc.stdout)
+    except json.JSONDecodeError:
+        return {}
+
+
+def subjob_id(array_id: str, index: int) -> str:
+    """The id of subjob `index` of array `1234[].server`: `1234[index].server`."""
+    return array_id.replace("[]", f"[{index}]", 1)
 
 
 def query(job_ids: Sequence[str]) -> dict[str, PBSJob]:

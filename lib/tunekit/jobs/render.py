@@ -44,8 +44,12 @@ def _environment(folder: Path):
     )
 
 
-def template_context(plan: JobPlan) -> dict[str, Any]:
-    """The values the template sees (all plain strings, ints and lists of them)."""
+def template_context(plan: JobPlan, points: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The values the template sees (all plain strings, ints and lists of them).
+
+    `points` (a sweep, tunekit.jobs.sweep): one dict per array index with that point's index,
+    run_dir, job_dir, notebook_out, params_file and job_name; `plan` gives everything they share.
+    """
     directives = {"group": plan.group, "queue": plan.queue, "nodes": str(plan.nodes),
                   "walltime": plan.walltime, "job_name": plan.job_name}
     for name, value in directives.items():
@@ -78,10 +82,12 @@ def template_context(plan: JobPlan) -> dict[str, Any]:
         "world_size": plan.world_size,
         "omp_threads": min(threads, 16),
         "gpus_per_node": plan.resource.gpus_per_node,
+        "points": list(points or []),
     }
 
 
-def render_script(plan: JobPlan, template: str | None = None, folder: Path | None = None) -> str:
+def render_script(plan: JobPlan, template: str | None = None, folder: Path | None = None,
+                  points: list[dict[str, Any]] | None = None) -> str:
     """The job script for `plan` from `job_templates/<template>` (default: the site's template)."""
     env = _environment(folder or templates_dir())
-    return env.get_template(template or plan.site.template).render(**template_context(plan))
+    return env.get_template(template or plan.site.template).render(**template_context(plan, points))

@@ -1,3 +1,19 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: tunekit (Python 3.11)
+#     language: python
+#     name: tunekit
+# ---
+
 # %% [markdown]
 # # 50 Evaluate: answer like the submission, score like the competition, compare runs
 # Each model (the base model, an SFT run, a DPO run, ...) answers the eval set through the same

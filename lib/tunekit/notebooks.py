@@ -1,15 +1,17 @@
 """The kit's notebooks: registry, parameter checks, headless execution, and py:percent pairing.
 
 Every notebook lives in `notebooks/` as a py:percent file (the reviewed source) and its paired
-`.ipynb` (what JupyterLab opens and papermill runs). The `.ipynb` carries no outputs except the
-final `# NBVAL_CHECK_OUTPUT` summary cell(s), whose stored output is the regression reference:
-what the cell prints in the demo chain (`DEMO`, run by `make demo` and by the test suite;
-`refresh` stores it). The marker keeps nbval's name, and its comparison rules (tests/nbval_sanitize.cfg).
+`.ipynb` (what JupyterLab opens and papermill runs). The `.ipynb` is committed without outputs
+(`tunekit.nbclean`: the git filter strips what a JupyterLab session saves); each final
+`# NBVAL_CHECK_OUTPUT` summary cell keeps, in its metadata, the regression reference: what the
+cell prints in the demo chain (`DEMO`, run by `make demo` and by the test suite; `refresh` stores
+it). The marker keeps nbval's name, and its comparison rules (tests/nbval_sanitize.cfg).
 The `parameters` cell is generated from the notebook's params model (`tunekit.params.parameters_cell`):
 `sync` writes it into the .py twin, `check` fails when the committed cell differs.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import warnings
@@ -17,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import nbclean
 from .errors import UserError, is_rendered_user_error
+from .nbclean import CHECK_MARK, KERNELSPEC
 from .paths import repo_root, runs_root, resolve
 from .values import Text
 
-CHECK_MARK = "NBVAL_CHECK_OUTPUT"
-KERNEL = "tunekit"
-KERNELSPEC = {"name": KERNEL, "display_name": "tunekit (Python 3.11)", "language": "python"}
+KERNEL = KERNELSPEC["name"]
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,10 @@ def convert_params(nb: NotebookSpec, params: Mapping[str, Any], source: str = "p
     declared = declared_parameters(nb.ipynb)
     unknown = sorted(set(params) - set(declared))
     if unknown:
-        raise UserError(f"{source}: {nb.name} has no parameter(s) {', '.join(unknown)} "
-                        f"(declared: {', '.join(sorted(declared))})")
+        from .params import unknown_names
+
+        raise UserError(f"{source}: {nb.name} has no parameter(s) {unknown_names(unknown, declared)} "
+                        f"(`tunekit notebooks run {nb.name} --help` lists its {len(declared)} parameters)")
     return nb.params_model().convert(dict(params), source=source)
 
 
@@ -142,8 +146,7 @@ def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: 
 
 
 # ---------------------------------------------------------------- py:percent pairing and outputs
-def _is_check_cell(cell) -> bool:
-    return cell.get("cell_type") == "code" and CHECK_MARK in cell.get("source", "")
+_is_check_cell = nbclean.is_check_cell
 
 
 def _read_py(path: Path):
@@ -153,25 +156,8 @@ def _read_py(path: Path):
 
 
 def strip_outputs(nb) -> None:
-    """Drop outputs and execution counts except on the nbval check cells; normalise metadata."""
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        cell.metadata.pop("execution", None)
-        cell.metadata.pop("papermill", None)
-        if not _is_check_cell(cell):
-            cell.execution_count = None
-            cell.outputs = []
-        else:
-            # nbval treats a cell with outputs but no execution count as unrun and refuses it;
-            # a fixed count keeps diffs quiet without tripping that check.
-            cell.execution_count = 1
-            for out in cell.outputs:
-                if "execution_count" in out:
-                    out["execution_count"] = 1
-    nb.metadata.pop("papermill", None)
-    nb.metadata.pop("widgets", None)
-    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    """Put a notebook into its committed form (no outputs; see tunekit.nbclean), in place."""
+    nbclean.strip(nb)
 
 
 _PARAMS_MARK = '# %% tags=["parameters"]\n'
@@ -208,7 +194,7 @@ def sync_parameters(nb: NotebookSpec) -> bool:
 
 def sync(nb: NotebookSpec) -> bool:
     """Regenerate the .py's parameters cell, then the .ipynb from the .py (keeping the check cells'
-    stored outputs); True if anything changed."""
+    references); True if anything changed."""
     import jupytext
     import nbformat
 
@@ -217,6 +203,11 @@ def sync(nb: NotebookSpec) -> bool:
     if nb.ipynb.exists():
         old = nbformat.read(nb.ipynb, as_version=4)
         new = jupytext.combine.combine_inputs_with_outputs(new, old, fmt="py:percent")
+        # The references live in the check cells' metadata, which the .py does not carry.
+        refs = [nbclean.reference(c) for c in old.cells if _is_check_cell(c)]
+        for cell, ref in zip([c for c in new.cells if _is_check_cell(c)], refs):
+            if ref is not None:
+                nbclean.set_reference(cell, ref)
     strip_outputs(new)
     text = nbformat.writes(new) + "\n"
     if nb.ipynb.exists() and nb.ipynb.read_text(encoding="utf-8") == text:
@@ -228,7 +219,13 @@ def sync(nb: NotebookSpec) -> bool:
 
 
 def check(nb: NotebookSpec) -> list[str]:
-    """Problems with a committed notebook pair: drift from the .py, stray outputs, missing reference."""
+    """Problems with a notebook pair as git would commit it: drift from the .py, outputs that would be
+    committed, a missing reference.
+
+    Outputs a JupyterLab session saved into the working file are no problem where the git filter
+    strips them (`make setup` installs it); without the filter they are, and so are outputs in the
+    staged (committed) version.
+    """
     import nbformat
 
     problems = []
@@ -241,7 +238,8 @@ def check(nb: NotebookSpec) -> list[str]:
                         f"{nb.params_class.split(':')[1]} declares (run `make sync-notebooks`)")
     want = [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ())))
             for c in _read_py(nb.py).cells]
-    have_nb = nbformat.read(nb.ipynb, as_version=4)
+    on_disk = nbformat.read(nb.ipynb, as_version=4)
+    have_nb = nbclean.stripped_copy(on_disk)
     have = [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ()))) for c in have_nb.cells]
     if want != have:
         first = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
@@ -250,14 +248,19 @@ def check(nb: NotebookSpec) -> list[str]:
     code = [c for c in have_nb.cells if c.cell_type == "code"]
     if not code or "parameters" not in code[0].metadata.get("tags", []):
         problems.append(f"{nb.ipynb.name}: the first code cell must be tagged `parameters`")
-    for i, c in enumerate(have_nb.cells, 1):
-        if c.cell_type == "code" and c.get("outputs") and not _is_check_cell(c):
-            problems.append(f"{nb.ipynb.name}: cell {i} carries outputs (only {CHECK_MARK} cells may)")
+    with_outputs = nbclean.has_outputs(on_disk)
+    if with_outputs and not nbclean.git_filter_active(nb.ipynb):
+        problems.append(f"{nb.ipynb.name}: cells {', '.join(map(str, with_outputs[:5]))} carry outputs and "
+                        "no git filter strips them (run `make setup` to install it, or `make sync-notebooks`)")
+    staged = nbclean.committed_text(nb.ipynb)
+    if staged is not None and nbclean.has_outputs(nbformat.reads(staged, as_version=4)):
+        problems.append(f"{nb.ipynb.name}: the version staged in git carries outputs (run `make setup`, "
+                        f"then `git add {nb.ipynb.name}` again)")
     checks = [c for c in code if _is_check_cell(c)]
     if not checks:
         problems.append(f"{nb.ipynb.name}: no `# {CHECK_MARK}` summary cell")
-    elif not all(c.get("outputs") for c in checks):
-        problems.append(f"{nb.ipynb.name}: a {CHECK_MARK} cell has no stored output, so the tests would "
+    elif not all(nbclean.reference(c) for c in checks):
+        problems.append(f"{nb.ipynb.name}: a {CHECK_MARK} cell has no stored reference, so the tests would "
                         f"check nothing (run `tunekit notebooks refresh {nb.name}`)")
     return problems
 
@@ -315,15 +318,24 @@ def run_chain(run_name: str, log: Callable[[str], None] = print) -> dict[str, Pa
 
 
 def check_outputs(ipynb: Path) -> list[list[dict[str, Any]]]:
-    """The outputs of each `# NBVAL_CHECK_OUTPUT` cell of a notebook file, in order."""
+    """The outputs of each `# NBVAL_CHECK_OUTPUT` cell of an executed notebook file, in order."""
     import nbformat
 
     nb = nbformat.read(ipynb, as_version=4)
     return [[dict(o) for o in c.get("outputs", [])] for c in nb.cells if _is_check_cell(c)]
 
 
+def references(ipynb: Path) -> list[list[dict[str, Any]] | None]:
+    """The stored reference of each `# NBVAL_CHECK_OUTPUT` cell of a committed notebook, in order."""
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    return [nbclean.reference(c) for c in nb.cells if _is_check_cell(c)]
+
+
 def refresh(names: list[str] | None = None) -> list[Path]:
-    """Run the demo chain in a scratch folder and store its check-cell outputs as the references.
+    """Run the demo chain in a scratch folder and store its check-cell outputs as the references
+    (in each check cell's metadata).
 
     Every notebook's reference is what it prints in the chain (the test suite runs the same chain),
     so refreshing one notebook runs the steps before it too. Returns the notebooks written.
@@ -351,7 +363,7 @@ def refresh(names: list[str] | None = None) -> list[Path]:
     for nb in wanted:
         committed = nbformat.read(nb.ipynb, as_version=4)
         for mine, outputs in zip([c for c in committed.cells if _is_check_cell(c)], executed[nb.name]):
-            mine.outputs = [nbformat.from_dict(o) for o in outputs]
+            nbclean.set_reference(mine, outputs)
         strip_outputs(committed)
         write_text(nb.ipynb, nbformat.writes(committed) + "\n")
     return [nb.ipynb for nb in wanted]
@@ -389,10 +401,48 @@ def _cmd_check(args) -> int:
     return 1 if problems else 0
 
 
+def _cmd_git_filter(args) -> int:
+    root = repo_root()
+    if not nbclean.in_git(root):
+        print(f"{root} is not a git checkout: no filter to install")
+        return 0
+    if args.uninstall:
+        nbclean.uninstall_git_filter(root)
+        print("git filter removed: notebooks are committed as saved (outputs included)")
+        return 0
+    for line in nbclean.install_git_filter(root):
+        print(f"git config {line}")
+    print("notebook outputs are stripped on `git add` (.gitattributes: *.ipynb filter=nbstripout)")
+    return 0
+
+
 def _cmd_refresh(args) -> int:
     for path in refresh(args.notebooks or None):
         print(f"refreshed {path}")
     return 0
+
+
+class _RunHelp(argparse.Action):
+    """`tunekit notebooks run [NAME] --help`: the usual help, then NAME's parameters."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        name = getattr(namespace, "notebook", None)
+        if not name:
+            print("\n`tunekit notebooks run NAME --help` also lists NAME's parameters.")
+            parser.exit()
+        try:
+            nb = spec(name)
+        except UserError as exc:
+            parser.exit(2, f"\nerror: {exc}\n")
+        from .params import parameters_help
+
+        print(f"\nparameters of {nb.name} (set with -p NAME VALUE or a -f params file; the defaults are "
+              f"the tiny CPU run):\n{parameters_help(nb.params_model())}")
+        parser.exit()
 
 
 def register(subparsers) -> None:
@@ -401,7 +451,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("notebooks", help="run, sync and check the kit's notebooks")
     sub = p.add_subparsers(dest="nb_command", metavar="ACTION", required=True)
-    r = sub.add_parser("run", help="execute one notebook headless into its run directory")
+    r = sub.add_parser("run", help="execute one notebook headless into its run directory", add_help=False)
+    r.add_argument("-h", "--help", action=_RunHelp, help="show this help and NOTEBOOK's parameters, then exit")
     r.add_argument("notebook", help="name (30_sft), stage (sft) or path")
     r.add_argument("-f", "--file", help="YAML params file (papermill -f style)")
     add_param_option(r, "one parameter, repeatable, overrides -f; VALUE is read by the "
@@ -412,6 +463,10 @@ def register(subparsers) -> None:
     s.set_defaults(func=_cmd_sync)
     c = sub.add_parser("check", help="check pairing, stray outputs and reference outputs")
     c.set_defaults(func=_cmd_check)
+    g = sub.add_parser("git-filter", help="install the git filter that keeps notebook outputs out of git "
+                                          "(`make setup` runs it)")
+    g.add_argument("--uninstall", action="store_true", help="remove it instead")
+    g.set_defaults(func=_cmd_git_filter)
     f = sub.add_parser("refresh", help="run the demo chain and store its summary-cell outputs as the references")
     f.add_argument("notebooks", nargs="*", help="names (default: every notebook)")
     f.set_defaults(func=_cmd_refresh)

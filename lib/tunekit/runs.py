@@ -7,6 +7,7 @@
         metrics.jsonl     one JSON object per line, appended and flushed during the run
         summary.json      final numbers (written atomically at the end)
         *.png             plots
+        session-*.ipynb   an interactive (JupyterLab) run: the code it executed and what it showed
 
 Only rank 0 writes. Re-opening an existing run directory with the same params resumes it (training
 stages continue from their last checkpoint); different params are refused with the differing keys.
@@ -215,7 +216,11 @@ def start_run(stage: str, params, run_name: str = "", runs_dir: str = "") -> Run
         env = environment_snapshot()
         env["resumed"] = resumed
         atomic.write_json(path / "env.json", env)
-    return Run(path, stage, resumed, writer)
+    run = Run(path, stage, resumed, writer)
+    from .session import record_session
+
+    record_session(run)  # in JupyterLab: the executed code and its outputs (a headless run has its notebook)
+    return run
 
 
 def find_runs(stage: str, runs_dir: str = "") -> list[Path]:

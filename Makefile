@@ -15,7 +15,7 @@ help:  ## list the targets (Python 3.11 needed: PYTHON=/path/to/python3.11 make 
 setup:  ## build .venv from environment.yml (fast when nothing changed) + the git filter that strips notebook outputs
 	@bash tools/setup_venv.sh
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
-		$(VENV)/bin/tunekit notebooks git-filter >/dev/null; fi
+		TUNEKIT_ROOT="$(CURDIR)" $(VENV)/bin/tunekit notebooks git-filter >/dev/null; fi
 
 setup-gpu: setup  ## add the GPU extras of environment.gpu.yml (ABCI GPU nodes only)
 	$(PY) -m pip install -r <(python3 tools/env_requirements.py environment.gpu.yml)
@@ -54,7 +54,7 @@ bench: setup  ## run the benchmarks (print figures; never part of make test)
 # `clean` never touches results: runs/ (or the /groups folder it links to) goes only with clean-runs.
 clean:  ## remove the venv and the caches (rebuilt on demand); keeps runs/, your results
 	-@if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && [ -x $(VENV)/bin/tunekit ]; then \
-		$(VENV)/bin/tunekit notebooks git-filter --uninstall >/dev/null; fi
+		TUNEKIT_ROOT="$(CURDIR)" $(VENV)/bin/tunekit notebooks git-filter --uninstall >/dev/null; fi
 	rm -rf .cache $(VENV) .pytest_cache tests/_output
 
 clean-runs:  ## DELETE runs/: every run directory, checkpoint and trained model (asks first)

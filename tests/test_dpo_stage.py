@@ -57,6 +57,8 @@ def test_stage_trains_records_publishes_and_reuses_the_reference_cache(isolated)
     step0 = dev.iloc[0]
     # at step 0 the policy is the reference: margins exactly 0 (dev cached in the eval layout)
     assert step0["val_reward_margin"] == 0.0 and step0["val_reward_accuracy"] == 0.0
+    assert step0["val_reward_ties"] == 1.0  # an accuracy of 0 at step 0 is all ties, not all wrong
+    assert dev.iloc[-1]["val_reward_ties"] == 0.0
     assert step0["val_loss"] == pytest.approx(math.log(2), abs=1e-7)
     assert dev.iloc[-1]["val_reward_margin"] != 0.0
     # without an SFT term the loop's loss is the preference loss of the same step

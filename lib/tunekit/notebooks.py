@@ -107,12 +107,31 @@ def ensure_kernel() -> str:
                     f"`python -m ipykernel install --user --name {KERNEL}` inside the environment)")
 
 
+def _logged_kernel(log_path: Path):
+    """A kernel manager whose kernel writes its own stderr to `log_path`, not to the terminal.
+
+    The kernel's process messages (its TCP notice, and on Ctrl-C the traceback of a reply sent to a
+    closed socket) are no concern of the person running the notebook; the cells' output is kept
+    in the executed notebook as usual, and the log stays in the run directory for a post-mortem.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            kw.setdefault("stderr", open(log_path, "a", encoding="utf-8"))  # noqa: SIM115 - the kernel owns it
+            return await super().start_kernel(**kw)
+
+    return LoggedKernelManager
+
+
 def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: str = "parameters",
-                 kernel: str | None = None) -> Path:
+                 kernel: str | None = None, stdout=None) -> Path:
     """Execute a notebook headless with papermill into its run directory; returns that directory.
 
     The executed notebook is saved as `runs/<stage>/<run_name>/<name>.ipynb`, after every cell and
-    every 60 s inside long cells, so a killed job keeps its partial notebook.
+    every 60 s inside long cells, so a killed job keeps its partial notebook. `stdout`, a writable
+    text stream, receives what the notebook prints as it prints it (the demo's progress display).
     """
     # papermill imports tqdm.autonotebook, which warns on every import; the kit never uses it.
     warnings.filterwarnings("ignore", module="tqdm")
@@ -133,8 +152,15 @@ def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: 
     try:
         pm.execute_notebook(str(nb.ipynb), str(out), parameters=params,
                             kernel_name=kernel or ensure_kernel(), cwd=str(repo_root()),
-                            log_output=True, progress_bar=False,
-                            request_save_on_cell_execute=True, autosave_cell_every=60)
+                            log_output=stdout is None, stdout_file=stdout, progress_bar=False,
+                            request_save_on_cell_execute=True, autosave_cell_every=60,
+                            kernel_manager_class=_logged_kernel(out_dir / "kernel.log"))
+    except KeyboardInterrupt:
+        import sys
+
+        print(f"\nthe notebook as far as it ran: {out} (the same run_name continues a training run from its "
+              "last checkpoint)", file=sys.stderr)
+        raise
     except pm.PapermillExecutionError as exc:
         if is_rendered_user_error(exc.evalue, exc.traceback):
             # The cell already said what is wrong and what to do: pass the sentence on as is.
@@ -280,29 +306,29 @@ def _stage_dir(done: dict[str, Path], stage: str) -> str:
 
 # The demo chain (`make demo`), which is also what the test suite executes: every notebook once,
 # later steps taking earlier run directories as parameters exactly as a user would chain them.
-# Params not given here take the notebook's defaults (the tiny CPU configuration). The check
-# cells' stored outputs are what each notebook prints in this chain.
+# Only those links are given: every other parameter is the notebook's own default (the tiny CPU
+# configuration), so the demo shows exactly what a person gets from Run All. The check cells'
+# references are what each notebook prints in this chain.
 DEMO: list[Step] = [
     Step("10_inspect_data", lambda done: {}),
     Step("21_convert_hf_to_nemo", lambda done: {}),
     Step("20_convert_nemo_to_hf", lambda done: {"src": _stage_dir(done, "convert_hf_to_nemo")}),
-    # The notebook's own default (40 steps) shows the loss falling; the demo trains ~16 epochs
-    # (about a minute on 2 cores) so that evaluation shows the SFT model beating the base model.
-    Step("30_sft", lambda done: {"epochs": 16, "val_interval": 50, "save_interval": 200}),
-    # From the SFT model, the notebook's default lr (tuned from the untrained base) unlearns the
-    # answers; a 10x lower lr plus the chosen-NLL term (sft_loss_weight) keeps generation intact
-    # while dev reward accuracy still rises (measured: 0 -> 0.65, eval accuracy ~ SFT's).
-    Step("40_dpo", lambda done: {"init": _stage_dir(done, "sft"), "lr": 3e-4, "min_lr": 3e-5,
-                                 "sft_loss_weight": 1.0, "epochs": 2}),
+    Step("30_sft", lambda done: {}),
+    Step("40_dpo", lambda done: {"init": _stage_dir(done, "sft")}),
     Step("50_evaluate", lambda done: {"models": ["tiny"] + [str(done[s]) for s in ("sft", "dpo") if s in done]}),
 ]
 
 
-def run_chain(run_name: str, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Execute every built notebook of DEMO once, in order, into `<runs>/<stage>/<run_name>/`; {stage: run_dir}."""
+def run_chain(run_name: str, log: Callable[[str], None] = print, watch=None) -> dict[str, Path]:
+    """Execute every built notebook of DEMO once, in order, into `<runs>/<stage>/<run_name>/`; {stage: run_dir}.
+
+    `watch(index, total, notebook)`, if given, returns a text stream that receives the notebook's
+    output while it runs (what `tunekit demo` turns into its progress display).
+    """
     import time
 
     done: dict[str, Path] = {}
+    built = [s for s in DEMO if spec(s.notebook).exists()]
     for step in DEMO:
         nb = spec(step.notebook)
         if not nb.exists():
@@ -312,7 +338,8 @@ def run_chain(run_name: str, log: Callable[[str], None] = print) -> dict[str, Pa
         params["run_name"] = run_name
         log(f"[demo] {nb.name}: running ...")
         t0 = time.time()
-        done[nb.stage] = run_notebook(nb.name, params, source=f"demo step {nb.name}")
+        stream = watch(built.index(step) + 1, len(built), nb) if watch else None
+        done[nb.stage] = run_notebook(nb.name, params, source=f"demo step {nb.name}", stdout=stream)
         log(f"[demo] {nb.name}: done in {time.time() - t0:.0f} s -> {done[nb.stage]}")
     return done
 
@@ -380,8 +407,11 @@ def params_from_args(args) -> dict[str, Any]:
 
 
 def _cmd_run(args) -> int:
+    import sys
+
     source = " + ".join(s for s in (args.file, "-p" if args.param else "") if s) or "parameters"
-    out = run_notebook(args.notebook, params_from_args(args), source=source)
+    # What the notebook prints (its periodic progress lines) appears here as it runs.
+    out = run_notebook(args.notebook, params_from_args(args), source=source, stdout=sys.stdout)
     print(f"run directory: {out}")
     return 0
 

@@ -70,12 +70,15 @@ def seed_everything(seed: int) -> None:
 
 
 def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int | None = None,
-             unit: str = "it", headless_interval: float = 30.0, disable: bool = False):
+             unit: str = "it", headless_interval: float | None = None, disable: bool = False):
     """One progress bar for one long step: a widget bar in JupyterLab, tqdm's line in a terminal,
     a log line every `headless_interval` seconds headless."""
     from tqdm import tqdm
 
     where = frontend()
+    if headless_interval is None:
+        # TUNEKIT_PROGRESS_SECONDS: how often a headless bar logs (`tunekit demo` asks for more often)
+        headless_interval = float(os.environ.get("TUNEKIT_PROGRESS_SECONDS") or 30.0)
     if where == "headless":
         # One line per interval, newline-terminated, to stdout: readable in PBS logs and in
         # papermill's --log-output, instead of thousands of carriage-return updates.

@@ -187,6 +187,9 @@ def headline(stage: str, s: dict[str, Any]) -> str:
     def f(x):
         return "n/a" if x is None else f"{x:.3g}" if isinstance(x, float) else str(x)
 
+    def share(x):  # accuracies and tie shares: fixed decimals read better side by side
+        return "n/a" if x is None else f"{x:.3f}" if isinstance(x, (int, float)) else str(x)
+
     if stage == "inspect_data":
         return (f"{s.get('sft_train_examples')} SFT train / {s.get('sft_dev_examples')} dev examples, "
                 f"{s.get('dpo_train_pairs')} / {s.get('dpo_dev_pairs')} DPO pairs, "
@@ -197,13 +200,13 @@ def headline(stage: str, s: dict[str, Any]) -> str:
         return f"val loss {f(s.get('initial_val_loss'))} -> {f(s.get('best_val_loss'))} in {s.get('steps')} steps"
     if stage == "dpo":
         ties0, ties1 = s.get("initial_dev_reward_ties"), s.get("final_dev_reward_ties")
-        return (f"dev reward accuracy {f(s.get('initial_dev_reward_accuracy'))} (ties {f(ties0)}) -> "
-                f"{f(s.get('final_dev_reward_accuracy'))} (ties {f(ties1)}) in {s.get('step')} steps; "
+        return (f"dev reward accuracy {share(s.get('initial_dev_reward_accuracy'))} (ties {share(ties0)}) -> "
+                f"{share(s.get('final_dev_reward_accuracy'))} (ties {share(ties1)}) in {s.get('step')} steps; "
                 f"chance 0.5")
     if stage == "evaluate":
         rows = s.get("comparison") or []
         n = f" on {s['eval_problems']} problems" if s.get("eval_problems") else ""
-        return f"accuracy{n}: " + ", ".join(f"{r.get('model')} {f(r.get('accuracy'))}" for r in rows)
+        return f"accuracy{n}: " + ", ".join(f"{r.get('model')} {share(r.get('accuracy'))}" for r in rows)
     return "summary.json written"
 
 

@@ -91,7 +91,7 @@ def test_every_committed_notebook_is_a_fixed_point_of_the_filter():
         out = subprocess.run([sys.executable, "-m", "nbstripout", "--keep-id", "-t", "--extra-keys",
                               " ".join(nbclean.EXTRA_KEYS), str(nb.ipynb)],
                              capture_output=True, text=True, check=True).stdout
-        assert out == nb.ipynb.read_text(encoding="utf-8"), f"{nb.name}: not in its committed form (make sync-notebooks)"
+        assert out == nb.ipynb.read_text(encoding="utf-8"), f"{nb.name}: not in committed form (make sync-notebooks)"
 
 
 @pytest.mark.slow

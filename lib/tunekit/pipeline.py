@@ -65,7 +65,8 @@ def expected_seconds(exclude: str = "") -> tuple[dict[str, float], str]:
     last: dict[str, float] = {}
     root = runs_root()
     for nb in NOTEBOOKS:
-        runs = sorted((root / nb.stage).glob("demo-*"), key=lambda p: p.stat().st_mtime) if (root / nb.stage).is_dir() else []
+        folder = root / nb.stage
+        runs = sorted(folder.glob("demo-*"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
         for run_dir in reversed(runs):
             seconds = _duration(run_dir)
             if run_dir.name != exclude and seconds:

@@ -137,8 +137,8 @@ def test_30_sft_bad_parameter_then_a_good_run_and_nothing_to_commit(lab):
         set_parameters_source(driver, defaults)
         set_parameter(driver, "epochs", "1")
         good = run_all(driver, "30_sft-good", OUTPUT, watch="run_sft(")
-        driver.execute_script("const i = Array.from(window.jupyterapp.shell.currentWidget.node"
-                              ".querySelectorAll('.jp-OutputArea img'))[0]; if (i) i.scrollIntoView({block: 'center'});")
+        driver.execute_script("const i = window.jupyterapp.shell.currentWidget.node"
+                              ".querySelector('.jp-OutputArea img'); if (i) i.scrollIntoView({block: 'center'});")
         driver.save_screenshot(str(OUTPUT / "lab-30_sft-good.png"))
     finally:
         set_parameters_source(driver, defaults)
@@ -157,7 +157,7 @@ def test_30_sft_bad_parameter_then_a_good_run_and_nothing_to_commit(lab):
     assert records and "run_sft(" in records[-1].read_text(encoding="utf-8")
     # Nothing to commit: the saved notebook's outputs are stripped by the git filter.
     saved = json.loads((root / "notebooks" / "30_sft.ipynb").read_text(encoding="utf-8"))
-    assert any(c.get("outputs") for c in saved["cells"]), "the save wrote no outputs: nothing was tested"
+    assert any(c.get("outputs") for c in saved["cells"]), "the save wrote no outputs: nothing tested"
     assert _git(root, "diff") == "", _git(root, "diff")[:2000]
     _git(root, "add", "-A")
     assert _git(root, "status", "--porcelain") == "", _git(root, "status", "--porcelain")

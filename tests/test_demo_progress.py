@@ -70,3 +70,20 @@ def test_dpo_headline_reports_ties_separately():
     line = headline("dpo", {"initial_dev_reward_accuracy": 0.0, "initial_dev_reward_ties": 1.0,
                             "final_dev_reward_accuracy": 0.7875, "final_dev_reward_ties": 0.0, "step": 90})
     assert line == "dev reward accuracy 0.000 (ties 1.000) -> 0.787 (ties 0.000) in 90 steps; chance 0.5"
+
+
+def test_the_chain_runs_its_kernels_on_one_thread_and_restores_the_environment(monkeypatch, tmp_path):
+    """CPU results depend on the thread count: the chain's numbers (its references) must not."""
+    from tunekit import notebooks
+
+    seen = []
+
+    def fake_run(name, params, source, stdout=None):
+        seen.append((name, notebooks.os.environ.get("OMP_NUM_THREADS")))
+        return tmp_path / name
+
+    monkeypatch.setattr(notebooks, "run_notebook", fake_run)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    notebooks.run_chain("demo-x", log=lambda line: None)
+    assert seen and all(threads == "1" for _, threads in seen), seen
+    assert notebooks.os.environ["OMP_NUM_THREADS"] == "7"

@@ -325,9 +325,24 @@ def run_chain(run_name: str, log: Callable[[str], None] = print, watch=None) -> 
     `watch(index, total, notebook)`, if given, returns a text stream that receives the notebook's
     output while it runs (what `tunekit demo` turns into its progress display).
     """
+    done: dict[str, Path] = {}
+    # One thread per kernel: CPU matmul results depend on the thread count, and the tiny model gains
+    # nothing from more, so the chain prints the same numbers (its references) on every machine.
+    old_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        _run_steps(run_name, done, log, watch)
+    finally:
+        if old_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old_threads
+    return done
+
+
+def _run_steps(run_name: str, done: dict[str, Path], log: Callable[[str], None], watch) -> None:
     import time
 
-    done: dict[str, Path] = {}
     built = [s for s in DEMO if spec(s.notebook).exists()]
     for step in DEMO:
         nb = spec(step.notebook)
@@ -341,7 +356,6 @@ def run_chain(run_name: str, log: Callable[[str], None] = print, watch=None) -> 
         stream = watch(built.index(step) + 1, len(built), nb) if watch else None
         done[nb.stage] = run_notebook(nb.name, params, source=f"demo step {nb.name}", stdout=stream)
         log(f"[demo] {nb.name}: done in {time.time() - t0:.0f} s -> {done[nb.stage]}")
-    return done
 
 
 def check_outputs(ipynb: Path) -> list[list[dict[str, Any]]]:

@@ -25,10 +25,10 @@ from .runs import read_summary
 
 __all__ = ["DEMO", "headline", "machine", "run_demo"]
 
-# Seconds per stage on the reference machine (2 shared CPU cores, 2026-12), used for the first
-# estimate when this machine has no earlier demo run.
-REFERENCE_SECONDS = {"inspect_data": 20, "convert_hf_to_nemo": 25, "convert_nemo_to_hf": 25, "sft": 150,
-                     "dpo": 80, "evaluate": 30}
+# Seconds per stage of the README's demo (2 shared CPU cores, 2026-12), the first estimate when
+# this machine has no earlier demo run.
+REFERENCE_SECONDS = {"inspect_data": 40, "convert_hf_to_nemo": 35, "convert_nemo_to_hf": 35, "sft": 445,
+                     "dpo": 150, "evaluate": 30}
 PROGRESS_SECONDS = 10  # how often a running stage reports (the notebooks' bars log every 30 s headless)
 
 

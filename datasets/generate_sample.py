@@ -369,6 +369,10 @@ TEMPLATES: list[Callable[[random.Random], Problem]] = [
 # natural share). The other templates need arithmetic; a tiny model gets only some of them.
 COPY_TEMPLATES = {t_abs, t_slope, t_root_square, t_comb1, t_deriv_linear, t_imag_part, t_limit}
 TRAIN_WEIGHTS = [3 if t in COPY_TEMPLATES else 1 for t in TEMPLATES]
+# Preference pairs lean harder on the copy templates: there the wrong answers are the ones a small
+# model really gives (the other number of the problem, a digit lost or changed), so the pairs
+# teach a choice it can learn; for the arithmetic templates a tiny model has little to choose from.
+PREF_WEIGHTS = [6 if t in COPY_TEMPLATES else 1 for t in TEMPLATES]
 CATEGORIES = ["中1", "中2", "中3", "IA", "IIB", "IIIC"]
 
 # --------------------------------------------------------------------------------------------
@@ -378,7 +382,8 @@ CATEGORIES = ["中1", "中2", "中3", "IA", "IIB", "IIIC"]
 EVAL_PER_CATEGORY = 15      # 6 categories -> 90 eval problems
 N_DRILL = 1200              # tuning/train/math_drill.jsonl
 N_CHAT = 200                # tuning/train/math_chat.jsonl
-N_PREF = 300                # preference/train/math_pref.jsonl
+N_PREF = 800                # preference/train/math_pref.jsonl
+MAX_REDRAWS = 10_000        # a generator that cannot find a new line fails instead of looping
 
 
 def make_eval_problems(r: random.Random) -> list[Problem]:
@@ -406,12 +411,45 @@ def eval_row(n: int, p: Problem) -> dict:
     return row
 
 
-def _draw(r: random.Random, held_out: set[str]) -> Problem:
-    """A training problem (template drawn by TRAIN_WEIGHTS) whose text is not an eval problem."""
+def _draw(r: random.Random, held_out: set[str], weights: list[int] = TRAIN_WEIGHTS) -> Problem:
+    """A training problem (template drawn by `weights`) whose text is not an eval problem."""
     while True:
-        p = r.choices(TEMPLATES, weights=TRAIN_WEIGHTS)[0](r)
+        p = r.choices(TEMPLATES, weights=weights)[0](r)
         if p.problem not in held_out:
             return p
+
+
+def _slip(r: random.Random, p: Problem) -> str:
+    """A wrong answer of the kind a small model gives: the template's typical mistake, or (for an
+    integer answer) the right number with a digit lost or changed, or off by a little."""
+    if not _is_int(p.answer) or r.random() < 0.5:
+        return p.wrong
+    value = int(p.answer)
+    digits, sign = str(abs(value)), -1 if value < 0 else 1
+    options = {_near(r, value)}
+    if len(digits) >= 2:
+        i = r.randrange(len(digits))
+        options.add(sign * int(digits[:i] + digits[i + 1:]))                       # a digit lost
+        changed = str((int(digits[i]) + r.randint(1, 9)) % 10)
+        options.add(sign * int(digits[:i] + changed + digits[i + 1:]))            # a digit changed
+    options.discard(value)
+    return str(r.choice(sorted(options)))
+
+
+def _unique(make: Callable[[], dict], seen: set[str]) -> dict:
+    """A row from `make()` that is not an exact copy of a row already in `seen` (then added).
+
+    The templates' number ranges are small, so plain draws repeat lines (the kit's validator warns
+    on exact duplicates: they are trained twice). A repeat is redrawn; a template whose lines are
+    used up simply stops being picked, which shifts the template shares a little.
+    """
+    for _ in range(MAX_REDRAWS):
+        row = make()
+        key = json.dumps(row, ensure_ascii=False, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            return row
+    raise RuntimeError(f"no new line after {MAX_REDRAWS} draws (make the file smaller or the templates wider)")
 
 
 def _style(r: random.Random, weights: dict[str, int]) -> str:
@@ -420,28 +458,31 @@ def _style(r: random.Random, weights: dict[str, int]) -> str:
 
 # Half of the single-turn lines use the evaluator's default ("official") wrapper.
 DRILL_STYLES = {"official": 2, "bare": 1, "cot_boxed": 1}
-PREF_STYLES = {"official": 1, "bare": 1}
+# Preference pairs mostly in the prompt the evaluation sends (answer-only replies), so the pairs
+# teach exactly the choice the scored answer makes; a quarter keep the worked reply.
+PREF_STYLES = {"official": 3, "bare": 1}
 
 
-def make_drill(r: random.Random, held_out: set[str]) -> list[dict]:
-    """Single-turn SFT lines with the official system sentence, in the three prompt styles."""
-    rows = []
-    for _ in range(N_DRILL):
+def make_drill(r: random.Random, held_out: set[str], seen: set[str]) -> list[dict]:
+    """Single-turn SFT lines with the official system sentence, in the three prompt styles; no
+    line repeats one in `seen` (the SFT lines written so far)."""
+    def one() -> dict:
         p, style = _draw(r, held_out), _style(r, DRILL_STYLES)
-        rows.append({"messages": [{"role": "system", "content": DEFAULT_SYSTEM},
-                                  {"role": "user", "content": p.user(style)},
-                                  {"role": "assistant", "content": p.response(style=style)}]})
-    return rows
+        return {"messages": [{"role": "system", "content": DEFAULT_SYSTEM},
+                             {"role": "user", "content": p.user(style)},
+                             {"role": "assistant", "content": p.response(style=style)}]}
+
+    return [_unique(one, seen) for _ in range(N_DRILL)]
 
 
-def make_chat(r: random.Random, held_out: set[str]) -> list[dict]:
-    """SFT lines with varied system prompts, half of them multi-turn (2-3 turns).
+def make_chat(r: random.Random, held_out: set[str], seen: set[str]) -> list[dict]:
+    """SFT lines with varied system prompts, half of them multi-turn (2-3 turns); no line repeats
+    one in `seen` (the drill lines included).
 
     Every 50th line ends with an unanswered user turn: the official format allows it and says it
     is ignored, so the sample exercises that rule.
     """
-    rows = []
-    for i in range(N_CHAT):
+    def one(i: int) -> dict:
         system = DEFAULT_SYSTEM if r.random() < 0.5 else r.choice(OTHER_SYSTEMS)
         turns = 1 if r.random() < 0.5 else r.randint(2, 3)
         msgs = [{"role": "system", "content": system}]
@@ -451,28 +492,33 @@ def make_chat(r: random.Random, held_out: set[str]) -> list[dict]:
             msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": p.response()}]
         if i % 50 == 49:
             msgs.append({"role": "user", "content": r.choice(FOLLOW_UP_PREFIXES) + "\n" + _draw(r, held_out).problem})
-        rows.append({"messages": msgs})
-    return rows
+        return {"messages": msgs}
+
+    return [_unique(lambda: one(i), seen) for i in range(N_CHAT)]
 
 
 def make_pref(r: random.Random, held_out: set[str]) -> list[dict]:
-    """DPO pairs: chosen = the correct response, rejected = the same shape with a wrong answer.
+    """DPO pairs: chosen = the correct response, rejected = the same shape with the template's
+    typical wrong answer (for the copy templates: the other number of the problem, the mistake a
+    small model makes); no pair repeats.
 
-    Half use the "official" wrapper (answer-only replies), half the bare problem.
-
-    One line in ten carries an earlier answered turn (messages = system, user, assistant, user).
+    Three in four use the "official" wrapper the evaluation sends (answer-only replies), the rest
+    the bare problem with a worked reply. One line in ten carries an earlier answered turn
+    (messages = system, user, assistant, user).
     """
-    rows = []
-    for i in range(N_PREF):
+    seen: set[str] = set()
+
+    def one(i: int) -> dict:
         msgs = [{"role": "system", "content": DEFAULT_SYSTEM}]
         if i % 10 == 9:
             prev = _draw(r, held_out)
             msgs += [{"role": "user", "content": prev.problem}, {"role": "assistant", "content": prev.response()}]
-        p, style = _draw(r, held_out), _style(r, PREF_STYLES)
+        p, style = _draw(r, held_out, PREF_WEIGHTS), _style(r, PREF_STYLES)
         msgs.append({"role": "user", "content": p.user(style)})
-        rows.append({"messages": msgs, "chosen_response": p.response(style=style),
-                     "rejected_response": p.response(p.wrong, style=style)})
-    return rows
+        return {"messages": msgs, "chosen_response": p.response(style=style),
+                "rejected_response": p.response(_slip(r, p), style=style)}
+
+    return [_unique(lambda: one(i), seen) for i in range(N_PREF)]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -488,9 +534,10 @@ def generate(out: Path, seed: int = SEED) -> dict[str, int]:
     # Separate RNG streams per file so that changing one file's size leaves the others unchanged.
     eval_rows = [eval_row(n, p) for n, p in enumerate(make_eval_problems(random.Random(f"{seed}-eval")), 1)]
     held_out = {row["problem"] for row in eval_rows}
+    sft_seen: set[str] = set()  # no SFT line twice, within or across the two SFT files
     files = {
-        "tuning/train/math_drill.jsonl": make_drill(random.Random(f"{seed}-drill"), held_out),
-        "tuning/train/math_chat.jsonl": make_chat(random.Random(f"{seed}-chat"), held_out),
+        "tuning/train/math_drill.jsonl": make_drill(random.Random(f"{seed}-drill"), held_out, sft_seen),
+        "tuning/train/math_chat.jsonl": make_chat(random.Random(f"{seed}-chat"), held_out, sft_seen),
         "preference/train/math_pref.jsonl": make_pref(random.Random(f"{seed}-pref"), held_out),
         "eval/dev.jsonl": eval_rows,
     }

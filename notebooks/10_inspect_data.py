@@ -1,9 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: tunekit (Python 3.11)
 #     language: python
@@ -12,6 +16,7 @@
 
 # %% [markdown]
 # # 10 Inspect the training data
+# *学習前に、SFT・DPO が実際に学習するデータを確認します（全行の検証、分割と混合、トークン長、パッキング、コスト見積もり）。*
 #
 # Before spending GPU hours, look at exactly what SFT and DPO will train on: every line of the
 # official-layout files is validated (`path:line` messages), the official `datasets:` knobs are
@@ -21,7 +26,7 @@
 # and one DPO pair with the trained tokens marked, packing utilisation, and a rough cost estimate.
 
 # %% tags=["parameters"]
-sft_datasets: dict = {"math_drill": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}, "math_chat": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 2}}  # SFT datasets map (official knobs); {} for every file
+sft_datasets: dict = {"math_drill": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}, "math_chat": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}}  # SFT datasets map (official knobs); {} for every file
 dpo_datasets: dict = {"math_pref": {"max_train_samples": -1, "split_dev": True, "upsampling_factor": 1}}  # DPO datasets map (official knobs); {} for every file
 tokenizer: str = "tiny"  # "tiny", "llmjp", an HF model/tokenizer dir or a run dir
 seed: int = 1234  # random seed
@@ -69,6 +74,8 @@ run
 
 # %% [markdown]
 # ## 1. Validation
+# *全ファイルの全行を検証します。エラーの行は使えず、警告の行は使われます（`ファイル:行: 内容` で表示）。*
+#
 # Every line of every file in the data version, checked without a tokenizer. Errors make a line
 # unusable (with `on_error="skip"` it is left out and counted); warnings keep it. A file that
 # cannot be read at all (a directory, gzip, UTF-16, ...) is one error; duplicate records and IDs
@@ -85,6 +92,8 @@ report.problems_table(reports, limit=20)
 
 # %% [markdown]
 # ## 2. Splits and mixture
+# *公式の `datasets:` 設定（dev 件数・比率、アップサンプリング）で train/dev に分割し、トークン化します（キャッシュは学習と共有）。*
+#
 # Dev = the first `min(max_dev_samples, int(N * max_dev_ratio))` records of each file; train = the
 # rest (at most `max_train_samples`), repeated `upsampling_factor` times. Tokenising fills the
 # content-addressed cache that training reuses. `dev_dups_in_train` counts dev records whose exact
@@ -102,6 +111,7 @@ dpo_sources
 
 # %% [markdown]
 # ## 3. Token lengths and what does not fit
+# *トークン長の分布と、`max_seq_length` を超えて切り詰め・除外される件数です。*
 
 # %%
 sft_len = stats.sft_lengths(sft_mix)
@@ -127,6 +137,8 @@ lost
 
 # %% [markdown]
 # ## 4. One SFT example and one DPO pair
+# *学習で使う ID そのものを 1 例ずつ表示します（⟦ ⟧ が損失のかかるトークン）。チャットテンプレートと一致するかも確認します。*
+#
 # Exactly the ids training sees; trained (loss) tokens are wrapped in ⟦ ⟧. The last line checks
 # that the tokenizer's chat template (what inference and the submission use) gives the same
 # prompt ids as training.
@@ -154,6 +166,8 @@ png = run.save_figure(fig, "dpo_pair_lengths")
 
 # %% [markdown]
 # ## 5. Packing
+# *例をシーケンスに詰めた結果です。`isolated` では例同士が互いに参照しません。*
+#
 # `isolated` packs whole examples (best fit, longest first) and keeps them apart: position ids
 # restart per example and attention is block-diagonal. `official` reproduces the official kit's
 # stream-and-cut windows, in which examples attend to each other.
@@ -172,6 +186,8 @@ png = run.save_figure(fig, "packing")
 
 # %% [markdown]
 # ## 6. Cost estimate
+# *ABCI での学習時間の目安です（GPU あたりのスループットは仮定値）。*
+#
 # Positions processed per epoch = packed sequences x sequence length. The per-GPU throughput is an
 # ASSUMPTION (parameter `assumed_tokens_per_s_per_gpu`), not a measurement: replace it with the
 # tokens/s your own SFT run logs.

@@ -1,9 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: tunekit (Python 3.11)
 #     language: python
@@ -12,6 +16,7 @@
 
 # %% [markdown]
 # # 20 Convert a NeMo checkpoint to HF
+# *公式キットの NeMo チェックポイントを HF 形式に変換し、Megatron-core と logits が一致することを検証します。*
 #
 # Brings a checkpoint of the official kit (or of notebook 21) into the HF format the rest of the
 # kit, vLLM and the submission use: safetensors, `config.json`, `generation_config.json` (eos =
@@ -58,6 +63,8 @@ run
 
 # %% [markdown]
 # ## 1. The input
+# *入力の NeMo ディレクトリの内容です。*
+#
 # Which checkpoint is converted (for a training output: which `step=*` folder and why).
 
 # %%
@@ -66,6 +73,7 @@ source
 
 # %% [markdown]
 # ## 2. Convert and verify
+# *変換と検証を行います。*
 
 # %%
 result = nemo_to_hf(source, out, dtype=cfg.dtype, checkpoint=cfg.checkpoint, tokenizer=cfg.tokenizer,
@@ -76,6 +84,7 @@ report.verification_table(result.summary)
 
 # %% [markdown]
 # ## 3. What was written
+# *出力された HF ディレクトリのファイル一覧です。*
 
 # %%
 report.files_table(out)
@@ -88,6 +97,8 @@ report.config_table(hf_cfg, ["num_hidden_layers", "hidden_size", "intermediate_s
 
 # %% [markdown]
 # ## 4. The chat template
+# *出力されたトークナイザのチャットテンプレート（推論時のプロンプト）です。*
+#
 # What vLLM's `llm.chat` and `apply_chat_template` send the model for a user question: the same
 # prompt format the kit trains on.
 
@@ -98,6 +109,8 @@ print(tok.apply_chat_template([{"role": "user", "content": "1 + 1 を計算し�
 
 # %% [markdown]
 # ## 5. Logits: transformers vs Megatron-core
+# *transformers と Megatron-core の logits の差です（一致していれば変換は正しい）。*
+#
 # Each point is one vocabulary logit at one position of the first prompt; on the diagonal the two
 # frameworks agree.
 

@@ -1,9 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: tunekit (Python 3.11)
 #     language: python
@@ -12,6 +16,7 @@
 
 # %% [markdown]
 # # 21 Convert an HF model to NeMo (for the official kit)
+# *HF モデルを公式キット用の NeMo 形式に変換し、検証します。*
 #
 # Turns an HF LLaMA model (the tiny fixture, llm-jp-4-8b, or the `hf_model/` of one of our SFT/DPO
 # runs) into a NeMo directory in the official kit's layout: `model_config.yaml`, `model_weights/`
@@ -49,6 +54,8 @@ run
 
 # %% [markdown]
 # ## 1. Convert and verify
+# *変換と検証を行います。*
+#
 # The log says which model was read, how much was written and how fast, and the verification
 # verdict. A conversion that fails verification leaves no output folder behind.
 
@@ -60,6 +67,8 @@ report.verification_table(result.summary)
 
 # %% [markdown]
 # ## 2. What was written
+# *出力された NeMo ディレクトリのファイル一覧です。*
+#
 # The NeMo directory, and the checkpoint entries as Megatron-core sees them: one stacked tensor per
 # weight kind with a leading layer axis (one chunk per layer; `linear_fc1` has two per layer, gate
 # and up), plus the `_extra_state` objects NeMo's TransformerEngine layers expect.
@@ -79,6 +88,8 @@ report.config_table(nemo_cfg, ["num_layers", "hidden_size", "ffn_hidden_size", "
 
 # %% [markdown]
 # ## 3. Logits: transformers vs Megatron-core
+# *transformers と Megatron-core の logits の差です（一致していれば変換は正しい）。*
+#
 # Each point is one vocabulary logit at one position of the first prompt; on the diagonal the two
 # frameworks agree. Both run in fp32 with the weights rounded to the output dtype.
 
@@ -88,6 +99,8 @@ _ = run.save_figure(fig, "logits_hf_vs_megatron")
 
 # %% [markdown]
 # ## 4. Next
+# *次の手順：公式キットでこのディレクトリを使う方法です。*
+#
 # Hand `out` to the official kit, e.g. `bash scripts/abci/train/run_sft.sh llmjp4_8b 2 <out>`,
 # or convert it back with notebook 20 (`src` = this run directory). See docs/nemo.md.
 

@@ -1,9 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: tunekit (Python 3.11)
 #     language: python
@@ -12,6 +16,7 @@
 
 # %% [markdown]
 # # 30 Supervised fine-tuning (SFT)
+# *SFT（教師ありファインチューニング）を行います。既定値は CPU で数分の小さな設定で、評価で SFT がベースモデルを上回るまで学習します。*
 #
 # Full-parameter SFT of a LLaMA-format HF model (the tiny fixture here, llm-jp-4-8b on ABCI) with
 # PyTorch FSDP2, on the official-layout data packed with isolated documents. The loss is token-mean
@@ -42,7 +47,7 @@ overlong: str = "drop"  # SFT examples longer than max_seq_length: drop | trunca
 # --- training
 global_batch_size: int = 8  # sequences per optimizer step, all processes together (official: 64)
 micro_batch_size: int = 4  # sequences per forward/backward per process (official: 4)
-epochs: int = 1  # passes over the training data (official: 2)
+epochs: int = 16  # passes over the training data (official: 2)
 max_steps: int = -1  # -1: epochs decide; > 0: exactly this many optimizer steps
 lr: float = 0.003  # peak learning rate (official: 2e-5)
 min_lr: float = 0.0003  # final learning rate of the cosine (official: 2e-6)
@@ -52,8 +57,8 @@ weight_decay: float = 0.1  # AdamW weight decay on matrices (official: 0.1)
 adam_beta1: float = 0.9  # AdamW beta1 (official: 0.9)
 adam_beta2: float = 0.98  # AdamW beta2 (official: 0.98)
 grad_clip: float = 1.0  # gradient-norm clip, 0 turns it off (official: 1.0)
-val_interval: int = 10  # validate every N steps, 0: only at checkpoints (official: 500)
-save_interval: int = 20  # checkpoint every N steps and at the end, 0: only at the end (official: 500)
+val_interval: int = 50  # validate every N steps, 0: only at checkpoints (official: 500)
+save_interval: int = 200  # checkpoint every N steps and at the end, 0: only at the end (official: 500)
 keep_top_k: int = 1  # keep the last checkpoint plus this many with the lowest val loss
 publish: str = "best"  # weights written to hf_model/: best (lowest val loss) | final
 delete_optimizer_state: bool = False  # drop optimizer state after training to save disk (official: yes)
@@ -94,6 +99,8 @@ run
 
 # %% [markdown]
 # ## 1. Model, data and plan
+# *モデルとデータを準備し、学習計画（ステップ数など）を学習前に確認します。*
+#
 # The data is validated, tokenised with the model's own tokenizer (content-addressed cache, shared
 # with `10_inspect_data`), split and mixed with the official knobs, then packed into sequences of
 # `max_seq_length` tokens. Position ids restart per document and attention is block-diagonal, so a
@@ -116,8 +123,11 @@ report.plan_table(prep)
 
 # %% [markdown]
 # ## 2. Train
-# Progress goes to the bar (a log line every 30 s when headless); every step is appended to
-# `metrics.jsonl` in the run directory. If this run already has checkpoints, training continues
+# *学習します。JupyterLab では進捗バーと損失のグラフがその場で更新されます。同じ `run_name` で再実行すると続きから再開します。*
+#
+# In JupyterLab a progress bar and a plot of the training and validation loss update in place
+# while it trains; headless (papermill, PBS) a log line every 30 s instead. Every step is appended
+# to `metrics.jsonl` in the run directory. If this run already has checkpoints, training continues
 # from the latest complete one with the exact same data order.
 
 # %%
@@ -126,6 +136,7 @@ report.result_table(result)
 
 # %% [markdown]
 # ## 3. Loss curve
+# *学習損失と検証損失の推移です。*
 
 # %%
 fig = report.loss_curve_figure(run.metrics(), title=f"SFT {run.name}")
@@ -136,6 +147,8 @@ report.val_history(result)
 
 # %% [markdown]
 # ## 4. The trained model
+# *学習済みモデル（`hf_model/`）は DPO と評価でそのまま使えます。*
+#
 # `hf_model/` is a plain HF model directory (safetensors, config, tokenizer with the kit's chat
 # template). Use the run directory itself as `init` in `40_dpo`, or in `models` of `50_evaluate`.
 

@@ -1,9 +1,13 @@
 # ---
 # jupyter:
 #   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: tunekit (Python 3.11)
 #     language: python
@@ -12,6 +16,7 @@
 
 # %% [markdown]
 # # 40 Preference training (DPO)
+# *SFT モデルから DPO（選好学習）を行います。既定値は SFT の実行ディレクトリを `init` に指定して使う前提の、モデルを壊さない設定です。*
 #
 # Direct preference optimisation of the SFT model (`init`: an SFT run directory, any HF model
 # directory, or the tiny base model when empty) on the official-layout preference data, with the
@@ -45,7 +50,7 @@ data_dir: str = "datasets"  # folder holding <data_version>/preference/train/*.j
 data_version: str = "sample"  # data version subfolder (competition: tuning_data20251105)
 max_seq_length: int = 256  # longest prompt + response, per chosen/rejected sequence (llm-jp-4-8b: 4096)
 max_dev_samples: int = 100  # at most this many dev records per dataset (official)
-max_dev_ratio: float = 0.2  # at most this share of each dataset goes to dev (official: 0.1)
+max_dev_ratio: float = 0.1  # at most this share of each dataset goes to dev (official)
 dev_split: str = "head"  # head: the first lines of each file (official) | hash: by content hash
 upsample_dev: bool = False  # True: also repeat dev records by upsampling_factor (official kit)
 template_style: str = "kit"  # kit | official (differ only for an empty system prompt)
@@ -57,7 +62,7 @@ ref_policy_kl_penalty: float = 0.5  # beta: strength of the KL anchor to the ref
 preference_loss: str = "dpo"  # dpo | ipo | rpo_sq | rpo_bwd_kl | rpo_fwd_kl (official names)
 gt_reward_scale: float = 1.0  # scale of the ground-truth reward gap in the rpo_* losses (official: 1.0)
 preference_loss_weight: float = 1.0  # weight of the preference loss (official: 1)
-sft_loss_weight: float = 0.0  # weight of the NLL of the chosen response (official: 0)
+sft_loss_weight: float = 1.0  # weight of the NLL of the chosen response (official: 0; keeps a small model's answers intact)
 preference_average_log_probs: bool = False  # per-token mean instead of sum of log-probs (official: false)
 label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels, dpo only (0: off)
 pack_pairs: bool = True  # True: a micro-batch's sequences packed by their real lengths, kept apart | False: one padded row each
@@ -65,10 +70,10 @@ reference: str = "cached"  # cached: reference log-probs computed once before tr
 # --- training
 global_batch_size: int = 16  # pairs per optimizer step, all processes together (official: 256)
 micro_batch_size: int = 8  # pairs per forward/backward per process (official: 2)
-epochs: int = 6  # passes over the training pairs (official: 2)
+epochs: int = 2  # passes over the training pairs (official: 2)
 max_steps: int = -1  # -1: epochs decide; > 0: exactly this many optimizer steps
-lr: float = 0.003  # peak learning rate (official: 9e-7)
-min_lr: float = 0.0003  # final learning rate of the cosine (official: 5e-7)
+lr: float = 0.0003  # peak learning rate (official: 9e-7)
+min_lr: float = 3e-05  # final learning rate of the cosine (official: 5e-7)
 warmup_steps: int = 2  # linear warmup steps
 constant_steps: int = 0  # steps held at min_lr at the end
 weight_decay: float = 0.0  # AdamW weight decay on matrices
@@ -118,6 +123,8 @@ run
 
 # %% [markdown]
 # ## 1. Starting model, pairs and plan
+# *開始モデル、選好ペア（長すぎるペアの扱いを含む）、学習計画を確認します。*
+#
 # `init` is resolved to an HF model directory (an SFT run's `hf_model/`). The pairs are validated,
 # tokenised with that model's tokenizer (content-addressed cache) and split with the official
 # knobs. A pair whose prompt + longer response exceeds `max_seq_length` is dropped or gets its
@@ -140,6 +147,8 @@ report.plan_table(prep)
 
 # %% [markdown]
 # ## 2. Train
+# *参照モデルの対数確率を一度だけ計算してキャッシュし、DPO 学習を行います。*
+#
 # First the reference log-probabilities: loaded from the cache, or computed once with the starting
 # model (a progress bar) and stored. Then training: each micro-batch puts every chosen and rejected
 # sequence through one forward pass, packed with isolated documents; only response tokens are
@@ -154,10 +163,13 @@ pd.Series(result["data"]["reference_cache"], name="reference log-probs").to_fram
 
 # %% [markdown]
 # ## 3. Rewards, accuracy and margins
+# *報酬の正解率（同点は別に表示、偶然なら 0.5）、マージン、KL の推移です。*
+#
 # The implicit reward of a response is beta x (log pi - log ref). Reward accuracy is the share of
-# pairs whose chosen reward is strictly higher (ties, as at step 0 where policy = reference, count
-# as wrong); the margin is chosen minus rejected reward; `kl` estimates KL(policy || reference) on
-# the data's sequences.
+# pairs whose chosen reward is strictly higher; ties count as wrong and are shown on their own
+# (`reward_ties`): at step 0 the policy is the reference, so every pair is a tie and the accuracy
+# reads 0, not "all wrong" - chance is 0.5. The margin is chosen minus rejected reward; `kl`
+# estimates KL(policy || reference) on the data's sequences.
 
 # %%
 fig = report.dpo_figure(run.metrics(), title=f"DPO {run.name}")
@@ -165,11 +177,13 @@ png = run.save_figure(fig, "dpo_rewards")
 
 # %%
 train_hist, dev_hist = report.dpo_history(run.metrics())
-dev_hist[["step", "val_loss", "val_reward_accuracy", "val_reward_margin", "val_chosen_reward",
+dev_hist[["step", "val_loss", "val_reward_accuracy", "val_reward_ties", "val_reward_margin", "val_chosen_reward",
           "val_rejected_reward", "val_chosen_logp", "val_rejected_logp", "val_kl"]].round(4)
 
 # %% [markdown]
 # ## 4. The trained model
+# *学習済みモデル（`hf_model/`）は評価でそのまま使えます。*
+#
 # `hf_model/` is a plain HF model directory (safetensors, config, tokenizer with the kit's chat
 # template). Use the run directory as a model in `50_evaluate`.
 

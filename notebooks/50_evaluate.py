@@ -1,5 +1,23 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: tunekit (Python 3.11)
+#     language: python
+#     name: tunekit
+# ---
+
 # %% [markdown]
 # # 50 Evaluate: answer like the submission, score like the competition, compare runs
+# *提出と同じプロンプトで解答を生成し、コンペと同じ規則で採点して、モデル（ベース・SFT・DPO など）を比較します。*
+#
 # Each model (the base model, an SFT run, a DPO run, ...) answers the eval set through the same
 # path as the submission: one user message with the official prompt, rendered by the model's own
 # chat template. The answers are written in the exact competition prediction format and scored
@@ -38,6 +56,8 @@ run
 
 # %% [markdown]
 # ## 1. The eval set and the prompt
+# *評価データ（カテゴリ別の問題数）と、モデルに送られるプロンプトです。*
+#
 # Gold lines are checked against the competition format (a bad line stops here with its line
 # number). Below: problems per category, then the exact prompt the first model receives.
 
@@ -58,6 +78,8 @@ print(render_prompt(tokenizer, build_messages(gold[0]["problem"], cfg.prompt_sty
 
 # %% [markdown]
 # ## 2. Generate, vote, write the predictions, score them
+# *解答を生成し、提出形式で書き出して、そのファイルを採点します。*
+#
 # For each model: `<run>/<model>/predictions.jsonl` (competition format: the gold fields plus
 # `output`; the majority-vote answer when n_samples > 1), `samples.jsonl` (every sample with its
 # extracted answer and verdict) and `scores.json` (the scorer's JSON). The score is computed
@@ -73,6 +95,8 @@ for r in results:
 
 # %% [markdown]
 # ## 3. Accuracy per category
+# *カテゴリ別（中1〜IIIC）の正解率です。*
+#
 # Rejected prediction lines or missing predictions (each counted wrong, as officially) would be
 # listed under the table.
 
@@ -96,18 +120,20 @@ examples_table(results[0], gold, n=5)
 
 # %% [markdown]
 # ## 4. Accuracy vs number of samples
+# *サンプル数と正解率（pass@k、多数決 maj@k）の関係です。`n_samples` が 2 以上のときだけ表示します。*
+#
 # pass@k: some sample among k is right (unbiased estimate from all n samples). maj@k: the
-# majority answer of the first k samples is right. With n_samples = 1 both are the accuracy.
+# majority answer of the first k samples is right. The curve needs n_samples > 1 (with
+# temperature > 0); with one sample per problem both are the accuracy, and this says so.
 
 # %%
-from tunekit.evaluate.evaluation import curve_table
-from tunekit.evaluate.plots import plot_samples_curve
-display(curve_table(results).round(3))
-fig = plot_samples_curve(results)
-_ = run.save_figure(fig, "accuracy_vs_samples")
+from tunekit.evaluate.plots import show_samples_curve
+show_samples_curve(results, run)
 
 # %% [markdown]
 # ## 5. Comparison across models, with what training measured
+# *モデル間の比較と、学習時の指標（検証損失、報酬の正解率）です。*
+#
 # `val_loss_*` come from an SFT run's `metrics.jsonl`, `*reward_*` from a DPO run's; models that
 # are not run directories (e.g. "tiny") have no training columns.
 

@@ -95,7 +95,11 @@ def test_render_cli(tok_dir, capsys):
 
 def test_inspect_params_validate_data_options():
     cfg = InspectParams()
-    assert cfg.data_config("sft").datasets["math_chat"].upsampling_factor == 2
+    from tunekit.train.params import DPOParams, SFTParams
+
+    # 10_inspect_data inspects exactly what 30_sft and 40_dpo train on by default (same counts).
+    assert cfg.sft_datasets == SFTParams().datasets and cfg.dpo_datasets == DPOParams().datasets
+    assert cfg.data_config("sft").datasets["math_chat"].upsampling_factor == 1
     assert list(cfg.data_config("dpo").datasets) == ["math_pref"]
     with pytest.raises(UserError, match="dev_split"):
         InspectParams.parse({"dev_split": "random"})

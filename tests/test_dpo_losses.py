@@ -115,6 +115,7 @@ def test_metrics_rewards_margin_accuracy_kl():
     assert m["rejected_reward"] == pytest.approx((0.5 * -1.0 + 0.0) / 2)
     assert m["reward_margin"] == pytest.approx((1.0 + 0.0) / 2)
     assert m["reward_accuracy"] == pytest.approx(0.5)  # the tie does not count as correct
+    assert m["reward_ties"] == pytest.approx(0.5)      # and is counted as a tie
     assert m["kl"] == pytest.approx(((1.0 + -1.0) / 2 + 0.0) / 2)
     assert m["chosen_logp"] == pytest.approx(-7.5)
     assert m["loss"] == pytest.approx((-math.log(_sig(1.0)) + math.log(2.0)) / 2)

@@ -14,7 +14,8 @@ from tunekit.train.report import dpo_summary as summary_of
 
 SMALL = dict(datasets={"math_pref": {"max_train_samples": 40, "split_dev": True, "upsampling_factor": 1}},
              max_dev_samples=8, max_seq_length=160, global_batch_size=8, micro_batch_size=4,
-             max_steps=4, val_interval=2, save_interval=2, warmup_steps=1, lr=0.003, seed=3)
+             max_steps=4, val_interval=2, save_interval=2, warmup_steps=1, lr=0.003, seed=3,
+             sft_loss_weight=0.0)  # the pure preference loss (the tiny default adds the chosen NLL)
 
 
 @pytest.fixture()
@@ -57,6 +58,8 @@ def test_stage_trains_records_publishes_and_reuses_the_reference_cache(isolated)
     step0 = dev.iloc[0]
     # at step 0 the policy is the reference: margins exactly 0 (dev cached in the eval layout)
     assert step0["val_reward_margin"] == 0.0 and step0["val_reward_accuracy"] == 0.0
+    assert step0["val_reward_ties"] == 1.0  # an accuracy of 0 at step 0 is all ties, not all wrong
+    assert dev.iloc[-1]["val_reward_ties"] == 0.0
     assert step0["val_loss"] == pytest.approx(math.log(2), abs=1e-7)
     assert dev.iloc[-1]["val_reward_margin"] != 0.0
     # without an SFT term the loop's loss is the preference loss of the same step
@@ -121,7 +124,7 @@ def test_rewards_on_data_lines_reach_the_pairs(tmp_path):
     (out / "rw.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs),
                                   encoding="utf-8")
     cfg = DPOParams.parse({"data_dir": str(tmp_path / "data"), "data_version": "v1",
-                           "datasets": {"rw": {}}, "max_dev_samples": 2})
+                           "datasets": {"rw": {}}, "max_dev_samples": 2, "max_dev_ratio": 0.2})
     train, dev, report = build_dpo_data(cfg, resolve_model("tiny"), show_progress=False)
     rewards = [(train[i].chosen_reward, train[i].rejected_reward) for i in range(len(train))]
     assert len(dev) == 2 and len(train) == 10

@@ -33,7 +33,7 @@ VOCAB = 96
 COMMON = dict(max_seq_length=64, global_batch_size=8, micro_batch_size=2, max_steps=4, val_interval=2,
               save_interval=2, publish="final", seed=5, attn_implementation="sdpa")
 SFT = dict(COMMON, lr=0.01, min_lr=0.001, warmup_steps=2, constant_steps=1)
-DPO = dict(COMMON, lr=0.003, min_lr=0.0003, warmup_steps=1)
+DPO = dict(COMMON, lr=0.003, min_lr=0.0003, warmup_steps=1, sft_loss_weight=0.0)  # as recorded: pure DPO
 LORA = dict(peft="lora", lora_rank=4, lora_alpha=8.0, lora_target_modules="attention,mlp_fc2")
 SIZES = {"sft": (40, 10), "dpo": (32, 8)}
 

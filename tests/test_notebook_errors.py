@@ -123,3 +123,33 @@ def test_user_error_renders_as_one_sentence_in_ipython():
         InteractiveShell.clear_instance()
     assert isinstance(result.error_in_exec, UserError)
     assert shown == [["error: x.yaml: parameter lr: bad (write 2e-5)"]]
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_interrupted_without_a_kernel_traceback(tmp_path):
+    """Ctrl-C reaches the whole foreground process group (tunekit and its kernel): the terminal shows
+    the run's notebook and `interrupted`, not the kernel's ZMQError traceback (that goes to kernel.log)."""
+    import signal
+    import time
+
+    tunekit = Path(sys.executable).parent / "tunekit"
+    env = dict(os.environ, TUNEKIT_PROGRESS_SECONDS="1")
+    proc = subprocess.Popen([str(tunekit), "notebooks", "run", "30_sft", "-p", "runs_dir", str(tmp_path),
+                             "-p", "run_name", "ctrlc"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait until training is under way
+        seen.append(line)
+        if line.startswith("step=0 val_loss") or time.time() > deadline:
+            break
+    assert any(x.startswith("step=0 val_loss") for x in seen), "".join(seen)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does in a terminal
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest
+    assert rest.rstrip().endswith("interrupted"), rest
+    assert "Traceback" not in rest and "ZMQError" not in rest, rest
+    assert "the notebook as far as it ran:" in rest
+    assert (tmp_path / "sft" / "ctrlc" / "kernel.log").is_file()

@@ -40,7 +40,7 @@ def test_generator_reproduces_committed_files_byte_for_byte(gen, tmp_path):
     for name in fresh:
         assert fresh[name] == committed[name], f"{name} differs from the generator's output: regenerate"
     assert counts == {"tuning/train/math_drill.jsonl": 1200, "tuning/train/math_chat.jsonl": 200,
-                      "preference/train/math_pref.jsonl": 300, "eval/dev.jsonl": 90}
+                      "preference/train/math_pref.jsonl": 800, "eval/dev.jsonl": 90}
 
 
 def test_two_runs_are_identical_and_seed_matters(gen, tmp_path):
@@ -60,6 +60,16 @@ def test_training_files_pass_the_kits_validator(rel, kind):
     report = validate_file(SAMPLE / rel, kind)
     n = len(_rows(rel))
     assert report.records == n and report.kept == n and report.skipped == 0, report.problems
+    # No line is a copy of another (the validator warns on those: they are trained twice).
+    assert not [p for p in report.problems if "duplicate" in str(p)], report.problems[:3]
+
+
+def test_no_sft_line_repeats_across_the_two_sft_files():
+    from tunekit.data.validate import validate_files
+
+    reports = validate_files([(SAMPLE / "tuning/train/math_drill.jsonl", "sft"),
+                              (SAMPLE / "tuning/train/math_chat.jsonl", "sft")])
+    assert not [p for r in reports for p in r.problems if "duplicate" in str(p)]
 
 
 def test_sft_structure_multiturn_and_unanswered_tail():
@@ -74,12 +84,15 @@ def test_sft_structure_multiturn_and_unanswered_tail():
     assert sum(r["messages"][-1]["role"] == "user" for r in chat) == 4  # ignored unanswered tails
 
 
-def test_dpo_pairs_disagree():
+def test_dpo_pairs_disagree_and_mostly_use_the_eval_prompt(gen):
     rows = _rows("preference/train/math_pref.jsonl")
     for row in rows:
         assert row["messages"][0]["role"] == "system" and row["messages"][-1]["role"] == "user"
         assert row["chosen_response"] != row["rejected_response"]
-    assert sum(len(r["messages"]) == 4 for r in rows) == 30
+    assert sum(len(r["messages"]) == 4 for r in rows) == 80
+    head = gen.PROMPT_WRAPPERS["official"].split("{question}")[0]
+    official = sum(r["messages"][-1]["content"].startswith(head) for r in rows)
+    assert 0.65 < official / len(rows) < 0.85  # 3 in 4 ask for the answer only, as the evaluation does
 
 
 def test_eval_file_is_in_the_competition_gold_format():

@@ -28,9 +28,33 @@ COMMAND_MODULES = [
 ]
 
 
+def version_text() -> str:
+    """`tunekit X.Y.Z (git <commit>[, uncommitted changes])` for --version and bug reports."""
+    from . import __version__
+    from .runs import git_state
+
+    git = git_state()
+    where = ""
+    if git.get("sha"):
+        where = f" (git {git['sha'][:10]}{', uncommitted changes' if git.get('dirty') else ''})"
+    return f"tunekit {__version__}{where}"
+
+
+class _Version(argparse.Action):
+    """--version, computed only when asked (it runs git)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every area's subcommands registered."""
     parser = argparse.ArgumentParser(prog="tunekit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_Version, help="print the kit's version and git commit, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -1,15 +1,17 @@
 """The kit's notebooks: registry, parameter checks, headless execution, and py:percent pairing.
 
 Every notebook lives in `notebooks/` as a py:percent file (the reviewed source) and its paired
-`.ipynb` (what JupyterLab opens and papermill runs). The `.ipynb` carries no outputs except the
-final `# NBVAL_CHECK_OUTPUT` summary cell(s), whose stored output is the regression reference:
-what the cell prints in the demo chain (`DEMO`, run by `make demo` and by the test suite;
-`refresh` stores it). The marker keeps nbval's name, and its comparison rules (tests/nbval_sanitize.cfg).
+`.ipynb` (what JupyterLab opens and papermill runs). The `.ipynb` is committed without outputs
+(`tunekit.nbclean`: the git filter strips what a JupyterLab session saves); each final
+`# NBVAL_CHECK_OUTPUT` summary cell keeps, in its metadata, the regression reference: what the
+cell prints in the demo chain (`DEMO`, run by `make demo` and by the test suite; `refresh` stores
+it). The marker keeps nbval's name, and its comparison rules (tests/nbval_sanitize.cfg).
 The `parameters` cell is generated from the notebook's params model (`tunekit.params.parameters_cell`):
 `sync` writes it into the .py twin, `check` fails when the committed cell differs.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import warnings
@@ -17,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import nbclean
 from .errors import UserError, is_rendered_user_error
+from .nbclean import CHECK_MARK, KERNELSPEC
 from .paths import repo_root, resolve
 from .values import Text
 
-CHECK_MARK = "NBVAL_CHECK_OUTPUT"
-KERNEL = "tunekit"
-KERNELSPEC = {"name": KERNEL, "display_name": "tunekit (Python 3.11)", "language": "python"}
+KERNEL = KERNELSPEC["name"]
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,10 @@ def convert_params(nb: NotebookSpec, params: Mapping[str, Any], source: str = "p
     declared = declared_parameters(nb.ipynb)
     unknown = sorted(set(params) - set(declared))
     if unknown:
-        raise UserError(f"{source}: {nb.name} has no parameter(s) {', '.join(unknown)} "
-                        f"(declared: {', '.join(sorted(declared))})")
+        from .params import unknown_names
+
+        raise UserError(f"{source}: {nb.name} has no parameter(s) {unknown_names(unknown, declared)} "
+                        f"(`tunekit notebooks run {nb.name} --help` lists its {len(declared)} parameters)")
     return nb.params_model().convert(dict(params), source=source)
 
 
@@ -104,15 +108,35 @@ def ensure_kernel() -> str:
                     f"`python -m ipykernel install --user --name {KERNEL}` inside the environment)")
 
 
+def _logged_kernel(log_path: Path):
+    """A kernel manager class whose kernel writes its own stderr to `log_path`, not to the terminal.
+
+    The kernel's process messages (its TCP notice, and on Ctrl-C the traceback of a reply sent to a
+    closed socket) are no concern of the person running the notebook; the cells' output is kept
+    in the executed notebook as usual, and the log stays in the run directory for a post-mortem.
+    """
+    from jupyter_client.manager import KernelManager
+
+    class LoggedKernelManager(KernelManager):
+        # start_kernel (sync and async) launches through this method, so one override covers both.
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            kw.setdefault("stderr", open(log_path, "a", encoding="utf-8"))  # noqa: SIM115 - the kernel owns it
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return LoggedKernelManager
+
+
 def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: str = "parameters",
-                 kernel: str | None = None) -> Path:
+                 kernel: str | None = None, stdout=None) -> Path:
     """Execute a notebook headless with papermill into its run directory; returns that directory.
 
     Everything is checked before the first write: the parameters, the run name, an existing run's
     parameters (`tunekit.runs.check_start`) and its lock; a refused start changes nothing. The
     runner then holds the run's lock (the kernel it starts shares it), and the executed notebook
     `runs/<stage>/<run_name>/<name>.ipynb` is saved atomically after every cell and every 60 s
-    (`execute`), so a killed job or a full disk keeps the last complete copy.
+    (`execute`), so a killed job or a full disk keeps the last complete copy. `stdout`, a writable
+    text stream, receives what the notebook prints as it prints it (the demo's progress display).
     """
     from .runs import check_start, default_run_name
 
@@ -126,7 +150,7 @@ def run_notebook(name: str, params: Mapping[str, Any] | None = None, *, source: 
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TUNEKIT_HEADLESS"] = "1"  # the kernel inherits it: progress bars become log lines
     execute(nb.ipynb, out_dir / f"{nb.name}.ipynb", params, kernel=kernel or ensure_kernel(),
-            label=nb.name)
+            label=nb.name, stdout=stdout)
     return out_dir
 
 
@@ -180,7 +204,7 @@ def _signal_kernel(km, signum: int) -> bool:
 
 
 def execute(input_path: Path, output_path: Path, parameters: Mapping[str, Any], *, kernel: str,
-            label: str = "", cwd: Path | None = None) -> None:
+            label: str = "", cwd: Path | None = None, stdout=None) -> None:
     """papermill with the kit's guarantees, for the runner and for PBS jobs (`tunekit notebooks execute`).
 
     - The run directory (the output's folder) is locked for this process and the kernel it starts.
@@ -189,14 +213,16 @@ def execute(input_path: Path, output_path: Path, parameters: Mapping[str, Any], 
     - SIGTERM / SIGINT reach the kernel as Jupyter's interrupt (SIGINT): training saves a
       checkpoint and stops (tunekit.signals); a second signal interrupts again, which stops the
       kernel's work at once, and the kernel is killed if it does not end within 10 s.
+    - What the cells print reaches this process's stdout / stderr as it is printed (a job's log),
+      or `stdout` when one is given (the demo's progress display).
     - A full disk, a refused start, a failing cell: one sentence (UserError / DiskFull / Interrupted).
     """
     import signal as _signal
+    import sys
     import threading
 
     warnings.filterwarnings("ignore", module="tqdm")  # papermill imports tqdm.autonotebook, which warns
     import papermill as pm
-    from jupyter_client.manager import KernelManager
 
     from . import runlock
     from .atomic import disk_full, is_disk_full
@@ -208,7 +234,7 @@ def execute(input_path: Path, output_path: Path, parameters: Mapping[str, Any], 
     run_dir.mkdir(parents=True, exist_ok=True)
     runlock.acquire(run_dir)
     _save_atomically(Path(output_path))
-    km = KernelManager(kernel_name=kernel)
+    km = _logged_kernel(run_dir / "kernel.log")(kernel_name=kernel)
 
     def interrupt(signum: int) -> None:
         if not _signal_kernel(km, _signal.SIGINT):
@@ -227,8 +253,10 @@ def execute(input_path: Path, output_path: Path, parameters: Mapping[str, Any], 
     try:
         with stop:
             pm.execute_notebook(str(input_path), str(output_path), parameters=dict(parameters),
-                                kernel_name=kernel, km=km, cwd=str(cwd or repo_root()), log_output=True,
-                                progress_bar=False, request_save_on_cell_execute=True, autosave_cell_every=60)
+                                kernel_name=kernel, km=km, cwd=str(cwd or repo_root()),
+                                log_output=False, stdout_file=stdout or sys.stdout,
+                                stderr_file=sys.stderr if stdout is None else None, progress_bar=False,
+                                request_save_on_cell_execute=True, autosave_cell_every=60)
     except pm.PapermillExecutionError as exc:
         code = exit_code(stop.signum) if stop.requested else _signal_code(exc.evalue)
         if is_rendered_user_error(exc.evalue, exc.traceback):
@@ -283,8 +311,7 @@ def _shutdown_kernel(km) -> None:
 
 
 # ---------------------------------------------------------------- py:percent pairing and outputs
-def _is_check_cell(cell) -> bool:
-    return cell.get("cell_type") == "code" and CHECK_MARK in cell.get("source", "")
+_is_check_cell = nbclean.is_check_cell
 
 
 def _read_py(path: Path):
@@ -294,25 +321,8 @@ def _read_py(path: Path):
 
 
 def strip_outputs(nb) -> None:
-    """Drop outputs and execution counts except on the nbval check cells; normalise metadata."""
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        cell.metadata.pop("execution", None)
-        cell.metadata.pop("papermill", None)
-        if not _is_check_cell(cell):
-            cell.execution_count = None
-            cell.outputs = []
-        else:
-            # nbval treats a cell with outputs but no execution count as unrun and refuses it;
-            # a fixed count keeps diffs quiet without tripping that check.
-            cell.execution_count = 1
-            for out in cell.outputs:
-                if "execution_count" in out:
-                    out["execution_count"] = 1
-    nb.metadata.pop("papermill", None)
-    nb.metadata.pop("widgets", None)
-    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    """Put a notebook into its committed form (no outputs; see tunekit.nbclean), in place."""
+    nbclean.strip(nb)
 
 
 _PARAMS_MARK = '# %% tags=["parameters"]\n'
@@ -349,7 +359,7 @@ def sync_parameters(nb: NotebookSpec) -> bool:
 
 def sync(nb: NotebookSpec) -> bool:
     """Regenerate the .py's parameters cell, then the .ipynb from the .py (keeping the check cells'
-    stored outputs); True if anything changed."""
+    references); True if anything changed."""
     import jupytext
     import nbformat
 
@@ -358,6 +368,11 @@ def sync(nb: NotebookSpec) -> bool:
     if nb.ipynb.exists():
         old = nbformat.read(nb.ipynb, as_version=4)
         new = jupytext.combine.combine_inputs_with_outputs(new, old, fmt="py:percent")
+        # The references live in the check cells' metadata, which the .py does not carry.
+        refs = [nbclean.reference(c) for c in old.cells if _is_check_cell(c)]
+        for cell, ref in zip([c for c in new.cells if _is_check_cell(c)], refs):
+            if ref is not None:
+                nbclean.set_reference(cell, ref)
     strip_outputs(new)
     text = nbformat.writes(new) + "\n"
     if nb.ipynb.exists() and nb.ipynb.read_text(encoding="utf-8") == text:
@@ -369,7 +384,13 @@ def sync(nb: NotebookSpec) -> bool:
 
 
 def check(nb: NotebookSpec) -> list[str]:
-    """Problems with a committed notebook pair: drift from the .py, stray outputs, missing reference."""
+    """Problems with a notebook pair as git would commit it: drift from the .py, outputs that would be
+    committed, a missing reference.
+
+    Outputs a JupyterLab session saved into the working file are no problem where the git filter
+    strips them (`make setup` installs it); without the filter they are, and so are outputs in the
+    staged (committed) version.
+    """
     import nbformat
 
     problems = []
@@ -382,7 +403,8 @@ def check(nb: NotebookSpec) -> list[str]:
                         f"{nb.params_class.split(':')[1]} declares (run `make sync-notebooks`)")
     want = [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ())))
             for c in _read_py(nb.py).cells]
-    have_nb = nbformat.read(nb.ipynb, as_version=4)
+    on_disk = nbformat.read(nb.ipynb, as_version=4)
+    have_nb = nbclean.stripped_copy(on_disk)
     have = [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ()))) for c in have_nb.cells]
     if want != have:
         first = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
@@ -391,14 +413,19 @@ def check(nb: NotebookSpec) -> list[str]:
     code = [c for c in have_nb.cells if c.cell_type == "code"]
     if not code or "parameters" not in code[0].metadata.get("tags", []):
         problems.append(f"{nb.ipynb.name}: the first code cell must be tagged `parameters`")
-    for i, c in enumerate(have_nb.cells, 1):
-        if c.cell_type == "code" and c.get("outputs") and not _is_check_cell(c):
-            problems.append(f"{nb.ipynb.name}: cell {i} carries outputs (only {CHECK_MARK} cells may)")
+    with_outputs = nbclean.has_outputs(on_disk)
+    if with_outputs and not nbclean.git_filter_active(nb.ipynb):
+        problems.append(f"{nb.ipynb.name}: cells {', '.join(map(str, with_outputs[:5]))} carry outputs and "
+                        "no git filter strips them (run `make setup` to install it, or `make sync-notebooks`)")
+    staged = nbclean.committed_text(nb.ipynb)
+    if staged is not None and nbclean.has_outputs(nbformat.reads(staged, as_version=4)):
+        problems.append(f"{nb.ipynb.name}: the version staged in git carries outputs (run `make setup`, "
+                        f"then `git add {nb.ipynb.name}` again)")
     checks = [c for c in code if _is_check_cell(c)]
     if not checks:
         problems.append(f"{nb.ipynb.name}: no `# {CHECK_MARK}` summary cell")
-    elif not all(c.get("outputs") for c in checks):
-        problems.append(f"{nb.ipynb.name}: a {CHECK_MARK} cell has no stored output, so the tests would "
+    elif not all(nbclean.reference(c) for c in checks):
+        problems.append(f"{nb.ipynb.name}: a {CHECK_MARK} cell has no stored reference, so the tests would "
                         f"check nothing (run `tunekit notebooks refresh {nb.name}`)")
     return problems
 
@@ -418,31 +445,46 @@ def _stage_dir(done: dict[str, Path], stage: str) -> str:
 
 # The demo chain (`make demo`), which is also what the test suite executes: every notebook once,
 # later steps taking earlier run directories as parameters exactly as a user would chain them.
-# Params not given here take the notebook's defaults (the tiny CPU configuration). The check
-# cells' stored outputs are what each notebook prints in this chain.
+# Only those links are given: every other parameter is the notebook's own default (the tiny CPU
+# configuration), so the demo shows exactly what a person gets from Run All. The check cells'
+# references are what each notebook prints in this chain.
 DEMO: list[Step] = [
     Step("10_inspect_data", lambda done: {}),
     Step("21_convert_hf_to_nemo", lambda done: {}),
     Step("20_convert_nemo_to_hf", lambda done: {"src": _stage_dir(done, "convert_hf_to_nemo")}),
-    # The notebook's own default (40 steps) shows the loss falling; the demo trains ~16 epochs
-    # (about a minute on 2 cores) so that evaluation shows the SFT model beating the base model.
-    Step("30_sft", lambda done: {"epochs": 16, "val_interval": 50, "save_interval": 200}),
-    # From the SFT model, the notebook's default lr (tuned from the untrained base) unlearns the
-    # answers; a 10x lower lr plus the chosen-NLL term (sft_loss_weight) keeps generation intact
-    # while dev reward accuracy still rises (measured: 0 -> 0.65, eval accuracy ~ SFT's).
-    Step("40_dpo", lambda done: {"init": _stage_dir(done, "sft"), "lr": 3e-4, "min_lr": 3e-5,
-                                 "sft_loss_weight": 1.0, "epochs": 2}),
+    Step("30_sft", lambda done: {}),
+    Step("40_dpo", lambda done: {"init": _stage_dir(done, "sft")}),
     Step("50_evaluate", lambda done: {"models": ["tiny"] + [str(done[s]) for s in ("sft", "dpo") if s in done]}),
     # Its defaults (every sft, dpo and evaluate run under the runs root) compare the runs above.
     Step("60_compare_runs", lambda done: {}),
 ]
 
 
-def run_chain(run_name: str, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Execute every built notebook of DEMO once, in order, into `<runs>/<stage>/<run_name>/`; {stage: run_dir}."""
+def run_chain(run_name: str, log: Callable[[str], None] = print, watch=None) -> dict[str, Path]:
+    """Execute every built notebook of DEMO once, in order, into `<runs>/<stage>/<run_name>/`; {stage: run_dir}.
+
+    `watch(index, total, notebook)`, if given, returns a text stream that receives the notebook's
+    output while it runs (what `tunekit demo` turns into its progress display).
+    """
+    done: dict[str, Path] = {}
+    # One thread per kernel: CPU matmul results depend on the thread count, and the tiny model gains
+    # nothing from more, so the chain prints the same numbers (its references) on every machine.
+    old_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        _run_steps(run_name, done, log, watch)
+    finally:
+        if old_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old_threads
+    return done
+
+
+def _run_steps(run_name: str, done: dict[str, Path], log: Callable[[str], None], watch) -> None:
     import time
 
-    done: dict[str, Path] = {}
+    built = [s for s in DEMO if spec(s.notebook).exists()]
     for step in DEMO:
         nb = spec(step.notebook)
         if not nb.exists():
@@ -452,21 +494,30 @@ def run_chain(run_name: str, log: Callable[[str], None] = print) -> dict[str, Pa
         params["run_name"] = run_name
         log(f"[demo] {nb.name}: running ...")
         t0 = time.time()
-        done[nb.stage] = run_notebook(nb.name, params, source=f"demo step {nb.name}")
+        stream = watch(built.index(step) + 1, len(built), nb) if watch else None
+        done[nb.stage] = run_notebook(nb.name, params, source=f"demo step {nb.name}", stdout=stream)
         log(f"[demo] {nb.name}: done in {time.time() - t0:.0f} s -> {done[nb.stage]}")
-    return done
 
 
 def check_outputs(ipynb: Path) -> list[list[dict[str, Any]]]:
-    """The outputs of each `# NBVAL_CHECK_OUTPUT` cell of a notebook file, in order."""
+    """The outputs of each `# NBVAL_CHECK_OUTPUT` cell of an executed notebook file, in order."""
     import nbformat
 
     nb = nbformat.read(ipynb, as_version=4)
     return [[dict(o) for o in c.get("outputs", [])] for c in nb.cells if _is_check_cell(c)]
 
 
+def references(ipynb: Path) -> list[list[dict[str, Any]] | None]:
+    """The stored reference of each `# NBVAL_CHECK_OUTPUT` cell of a committed notebook, in order."""
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    return [nbclean.reference(c) for c in nb.cells if _is_check_cell(c)]
+
+
 def refresh(names: list[str] | None = None) -> list[Path]:
-    """Run the demo chain in a scratch folder and store its check-cell outputs as the references.
+    """Run the demo chain in a scratch folder and store its check-cell outputs as the references
+    (in each check cell's metadata).
 
     Every notebook's reference is what it prints in the chain (the test suite runs the same chain),
     so refreshing one notebook runs the steps before it too. Returns the notebooks written.
@@ -494,7 +545,7 @@ def refresh(names: list[str] | None = None) -> list[Path]:
     for nb in wanted:
         committed = nbformat.read(nb.ipynb, as_version=4)
         for mine, outputs in zip([c for c in committed.cells if _is_check_cell(c)], executed[nb.name]):
-            mine.outputs = [nbformat.from_dict(o) for o in outputs]
+            nbclean.set_reference(mine, outputs)
         strip_outputs(committed)
         write_text(nb.ipynb, nbformat.writes(committed) + "\n")
     return [nb.ipynb for nb in wanted]
@@ -511,8 +562,11 @@ def params_from_args(args) -> dict[str, Any]:
 
 
 def _cmd_run(args) -> int:
+    import sys
+
     source = " + ".join(s for s in (args.file, "-p" if args.param else "") if s) or "parameters"
-    out = run_notebook(args.notebook, params_from_args(args), source=source)
+    # What the notebook prints (its periodic progress lines) appears here as it runs.
+    out = run_notebook(args.notebook, params_from_args(args), source=source, stdout=sys.stdout)
     print(f"run directory: {out}")
     return 0
 
@@ -545,10 +599,48 @@ def _cmd_check(args) -> int:
     return 1 if problems else 0
 
 
+def _cmd_git_filter(args) -> int:
+    root = repo_root()
+    if not nbclean.in_git(root):
+        print(f"{root} is not a git checkout: no filter to install")
+        return 0
+    if args.uninstall:
+        nbclean.uninstall_git_filter(root)
+        print("git filter removed: notebooks are committed as saved (outputs included)")
+        return 0
+    for line in nbclean.install_git_filter(root):
+        print(f"git config {line}")
+    print("notebook outputs are stripped on `git add` (.gitattributes: *.ipynb filter=nbstripout)")
+    return 0
+
+
 def _cmd_refresh(args) -> int:
     for path in refresh(args.notebooks or None):
         print(f"refreshed {path}")
     return 0
+
+
+class _RunHelp(argparse.Action):
+    """`tunekit notebooks run [NAME] --help`: the usual help, then NAME's parameters."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        name = getattr(namespace, "notebook", None)
+        if not name:
+            print("\n`tunekit notebooks run NAME --help` also lists NAME's parameters.")
+            parser.exit()
+        try:
+            nb = spec(name)
+        except UserError as exc:
+            parser.exit(2, f"\nerror: {exc}\n")
+        from .params import parameters_help
+
+        print(f"\nparameters of {nb.name} (set with -p NAME VALUE or a -f params file; the defaults are "
+              f"the tiny CPU run):\n{parameters_help(nb.params_model())}")
+        parser.exit()
 
 
 def register(subparsers) -> None:
@@ -557,7 +649,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("notebooks", help="run, sync and check the kit's notebooks")
     sub = p.add_subparsers(dest="nb_command", metavar="ACTION", required=True)
-    r = sub.add_parser("run", help="execute one notebook headless into its run directory")
+    r = sub.add_parser("run", help="execute one notebook headless into its run directory", add_help=False)
+    r.add_argument("-h", "--help", action=_RunHelp, help="show this help and NOTEBOOK's parameters, then exit")
     r.add_argument("notebook", help="name (30_sft), stage (sft) or path")
     r.add_argument("-f", "--file", help="YAML params file (papermill -f style)")
     add_param_option(r, "one parameter, repeatable, overrides -f; VALUE is read by the "
@@ -575,6 +668,10 @@ def register(subparsers) -> None:
     s.set_defaults(func=_cmd_sync)
     c = sub.add_parser("check", help="check pairing, stray outputs and reference outputs")
     c.set_defaults(func=_cmd_check)
+    g = sub.add_parser("git-filter", help="install the git filter that keeps notebook outputs out of git "
+                                          "(`make setup` runs it)")
+    g.add_argument("--uninstall", action="store_true", help="remove it instead")
+    g.set_defaults(func=_cmd_git_filter)
     f = sub.add_parser("refresh", help="run the demo chain and store its summary-cell outputs as the references")
     f.add_argument("notebooks", nargs="*", help="names (default: every notebook)")
     f.set_defaults(func=_cmd_refresh)

@@ -53,8 +53,9 @@ class NotebookParams(BaseModel):
         """Validate a mapping (YAML params file, CLI -p values) into the config or raise UserError."""
         unknown = sorted(set(values) - set(cls.model_fields))
         if unknown:
-            known = ", ".join(sorted(cls.model_fields))
-            raise UserError(f"{source}: unknown parameter(s) {', '.join(unknown)} (known: {known})")
+            raise UserError(f"{source}: unknown parameter(s) {unknown_names(unknown, cls.model_fields)} "
+                            f"({len(cls.model_fields)} parameters exist; the notebook's parameters cell "
+                            "lists them)")
         values = cls.convert(values, source)
         try:
             return cls(**values)
@@ -185,7 +186,67 @@ def parameters_cell(cls: type[NotebookParams]) -> str:
     return "\n".join(lines)
 
 
+def parameters_help(cls: type[NotebookParams]) -> str:
+    """A notebook's parameters as `--help` shows them: sections, then name, type, default and help."""
+    rows: list[tuple[str, str, str, str]] = []
+    for title, names in cell_fields(cls):
+        if title:
+            rows.append((f"--- {title}", "", "", ""))
+        for name in names:
+            info = cls.model_fields[name]
+            rows.append((name, cell_type(info.annotation), _literal(info.get_default(call_default_factory=True)),
+                         (info.description or "").strip()))
+    width = max(len(r[0]) for r in rows if r[1])
+    lines = []
+    for name, kind, default, help_text in rows:
+        if not kind:
+            lines.append(f"  {name}")
+            continue
+        lines.append(f"  {name:<{width}}  {kind:<5} = {default}\n  {'':<{width}}  {help_text}")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ error messages
+# Names people bring from other trainers (HF Trainer, TRL, NeMo, the official kit's YAML) -> ours.
+ALIASES = {
+    "learning_rate": "lr", "min_learning_rate": "min_lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "max_epochs": "epochs", "beta": "ref_policy_kl_penalty", "dpo_beta": "ref_policy_kl_penalty",
+    "loss_type": "preference_loss", "rpo_alpha": "sft_loss_weight", "batch_size": "global_batch_size",
+    "train_batch_size": "global_batch_size", "per_device_train_batch_size": "micro_batch_size",
+    "gradient_accumulation_steps": "global_batch_size", "max_length": "max_seq_length",
+    "max_seq_len": "max_seq_length", "seq_length": "max_seq_length", "seq_len": "max_seq_length",
+    "warmup": "warmup_steps", "max_grad_norm": "grad_clip", "gradient_clip_val": "grad_clip",
+    "eval_steps": "val_interval", "val_check_interval": "val_interval", "save_steps": "save_interval",
+    "gradient_checkpointing": "activation_checkpointing", "bf16": "precision", "dtype": "precision",
+    "model_name_or_path": "model", "base_model": "model", "model_path": "model", "lora_r": "lora_rank",
+    "adapter_dim": "lora_rank", "dataset": "datasets", "output_dir": "run_name", "peft_scheme": "peft",
+}
+
+
+def suggest(name: str, known) -> list[str]:
+    """Up to three known parameter names a mistyped or foreign `name` probably meant."""
+    import difflib
+
+    known = list(known)
+    out = []
+    alias = ALIASES.get(name.lower())
+    if alias in known:
+        out.append(alias)
+    if name.lower() == "beta" or name.lower().endswith("_beta"):
+        out += [k for k in known if k.startswith("adam_beta") and k not in out]
+    out += [k for k in difflib.get_close_matches(name, known, n=3, cutoff=0.6) if k not in out]
+    return out[:3]
+
+
+def unknown_names(unknown, known) -> str:
+    """`a (did you mean b?), c` for the unknown names, with the closest known names."""
+    parts = []
+    for name in unknown:
+        close = suggest(name, known)
+        parts.append(f"{name} (did you mean {' or '.join(close)}?)" if close else name)
+    return ", ".join(parts)
+
+
 _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
            "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
 

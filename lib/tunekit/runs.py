@@ -7,6 +7,7 @@
         metrics.jsonl     one JSON object per line, appended and flushed during the run
         summary.json      final numbers (written atomically at the end)
         *.png             plots
+        session-*.ipynb   an interactive (JupyterLab) run: the code it executed and what it showed
 
         launches.jsonl    one line per launch (attempt): host, pid, start time, git state, PBS job id,
                           resumed, package versions; env.json is the latest launch's snapshot
@@ -372,7 +373,11 @@ def start_run(stage: str, params, run_name: str = "", runs_dir: str = "") -> Run
     except BaseException:
         runlock.release(path)
         raise
-    return Run(path, stage, check.resumed, writer)
+    run = Run(path, stage, check.resumed, writer)
+    from .session import record_session
+
+    record_session(run)  # in JupyterLab: the executed code and its outputs (a headless run has its notebook)
+    return run
 
 
 def find_runs(stage: str, runs_dir: str = "") -> list[Path]:

@@ -1,8 +1,13 @@
-"""Process-wide runtime helpers: determinism, progress bars and headless detection.
+"""Process-wide runtime helpers: determinism, progress bars and where the output goes.
 
 Determinism lives here rather than in each notebook: call `seed_everything(cfg.seed)` in the
-validation cell. Progress bars are plain tqdm (no widgets, which papermill and nbval mangle); when
-headless (papermill, PBS, CI) they print a log line every `headless_interval` seconds instead.
+validation cell. Output adapts to where it is seen (`frontend()`):
+
+    jupyterlab   a kernel started by a Jupyter server (JupyterLab, Notebook): widget progress bars
+                 (ipywidgets) and live plots that update in place
+    terminal     a TTY: tqdm's one-line bars
+    headless     papermill, PBS, CI, pipes: a plain log line every `headless_interval` seconds,
+                 so saved notebooks and job logs stay readable and stable
 """
 from __future__ import annotations
 
@@ -14,14 +19,33 @@ from typing import Iterable, TypeVar
 T = TypeVar("T")
 
 
-def is_headless() -> bool:
-    """True under papermill/PBS/CI (TUNEKIT_HEADLESS=1, set by the kit's runners) or without a TTY."""
+def frontend() -> str:
+    """Where this process's output is seen: "jupyterlab", "terminal" or "headless" (see the module doc).
+
+    TUNEKIT_HEADLESS=1 (set by the kit's runners and job scripts) forces "headless", =0 forbids
+    it. A kernel counts as JupyterLab when a Jupyter server started it (the server names the
+    session in JPY_SESSION_NAME); papermill and nbclient start kernels without it, and widgets
+    would only leave placeholders in the notebooks they save.
+    """
     flag = os.environ.get("TUNEKIT_HEADLESS")
-    if flag is not None:
-        return flag not in ("", "0", "false")
+    if flag is not None and flag not in ("", "0", "false"):
+        return "headless"
     if "ipykernel" in sys.modules:
-        return False  # interactive Jupyter kernel: tqdm's \r updates render fine in JupyterLab
-    return not sys.stderr.isatty()
+        return "jupyterlab" if os.environ.get("JPY_SESSION_NAME") or flag is not None else "headless"
+    return "terminal" if sys.stderr.isatty() or flag is not None else "headless"
+
+
+def is_headless() -> bool:
+    """True under papermill/PBS/CI or without a TTY: periodic log lines instead of live bars and plots."""
+    return frontend() == "headless"
+
+
+def _widgets_available() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -46,16 +70,26 @@ def seed_everything(seed: int) -> None:
 
 
 def progress(iterable: Iterable[T] | None = None, *, desc: str = "", total: int | None = None,
-             unit: str = "it", headless_interval: float = 30.0, disable: bool = False):
-    """A tqdm bar that renders in JupyterLab/terminals and degrades to periodic log lines headless."""
+             unit: str = "it", headless_interval: float | None = None, disable: bool = False):
+    """One progress bar for one long step: a widget bar in JupyterLab, tqdm's line in a terminal,
+    a log line every `headless_interval` seconds headless."""
     from tqdm import tqdm
 
-    if is_headless():
+    where = frontend()
+    if headless_interval is None:
+        # TUNEKIT_PROGRESS_SECONDS: how often a headless bar logs (`tunekit demo` asks for more often)
+        headless_interval = float(os.environ.get("TUNEKIT_PROGRESS_SECONDS") or 30.0)
+    if where == "headless":
         # One line per interval, newline-terminated, to stdout: readable in PBS logs and in
         # papermill's --log-output, instead of thousands of carriage-return updates.
         return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable,
                     mininterval=headless_interval, maxinterval=headless_interval * 4,
                     file=sys.stdout, ascii=True, ncols=100, dynamic_ncols=False)
+    if where == "jupyterlab" and _widgets_available():
+        from tqdm.notebook import tqdm as widget_tqdm
+
+        # A real bar that updates in place (text bars in a notebook become one stderr box per update).
+        return widget_tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable)
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True)
 
 

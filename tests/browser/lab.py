@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -39,20 +38,19 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path, env: dict[str, str]):
-    """Run JupyterLab on 127.0.0.1 serving `root`; yields (base_url, token); always stops it."""
+def make_lab(root: Path, env: dict[str, str], venv: Path):
+    """Start JupyterLab the way a person does, `make lab` in the checkout `root` (on a free
+    LAB_PORT, with a token and without opening a browser); yields (base_url, token); always stops it."""
     port, token = _free_port(), secrets.token_hex(16)
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1",
-           f"--port={port}", f"--ServerApp.root_dir={root}",
-           f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
-           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-    if os.geteuid() == 0:  # CI runs as root; JupyterLab refuses that without the flag
-        cmd.append("--allow-root")
-    log = open(root / "jupyterlab.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    lab_args = " ".join([
+        "--no-browser", f"--IdentityProvider.token={token}", "--LabApp.expose_app_in_browser=True",
+        "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"])
+    cmd = ["make", "-s", "lab", f"LAB_PORT={port}", f"VENV={venv}", f"LAB_ARGS={lab_args}"]
+    log = open(root.parent / "jupyterlab.log", "w")
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 120
         while True:
             try:
                 with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
@@ -60,7 +58,7 @@ def jupyterlab(root: Path, env: dict[str, str]):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start; see {root / 'jupyterlab.log'}")
+                    raise RuntimeError(f"`make lab` did not start JupyterLab; see {root.parent / 'jupyterlab.log'}")
                 time.sleep(0.5)
         yield base, token
     finally:
@@ -129,25 +127,87 @@ def _run_all(driver, before: dict, attempts: int = 3) -> None:
     raise AssertionError(f"Run All never started: {driver.execute_script(_STATE_JS)}")
 
 
-def run_notebook_in_lab(driver, base: str, token: str, rel_path: str, timeout: float = 900) -> dict:
-    """Open `rel_path` in JupyterLab, Run All, wait for completion; returns what the page showed."""
+# Per code cell: its execution count, output text, images (a short fingerprint of each src) and
+# whether a widget progress bar is shown.
+_CELLS_JS = _PAGE + """
+const w = window.jupyterapp.shell.currentWidget;
+return w.content.widgets.filter(c => c.model.type === 'code').map(c => {
+  const out = c.node.querySelector('.jp-OutputArea');
+  const imgs = out ? Array.from(out.querySelectorAll('img')) : [];
+  return {source: c.model.sharedModel.getSource(), count: c.model.executionCount,
+          text: out ? out.innerText.slice(0, 4000) : '',
+          error: out ? Array.from(out.querySelectorAll('.jp-OutputArea-output'))
+                        .filter(e => (e.getAttribute('data-mime-type') || '').includes('stderr')
+                                     && /Traceback|Error:|error:/.test(e.textContent))
+                        .map(e => e.textContent.slice(0, 2000)) : [],
+          images: imgs.map(i => i.src.length + ':' + i.src.slice(-48)),
+          widget_bars: out ? out.querySelectorAll('[class*="widget-progress"], [class*="progress-bar"]').length : 0};
+});
+"""
+
+
+def open_notebook(driver, base: str, token: str, rel_path: str) -> dict:
+    """Open `rel_path` in JupyterLab and wait (up to 120 s) until its kernel is idle."""
     driver.get(f"{base}/lab/tree/{rel_path}?token={token}")
     deadline = time.time() + 120
     state = {}
     while time.time() < deadline:
         state = driver.execute_script(_STATE_JS) or {}
         if state.get("ready") and state.get("kernel") and state.get("status") == "idle":
-            break
+            return state
         time.sleep(1)
-    else:
-        raise AssertionError(f"notebook/kernel never became ready: {state}")
-    _run_all(driver, state)
-    started, idle_since = time.time(), None
+    raise AssertionError(f"notebook/kernel never became ready: {state}")
+
+
+def set_parameter(driver, name: str, literal: str) -> str:
+    """Change one value in the open notebook's parameters cell, as a person types it; returns the
+    cell's previous source (to put back with `set_parameters_source`)."""
+    return driver.execute_script(_PAGE + """
+        const [name, literal] = [arguments[0], arguments[1]];
+        const w = window.jupyterapp.shell.currentWidget;
+        const cell = w.content.widgets.find(c => (c.model.getMetadata('tags') || []).includes('parameters'));
+        const old = cell.model.sharedModel.getSource();
+        const lines = old.split('\\n').map(l => {
+          if (!l.startsWith(name + ':')) return l;
+          const [head, rest] = [l.split(' = ')[0], l.split(' = ').slice(1).join(' = ')];
+          return head + ' = ' + literal + '  #' + rest.split('#').slice(1).join('#');
+        });
+        cell.model.sharedModel.setSource(lines.join('\\n'));
+        return old;""", name, literal)
+
+
+def set_parameters_source(driver, source: str) -> None:
+    """Put the parameters cell's source back."""
+    driver.execute_script(_PAGE + """
+        const w = window.jupyterapp.shell.currentWidget;
+        const cell = w.content.widgets.find(c => (c.model.getMetadata('tags') || []).includes('parameters'));
+        cell.model.sharedModel.setSource(arguments[0]);""", source)
+
+
+# Run All on the tiny defaults takes a few minutes; on a loaded 2-core CI machine several times
+# that. The deadline is generous on purpose: a slow run is not a failure, a stuck one is.
+RUN_DEADLINE_S = 1800
+
+
+def run_all(driver, name: str, output_dir: Path, timeout: float = RUN_DEADLINE_S,
+            watch: str | None = None) -> dict:
+    """Run All in the open notebook (started, never awaited) and poll until it finishes or stops.
+
+    `watch`: text of a cell whose outputs are sampled while it runs (for the live plot).
+    Returns what the page showed; on a timeout, saves a screenshot and reports the cells.
+    """
+    before = driver.execute_script(_STATE_JS)
+    _run_all(driver, before)
+    started, idle_since, samples = time.time(), None, []
     while time.time() - started < timeout:
         time.sleep(2)
         state = driver.execute_script(_STATE_JS)
+        if watch:
+            cell = next((c for c in driver.execute_script(_CELLS_JS) if watch in c["source"]), None)
+            if cell is not None and cell["count"] is None:  # still running (or queued)
+                samples.append({"images": cell["images"], "widget_bars": cell["widget_bars"]})
         if state["status"] == "idle" and state["pending"] == 0:
-            if all(c for c in state["counts"]):
+            if all(c for c in state["counts"]) and state["counts"] != before["counts"]:
                 break
             # Run All stops at a failing cell: idle with unrun cells for a while means it stopped.
             idle_since = idle_since or time.time()
@@ -156,16 +216,34 @@ def run_notebook_in_lab(driver, base: str, token: str, rel_path: str, timeout: f
         else:
             idle_since = None
     else:
-        raise AssertionError(f"notebook did not finish within {timeout} s: {state}")
-    errors = driver.execute_script(_PAGE + """
-        return Array.from(_page().querySelectorAll('.jp-OutputArea-output'))
-          .filter(e => (e.getAttribute('data-mime-type') || '').includes('stderr')
-                       && /Traceback|Error:|error:/.test(e.textContent)).map(e => e.textContent.slice(0, 2000));""")
+        shot = output_dir / f"lab-{name}-timeout.png"
+        driver.save_screenshot(str(shot))
+        cells = driver.execute_script(_CELLS_JS)
+        raise AssertionError(f"{name}: Run All did not finish within {timeout} s (screenshot {shot}); "
+                             f"cells: {[(c['count'], c['text'][-300:]) for c in cells]}")
+    cells = driver.execute_script(_CELLS_JS)
     tables = driver.execute_script(_PAGE + "return _page().querySelectorAll('.jp-RenderedHTMLCommon table').length;")
     images = driver.execute_script(
         _PAGE + "return Array.from(_page().querySelectorAll('.jp-RenderedImage img')).filter(i => i.naturalWidth > 50).length;")
-    driver.execute_script("return window.jupyterapp.commands.execute('docmanager:save');")
-    time.sleep(2)
+    failed = [c for c in cells if c["error"]]
     return {"kernel": state["kernel"], "cells_run": sum(1 for c in state["counts"] if c),
-            "cells": len(state["counts"]), "errors": errors,
+            "cells": len(state["counts"]), "errors": [e for c in cells for e in c["error"]],
+            "failing_cell": failed[0] if failed else None, "cell_states": cells, "samples": samples,
             "tables": tables, "images": images, "elapsed_s": round(time.time() - started, 1)}
+
+
+def save(driver) -> None:
+    """Ctrl-S: JupyterLab's save command, then a moment for the contents manager to write."""
+    driver.execute_script("return window.jupyterapp.commands.execute('docmanager:save');")
+    time.sleep(3)
+
+
+def describe_failure(seen: dict) -> str:
+    """The failing cell's source and output, for an assertion message."""
+    cell = seen.get("failing_cell")
+    if not cell:
+        unrun = [c for c in seen.get("cell_states", []) if c["count"] is None]
+        cell = unrun[0] if unrun else None
+    if not cell:
+        return str({k: v for k, v in seen.items() if k != "cell_states"})
+    return f"cell:\n{cell['source'][:800]}\noutput:\n{cell['text'][-2000:]}"

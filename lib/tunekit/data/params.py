@@ -103,7 +103,7 @@ class InspectParams(DataParams, PackingParams, PairParams, EstimateParams, RunPa
     """Parameters of notebooks/10_inspect_data."""
 
     sft_datasets: Datasets = Field(
-        default_factory=lambda: knobs(math_drill={}, math_chat={"upsampling_factor": 2}),
+        default_factory=lambda: knobs(math_drill={}, math_chat={}),
         description="SFT datasets map (official knobs); {} for every file")
     dpo_datasets: Datasets = Field(default_factory=lambda: knobs(math_pref={}),
                                    description="DPO datasets map (official knobs); {} for every file")

@@ -129,6 +129,7 @@ def curve_table(results: list[ModelResult]):
 def summary(results: list[ModelResult]) -> dict[str, Any]:
     """The numbers saved in summary.json: per model accuracy, per category, curve, training."""
     return {"scorer": results[0].report.scorer if results else None,
+            "eval_problems": len(results[0].report.detailed_results) if results else 0,
             "comparison": [r.row() for r in results],
             "models": {r.label: {"spec": r.spec, "accuracy": r.report.overall_accuracy,
                                  "category_accuracies": r.report.category_accuracies,

@@ -59,11 +59,23 @@ class Generation:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+# Files one of which an HF folder needs for AutoTokenizer to load without a download.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                    "tokenizer.tiktoken")
+
+
 def resolve_model_dir(spec: str | os.PathLike) -> Path:
-    """An HF model directory from a spec: "tiny", an HF dir, or a run dir (its `hf_model/`)."""
+    """An HF model directory from a spec: "tiny", an HF dir, or a run dir (its `hf_model/`), checked
+    to hold a tokenizer (without one, transformers says "install sentencepiece or tiktoken")."""
     from ..model import resolve_model  # the kit's one model-spec resolver
 
-    return Path(resolve_model(str(spec)))
+    path = Path(resolve_model(str(spec)))
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise UserError(f"model {str(spec)!r}: {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+                        "copy the tokenizer files of the model it was trained from into it (e.g. "
+                        "`cp <base model dir>/tokenizer* <this dir>/`), or evaluate the run directory, whose "
+                        "hf_model/ carries one")
+    return path
 
 
 def pick_device() -> str:

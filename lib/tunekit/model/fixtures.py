@@ -242,8 +242,10 @@ def llmjp_tokenizer_dir(model_file: str | os.PathLike | None = None) -> Path:
     """The llm-jp-tokenizer v4.0 HF fast tokenizer directory (from the shared `.model`, cached)."""
     src = Path(model_file) if model_file else paths.shared_fixture(LLMJP_MODEL_NAME)
     if not src.is_file():
-        raise UserError(f"{src}: llm-jp SentencePiece model not found "
-                        "(put it there or set TUNEKIT_SHARED_FIXTURES to its folder)")
+        raise UserError(f"{src}: llm-jp SentencePiece model not found (\"llmjp\" builds the competition "
+                        "tokenizer from this file; instead give the llm-jp-4-8b model's own HF folder as the "
+                        "tokenizer, e.g. /groups/<group>/models/llm-jp-4-8b on ABCI, or put the file there, or "
+                        "set TUNEKIT_SHARED_FIXTURES to the folder holding it)")
     key = {"builder": BUILDER_VERSION, "converter": sp_convert.CONVERTER_VERSION, "model": _file_sha(src),
            "template": hashlib.sha256(_chat_template().encode()).hexdigest(),
            "libs": _versions("sentencepiece", "tokenizers")}

@@ -105,8 +105,10 @@ class PairTerms:
             "loss": self.loss.detach(),
             "preference_loss": self.preference,
             "sft_loss": self.sft,
-            # Ties (the first step, where policy == reference) do not count as correct.
+            # Ties (the first step, where policy == reference) do not count as correct; their share
+            # is reported on its own, so that an accuracy "starting at 0" reads as all ties (chance: 0.5).
             "reward_accuracy": (margin > 0).to(margin.dtype),
+            "reward_ties": (margin == 0).to(margin.dtype),
             "reward_margin": margin,
             "chosen_reward": self.chosen_reward,
             "rejected_reward": self.rejected_reward,
@@ -158,6 +160,6 @@ def pair_terms(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
         )
 
 
-METRIC_KEYS = ("loss", "preference_loss", "sft_loss", "reward_accuracy", "reward_margin",
+METRIC_KEYS = ("loss", "preference_loss", "sft_loss", "reward_accuracy", "reward_ties", "reward_margin",
                "chosen_reward", "rejected_reward", "chosen_logp", "rejected_logp", "kl")
 

@@ -1,4 +1,5 @@
-"""What a training run reports while it trains: metrics.jsonl records, the progress bar, wandb.
+"""What a training run reports while it trains: metrics.jsonl records, the progress bar, wandb,
+and in JupyterLab a live loss plot (tunekit.train.live).
 
 Only rank 0 reports. Every optimiser step appends one record to the run's metrics.jsonl (flushed,
 so a killed job keeps it); validation appends `{"step", "val_loss", ...}` records. A record that
@@ -44,12 +45,17 @@ class Monitor:
         self.bar = None
         self.wandb = None
         self.failed: Exception | None = None  # a record could not be written (e.g. DiskFull)
+        self.live = None
         if not is_main:
             return
-        from ..runtime import progress
+        from ..runtime import frontend, progress
 
         self.bar = progress(total=total_steps, desc=desc, unit="step")
         self.bar.update(start_step)
+        if frontend() == "jupyterlab":
+            from .live import LivePlot
+
+            self.live = LivePlot(f"{desc} {run.name}")
         if wandb_mode != "disabled":
             import wandb
 
@@ -66,6 +72,8 @@ class Monitor:
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in record.items() if k != "step"},
                            step=record["step"])
+        if self.live is not None:
+            self.live.add(record)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
@@ -78,6 +86,8 @@ class Monitor:
         if self.wandb is not None:
             self.wandb.log({f"val/{k}": v for k, v in record.items() if k != "step"},
                            step=record["step"])
+        if self.live is not None:
+            self.live.add(record)
         self.print(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
 
     def _log(self, record: Mapping[str, Any]) -> None:
@@ -102,7 +112,9 @@ class Monitor:
             print(line, flush=True)
 
     def close(self) -> None:
-        """Close the bar and wandb."""
+        """Close the bar, the live plot and wandb."""
+        if self.live is not None:
+            self.live.close()
         if self.bar is not None:
             self.bar.close()
         if self.wandb is not None:

@@ -152,13 +152,15 @@ def dpo_figure(records: Sequence[Mapping[str, Any]], title: str = "DPO"):
         ax2.plot(tdf["step"], tdf["reward_margin"], lw=1, alpha=0.6, label="train margin")
     if len(ddf):
         ax1.plot(ddf["step"], ddf["val_reward_accuracy"], "o-", label="dev")
+        if "val_reward_ties" in ddf:
+            ax1.plot(ddf["step"], ddf["val_reward_ties"], "x:", color="grey", label="dev ties")
         ax2.plot(ddf["step"], ddf["val_reward_margin"], "o-", label="dev margin")
         ax2.plot(ddf["step"], ddf["val_chosen_reward"], "^--", label="dev chosen reward")
         ax2.plot(ddf["step"], ddf["val_rejected_reward"], "v--", label="dev rejected reward")
     ax1.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax1.set_ylim(-0.02, 1.02)
     ax1.set_xlabel("optimizer step")
-    ax1.set_ylabel("reward accuracy (chosen > rejected)")
+    ax1.set_ylabel("reward accuracy (chosen > rejected; ties count as wrong)")
     ax2.axhline(0.0, color="grey", lw=0.8, ls=":")
     ax2.set_xlabel("optimizer step")
     ax2.set_ylabel("beta * log(pi / ref)")
@@ -199,7 +201,7 @@ def dev_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return {}
     first, last = ddf.iloc[0], ddf.iloc[-1]
     out = {}
-    for k in ("val_loss", "val_reward_accuracy", "val_reward_margin", "val_kl",
+    for k in ("val_loss", "val_reward_accuracy", "val_reward_ties", "val_reward_margin", "val_kl",
               "val_chosen_reward", "val_rejected_reward"):
         if k in ddf:
             out[f"initial_dev_{k[4:]}"] = float(first[k])
@@ -226,6 +228,8 @@ def dpo_check(summary: Mapping[str, Any]) -> dict[str, Any]:
     acc, margin = summary.get("final_dev_reward_accuracy"), summary.get("final_dev_reward_margin")
     out = {"status": summary.get("status"), "steps": summary.get("step"),
            "train_pairs": summary.get("train_pairs"), "dev_pairs": summary.get("dev_pairs"),
+           # policy == reference at step 0: every pair a tie (accuracy 0 there means ties, not errors)
+           "dev_all_ties_at_step0": summary.get("initial_dev_reward_ties") == 1.0,
            # 0.5 is chance; the sample's answer-only pairs cap a tiny model near 0.7 (docs/dpo.md)
            "dev_reward_accuracy_above_0.55": acc is not None and acc >= 0.55,
            "dev_reward_margin_positive": margin is not None and margin > 0.05,

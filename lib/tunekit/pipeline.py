@@ -28,7 +28,7 @@ __all__ = ["DEMO", "headline", "machine", "run_demo"]
 # Seconds per stage of the README's demo (2 shared CPU cores, 2026-12), the first estimate when
 # this machine has no earlier demo run.
 REFERENCE_SECONDS = {"inspect_data": 40, "convert_hf_to_nemo": 35, "convert_nemo_to_hf": 35, "sft": 445,
-                     "dpo": 150, "evaluate": 30}
+                     "dpo": 150, "evaluate": 30, "compare_runs": 15}
 PROGRESS_SECONDS = 10  # how often a running stage reports (the notebooks' bars log every 30 s headless)
 
 

@@ -228,7 +228,7 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 # What a start writes before anything is produced; a run holding nothing else is a failed start.
 _START_FILES = frozenset({"params.json", "env.json", "launches.jsonl", runlock.LOCK_FILE, "metrics.jsonl",
-                          "train_result.json"})
+                          "train_result.json", "kernel.log"})  # kernel.log: the runner's kernel stderr
 _START_DIRS = frozenset({"job", "wandb", "checkpoints"})
 
 

@@ -267,6 +267,14 @@ def _take_rows(read_rows, n_rows: int, rows: list[int], row_bytes: int) -> torch
     return torch.cat(out)
 
 
+def _right_padded(seqs: list[list[int]]) -> torch.Tensor:
+    """The prompts as one batch, padded at the end: under a causal mask no real position sees the
+    padding, so each prompt's logits are those of running it alone, while the weights (the cost
+    of a CPU forward at these lengths) are streamed once per window instead of once per prompt."""
+    width = max(map(len, seqs))
+    return torch.tensor([x + [0] * (width - len(x)) for x in seqs])
+
+
 def _remap(ids: list[list[int]], vocab: list[int]) -> list[list[int]]:
     where = {v: i for i, v in enumerate(vocab)}
     return [[where[i] for i in x] for x in ids]
@@ -304,9 +312,11 @@ def hf_window_logits(hf: HFWeights, config: dict, window: tuple[int, int], ids: 
     model.load_state_dict(state, strict=True, assign=True)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)   # its buffer was on meta
     model.eval()
+    seqs = _remap(ids, vocab)
     with torch.no_grad():
-        out = [model(torch.tensor([x])).logits[0].clone() for x in _remap(ids, vocab)]
-    del model, state
+        logits = model(_right_padded(seqs)).logits
+    out = [logits[i, :len(x)].clone() for i, x in enumerate(seqs)]
+    del model, state, logits
     gc.collect()
     return out
 
@@ -350,12 +360,13 @@ def megatron_window_logits(nemo: NemoWeights, spec: LlamaSpec, window: tuple[int
         raise VerificationError(f"verification: Megatron-core GPTModel keys do not match "
                                 f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
     model.eval()
-    out = []
+    seqs = _remap(ids, vocab)
+    tokens = _right_padded(seqs)
+    pos = torch.arange(tokens.shape[1])[None].expand_as(tokens)
     with torch.no_grad():
-        for x in _remap(ids, vocab):
-            pos = torch.arange(len(x))[None]
-            out.append(model(torch.tensor([x]), pos, causal_mask(len(x)))[0].clone())
-    del model, state
+        logits = model(tokens, pos, causal_mask(tokens.shape[1]))
+    out = [logits[i, :len(x)].clone() for i, x in enumerate(seqs)]
+    del model, state, logits
     gc.collect()
     return out
 

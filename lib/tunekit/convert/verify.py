@@ -15,7 +15,9 @@
    the window's layers, final norm, output layer; only the rows of the prompts' tokens and of an
    evenly spread sample of the vocabulary, VOCAB_SAMPLE ids) sized to a stated memory budget
    (`LOGITS_MEMORY_GB`, `logits_windows`): the whole model in one window when its fp32 copy fits,
-   else a few layers at a time, every layer checked. Each model is built, run and freed in turn
+   else a few layers at a time, every layer checked. Each model is built, run and freed in turn,
+   on all prompts at once (one right-padded batch: on CPU at these lengths a forward costs what
+   streaming the weights costs, so one batched forward instead of one per prompt)
    (`verify_logits=False` skips this check).
 """
 from __future__ import annotations

@@ -619,3 +619,21 @@ def test_a_failed_sync_stops_the_conversion(tiny, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="Input/output error"):
         api.hf_to_nemo(str(tiny), out, verify_logits=False, **QUIET)
     assert not out.exists()
+
+
+def test_reading_a_row_set_reads_exactly_those_rows(tmp_path):
+    """The logits check reads only the sampled vocabulary rows of the embedding and output layer
+    (runs of consecutive rows in one read each): the same rows as slicing the whole tensor."""
+    t = torch.arange(40 * 6, dtype=torch.float32).reshape(40, 6).to(torch.bfloat16)
+    plan = [("a", (3,)), ("w", (40, 6))]
+    writer = st.ShardWriter(tmp_path, plan, torch.bfloat16, 10**9)
+    writer.write("a", torch.ones(3, dtype=torch.bfloat16))
+    writer.write("w", t)
+    writer.close()
+    entry = st.read_header(tmp_path / "model.safetensors")["w"]
+    for rows in ([0], [39], [0, 1, 2, 7, 8, 20, 38, 39], list(range(40)), [5, 9, 13]):
+        assert torch.equal(st.read_row_set(entry, rows), t[rows])
+    raw = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(raw[:-20])   # the last rows are gone
+    with pytest.raises(UserError, match="truncated"):
+        st.read_row_set(entry, [39])

@@ -89,6 +89,10 @@ class HFWeights:
         """Read one tensor."""
         return st.read_tensor(self.entries[name])
 
+    def get_row_set(self, name: str, rows: list[int]) -> torch.Tensor:
+        """Rows `rows` (sorted, distinct) of one tensor, reading only their bytes."""
+        return st.read_row_set(self.entries[name], rows)
+
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Read rows [start, stop) of one tensor."""
         return st.read_rows(self.entries[name], start, stop)

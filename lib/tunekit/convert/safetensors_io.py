@@ -102,6 +102,32 @@ def read_rows(entry: Entry, start: int, stop: int) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=entry.dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=entry.dtype)
 
 
+def read_row_set(entry: Entry, rows: list[int]) -> torch.Tensor:
+    """Rows `rows` (sorted, distinct) of a tensor's first axis, reading only their bytes: one
+    pread per run of consecutive rows (a vocabulary sample of a large embedding is a few percent
+    of it)."""
+    row = torch.empty((), dtype=entry.dtype).element_size()
+    for s in entry.shape[1:]:
+        row *= s
+    out = torch.empty((len(rows), *entry.shape[1:]), dtype=entry.dtype)
+    view = raw_view(out)
+    fd = os.open(entry.path, os.O_RDONLY)
+    try:
+        k = 0
+        while k < len(rows):
+            j = k
+            while j + 1 < len(rows) and rows[j + 1] == rows[j] + 1:
+                j += 1
+            want = (j - k + 1) * row
+            got = os.preadv(fd, [view[k * row:k * row + want]], entry.start + rows[k] * row)
+            if got != want:
+                raise UserError(f"{entry.path}: truncated while reading (copy it again)")
+            k = j + 1
+    finally:
+        os.close(fd)
+    return out
+
+
 def raw_view(t: torch.Tensor) -> memoryview:
     """A writable byte view of a contiguous CPU tensor's memory, valid while the tensor lives.
     Unlike `.numpy()`, it leaves the storage resizable, so a writer can free it (torch_dist)."""

@@ -253,22 +253,6 @@ def vocab_sample(ids: list[list[int]], vocab_size: int, limit: int = VOCAB_SAMPL
     return sorted(set(used) | set(list(spread)[:room]))
 
 
-def _take_rows(read_rows, n_rows: int, rows: list[int], row_bytes: int) -> torch.Tensor:
-    """Rows `rows` (sorted) of a tensor, read in blocks of at most _BLOCK bytes."""
-    step = max(1, _BLOCK // max(1, row_bytes))
-    out, k = [], 0
-    for start in range(0, n_rows, step):
-        stop = min(n_rows, start + step)
-        j = k
-        while j < len(rows) and rows[j] < stop:
-            j += 1
-        if j > k:
-            block = read_rows(start, stop)
-            out.append(block[torch.tensor(rows[k:j]) - start].clone())
-            k = j
-    return torch.cat(out)
-
-
 def _right_padded(seqs: list[list[int]]) -> torch.Tensor:
     """The prompts as one batch, padded at the end: under a causal mask no real position sees the
     padding, so each prompt's logits are those of running it alone, while the weights (the cost
@@ -286,9 +270,7 @@ def hf_globals(hf: HFWeights, spec: LlamaSpec, dtype: torch.dtype, vocab: list[i
     """The `vocab` rows of embedding and output layer and the final norm, from HF weights (fp32)."""
     out = {"model.norm.weight": _rounded(hf.get("model.norm.weight"), dtype)}
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
-        row_bytes = spec.hidden_size * hf.entries[name].dtype.itemsize
-        rows = _take_rows(lambda x, y, n=name: hf.get_rows(n, x, y), spec.vocab_size, vocab, row_bytes)
-        out[name] = _rounded(rows, dtype)
+        out[name] = _rounded(hf.get_row_set(name, vocab), dtype)   # only the sampled rows' bytes
     return out
 
 

@@ -140,7 +140,9 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
         return nemo_t
 
     tokenizer = None
-    with megatron_on_cpu(), atomic.atomic_dir(path, overwrite=overwrite) as tmp:
+    # Megatron-core (imported and set up by megatron_on_cpu, ~3 CPU-s) is needed only by the logits
+    # check: writing and the checksum re-read use torch.distributed.checkpoint alone.
+    with atomic.atomic_dir(path, overwrite=overwrite) as tmp:
         cfg = configs.nemo_config_dict(spec, dname, path / "tokenizer" if has_tok else None)
         _write_yaml(tmp / "model_config.yaml", cfg)
         reference = None
@@ -173,8 +175,9 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
                                       "chunks_read_back": chunks, "checksum": "xxh3_128"}
             sample = None
             if verify_logits:
-                logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt,
-                                             memory_gb=logits_memory_gb)
+                with megatron_on_cpu():
+                    logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt,
+                                                 memory_gb=logits_memory_gb)
                 sample = logits.pop("_sample", None)
                 checks.update(logits)
         finally:

@@ -338,9 +338,6 @@ class NemoWeights:
 
 def read_metadata(weights_dir: Path):
     """The `.metadata` of a torch_dist checkpoint, or a UserError saying what is wrong."""
-    from .megatron_cpu import import_megatron
-
-    import_megatron()  # old checkpoints pickle Megatron classes into .metadata
     if not weights_dir.is_dir():
         raise UserError(f"{weights_dir}: not a directory (expected a NeMo model_weights folder)")
     meta_json = weights_dir / "metadata.json"
@@ -357,8 +354,12 @@ def read_metadata(weights_dir: Path):
         raise UserError(f"{weights_dir}: no .metadata file (not a torch_dist checkpoint, or the "
                         "save did not finish)")
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        blob = path.read_bytes()
+        if b"megatron" in blob:  # old checkpoints pickle Megatron classes into .metadata: import
+            from .megatron_cpu import import_megatron   # it quietly first (the kit's own need not)
+
+            import_megatron()
+        return pickle.loads(blob)
     except Exception as exc:  # EOFError, UnpicklingError, ...: all mean a damaged file
         raise UserError(f"{path}: cannot read ({type(exc).__name__}) (truncated or damaged; "
                         "copy the checkpoint again)") from None

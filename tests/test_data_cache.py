@@ -484,3 +484,19 @@ def test_plain_chunks_are_recognised_and_give_the_same_problems():
     for raw in plain:
         obj = json.loads(raw)
         assert schema.check_record(obj, "sft", scan_texts=False) == schema.check_record(obj, "sft")
+
+
+@pytest.mark.parametrize("damage", ['{"garbage', '{"tokenizer_sha256": "%s", "info": {}, "twin": null}',
+                                    '{"tokenizer_sha256": "%s", "info": %s, "twin": {"specials": {}}}'])
+def test_a_damaged_tokenizer_memo_is_checked_again(data, llmjp_dir, tmp_path, damage):
+    """A torn or foreign memo file is never trusted: the facts are established again."""
+    first = cache.tokenize_file(data, "sft", llmjp_dir, workers=1, show_progress=False)
+    [memo] = (tmp_path / "cache" / "tokenizers").glob("*.json")
+    rec = json.loads(memo.read_text(encoding="utf-8"))
+    memo.write_text(damage.replace("%s", rec["tokenizer_sha256"], 1).replace("%s", json.dumps(rec["info"])),
+                    encoding="utf-8")
+    shutil.rmtree(tmp_path / "cache" / "data")
+    again = cache.tokenize_file(data, "sft", llmjp_dir, workers=1, show_progress=False)
+    assert again.built and again.manifest["build"]["encoder"] == "sentencepiece"
+    assert same(arrays(first), arrays(again))
+    assert json.loads(memo.read_text(encoding="utf-8")) == rec   # rewritten whole

@@ -267,6 +267,8 @@ def tokenizer_facts(tok_dir: Path, tok_sha: str) -> tuple[encode.TokenizerInfo, 
                                            "newline_ids": tuple(rec["info"]["newline_ids"])})
             twin = rec["twin"]
             if twin is not None:
+                if set(twin) != {"specials", "roles", "demote"}:
+                    raise KeyError("twin")
                 twin = {**twin, "model_file": str(tok_dir / "tokenizer.model")}
             return info, twin, None
         except (KeyError, TypeError):

@@ -134,9 +134,12 @@ def main() -> int:
                 ("imports only", imp, None),
                 ("hf-to-nemo", h2n, json.loads((root / "nemo" / "tunekit_conversion.json").read_text())),
                 ("nemo-to-hf", n2h, json.loads((root / "hf2" / "tunekit_conversion.json").read_text()))]
-        print(f"\n{'command':<18}{'wall s':>8}{'cpu s':>8}{'peak RSS':>10}{'write s':>9}{'verify s':>9}")
+        print(f"\n{'command':<18}{'wall s':>8}{'cpu s':>8}{'peak RSS':>10}{'write s':>9}{'verify s':>9}"
+              f"{'sync wait':>10}")
         for name, (wall, cpu, rss), rec in rows:
-            phases = f"{rec['write_seconds']:>9.1f}{rec['verify_seconds']:>9.1f}" if rec else ""
+            # sync wait: how long publishing waited for the background fsync after verification
+            wait = rec["verification"].get("sync_wait_seconds", float("nan")) if rec else 0
+            phases = f"{rec['write_seconds']:>9.1f}{rec['verify_seconds']:>9.1f}{wait:>10.1f}" if rec else ""
             print(f"{name:<18}{wall:>8.2f}{cpu:>8.1f}{rss / 1e3:>9.2f}G{phases}")
         print()
         summary = []

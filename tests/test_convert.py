@@ -520,3 +520,135 @@ def test_cli_both_directions_and_error_exit(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "h" / api.RECORD).read_text())["dtype"] == "bf16"
     assert main(["convert", "nemo-to-hf", "n", "h"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_prompts_batched_right_padded_give_each_prompts_own_logits(tiny, nemo_dir):
+    """The logits check runs its prompts (of different lengths) as one right-padded batch per model:
+    under the causal mask each prompt must get exactly the logits of running it alone, in both
+    transformers and Megatron-core, or the check would compare padding effects."""
+    from tunekit.convert.configs import read_json
+    from tunekit.convert.torch_dist import NemoWeights
+
+    spec = _spec_of(tiny)
+    ids = [[5, 9, 2, 7, 11, 3, 8], [4, 6], [12, 1, 10, 13]]
+    vocab = verify.vocab_sample(ids, spec.vocab_size)
+    hf, cfg = HFWeights(tiny), read_json(tiny / "config.json")
+    hf_g = verify.hf_globals(hf, spec, torch.float32, vocab)
+    window = (0, spec.num_layers)
+    together = verify.hf_window_logits(hf, cfg, window, ids, torch.float32, vocab, hf_g)
+    alone = [verify.hf_window_logits(hf, cfg, window, [x], torch.float32, vocab, hf_g)[0] for x in ids]
+    assert [t.shape[0] for t in together] == [len(x) for x in ids]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with megatron_on_cpu():
+        nemo = NemoWeights(nemo_dir / "model_weights")
+        m_g = verify.megatron_globals(nemo, spec, torch.float32, vocab)
+        m_together = verify.megatron_window_logits(nemo, spec, window, ids, torch.float32, vocab, m_g)
+        m_alone = [verify.megatron_window_logits(nemo, spec, window, [x], torch.float32, vocab, m_g)[0]
+                   for x in ids]
+    for a, b, ref in zip(m_together, m_alone, alone):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["cpu node", "gpu node"])
+def test_the_writer_frees_each_chunk_after_writing_it(tiny, tmp_path, monkeypatch, cuda):
+    """torch's FileSystemWriter keeps every tensor it wrote referenced until the file is closed;
+    the planner frees each chunk's bytes once the next is asked for, so the write holds one tensor,
+    not the model. That is only safe while chunks are written strictly in turn: with CUDA present
+    torch would copy ahead, so the writer turns that off; the bytes read back must still match."""
+    spec = _spec_of(tiny)
+    hf = HFWeights(tiny)
+    made = []
+
+    def fetch(rule, layer, part):
+        names = rule.hf_names(layer)
+        t = hf.get(names[part]) if part is not None else rule.to_nemo(spec, [hf.get(n) for n in names])
+        made.append(t)
+        return t
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    sums = torch_dist.write_weights(tmp_path / "w", spec, torch_dist.plan_chunks(spec, fetch), torch.float32)
+    assert len(made) == len(sums) > 10
+    assert all(t.untyped_storage().nbytes() == 0 for t in made)   # every chunk freed
+    # Each chunk's bytes as handed over (checksummed before it was freed) are what was written.
+    assert torch_dist.verify_written(tmp_path / "w", sums) == len(sums)
+
+
+@pytest.mark.parametrize("direction", ["hf_to_nemo", "nemo_to_hf"])
+def test_every_written_weight_file_is_synced_before_the_output_is_published(tiny, nemo_dir, tmp_path,
+                                                                           monkeypatch, direction):
+    """Weights are fsynced in a background thread while verification runs (not file by file while
+    writing), and the conversion waits for it before renaming its temp folder into place."""
+    import os as _os
+
+    from tunekit.convert import durable
+
+    out = tmp_path / "out"
+    synced: list[tuple[str, bool]] = []
+    real = _os.fsync
+
+    def spy(fd):
+        import threading
+
+        if threading.current_thread().name == "tunekit-fsync":   # (atomic writes fsync too)
+            synced.append((_os.readlink(f"/proc/self/fd/{fd}"), out.exists()))
+        return real(fd)
+
+    monkeypatch.setattr(durable.os, "fsync", spy)
+    if direction == "hf_to_nemo":
+        res = api.hf_to_nemo(str(tiny), out, verify_logits=False, **QUIET)
+        weights = [p for p in (out / "model_weights").rglob("*") if p.is_file()]
+    else:
+        res = api.nemo_to_hf(str(nemo_dir), out, verify_logits=False, **QUIET)
+        weights = list(out.glob("*.safetensors"))
+    names = {Path(p).name for p, _ in synced}
+    assert weights and {p.name for p in weights} <= names
+    assert not any(published for _, published in synced)   # all before the rename
+    assert res.summary["verification"]["files_synced"] == len(synced)
+
+
+def test_a_failed_sync_stops_the_conversion(tiny, tmp_path, monkeypatch):
+    from tunekit.convert import durable
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(durable.os, "fsync", broken)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="Input/output error"):
+        api.hf_to_nemo(str(tiny), out, verify_logits=False, **QUIET)
+    assert not out.exists()
+
+
+def test_reading_a_row_set_reads_exactly_those_rows(tmp_path):
+    """The logits check reads only the sampled vocabulary rows of the embedding and output layer
+    (runs of consecutive rows in one read each): the same rows as slicing the whole tensor."""
+    t = torch.arange(40 * 6, dtype=torch.float32).reshape(40, 6).to(torch.bfloat16)
+    plan = [("a", (3,)), ("w", (40, 6))]
+    writer = st.ShardWriter(tmp_path, plan, torch.bfloat16, 10**9)
+    writer.write("a", torch.ones(3, dtype=torch.bfloat16))
+    writer.write("w", t)
+    writer.close()
+    entry = st.read_header(tmp_path / "model.safetensors")["w"]
+    for rows in ([0], [39], [0, 1, 2, 7, 8, 20, 38, 39], list(range(40)), [5, 9, 13]):
+        assert torch.equal(st.read_row_set(entry, rows), t[rows])
+    raw = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(raw[:-20])   # the last rows are gone
+    with pytest.raises(UserError, match="truncated"):
+        st.read_row_set(entry, [39])
+
+
+def test_without_the_logits_check_megatron_is_not_even_imported(tmp_path):
+    """Writing and the checksum re-read use torch.distributed.checkpoint alone: Megatron-core
+    (seconds of imports and a process-group set-up) is loaded only for the logits check."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tunekit.convert import api; "
+            f"api.hf_to_nemo('tiny', {str(tmp_path / 'out')!r}, verify_logits=False, log=lambda *a: None); "
+            "print(sorted(m for m in sys.modules if m.startswith('megatron'))[:3])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "model_weights" / ".metadata").is_file()

@@ -396,3 +396,107 @@ def test_an_open_file_pickles_without_its_data(data, tok_dir):
     back = pickle.loads(pickle.dumps(tf))
     assert len(pickle.dumps(tf)) < 20_000 and back._maps == {}
     assert all(np.array_equal(back.sft(i)[0], ids[i]) for i in range(len(tf)))
+
+
+# ---------------------------------------------------------------- tokenizer facts memo (issue 19)
+@pytest.fixture(scope="module")
+def llmjp_dir():
+    from tunekit.model import llmjp_tokenizer_dir
+
+    try:
+        return llmjp_tokenizer_dir()
+    except Exception as exc:  # noqa: BLE001 - the shared fixture is absent in this clone
+        pytest.skip(f"no llm-jp tokenizer fixture ({exc})")
+
+
+def test_a_second_build_with_the_same_tokenizer_loads_no_hf_tokenizer(data, llmjp_dir, monkeypatch, tmp_path):
+    """The HF load, probe and sentencepiece-twin check run once per tokenizer (their result is
+    memoised by the tokenizer files' digest); a later build of another file uses the memo, loads no
+    HF tokenizer, and gives exactly the arrays of a build that checked everything itself."""
+    first = cache.tokenize_file(data, "sft", llmjp_dir, workers=1, show_progress=False)
+    assert first.manifest["build"]["encoder"] == "sentencepiece"
+    assert len(list((tmp_path / "cache" / "tokenizers").glob("*.json"))) == 1
+    other = tmp_path / "other.jsonl"
+    other.write_text(data.read_text(encoding="utf-8") + sft_line(99) + "\n", encoding="utf-8")
+
+    def no_hf(*a, **k):
+        raise AssertionError("the HF tokenizer was loaded although its facts are memoised")
+
+    with monkeypatch.context() as m:
+        m.setattr(cache, "load_tokenizer", no_hf)
+        memo = cache.tokenize_file(other, "sft", llmjp_dir, workers=1, show_progress=False)
+    assert memo.built and memo.manifest["build"]["encoder"] == "sentencepiece"
+    assert memo.manifest["tokenizer_info"] == first.manifest["tokenizer_info"]
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "fresh"))   # no memo: everything checked
+    checked = cache.tokenize_file(other, "sft", llmjp_dir, workers=1, show_progress=False)
+    assert same(arrays(memo), arrays(checked))
+
+
+def test_changed_tokenizer_files_are_checked_again(data, llmjp_dir, monkeypatch, tmp_path):
+    """The memo is keyed by the tokenizer files' digest: a tokenizer whose files differ (here an
+    added token the sentencepiece twin does not model) gets its own check, and the HF encoder."""
+    cache.tokenize_file(data, "sft", llmjp_dir, workers=1, show_progress=False)
+    other = tmp_path / "tok"
+    shutil.copytree(llmjp_dir, other)
+    spec = json.loads((other / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["added_tokens"][0]["lstrip"] = True   # whitespace-eating: no twin
+    (other / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    tf = cache.tokenize_file(data, "sft", other, workers=1, show_progress=False)
+    assert tf.manifest["build"]["encoder"] == "tokenizers"
+    assert len(list((tmp_path / "cache" / "tokenizers").glob("*.json"))) == 2
+
+
+# ---------------------------------------------------------------- chunk-wide text scan (issue 19)
+@pytest.mark.parametrize("escaped", [
+    '{"role": "user", "content": "x<\\/s>y"}',            # "\/" reads as "/": the text holds </s>
+    '{"role": "user", "content": "x\\u003c|eos|>y"}',     # an escaped "<"
+    '{"role": "user", "content": "x\\u0000y"}',           # NUL
+    '{"role": "user", "content": "x\\ud800y"}',           # a lone surrogate (an error)
+    '{"role": "user", "content": "x<|eos|>y"}',           # literal special-token text
+])
+def test_one_hostile_line_among_plain_ones_is_still_reported(tmp_path, monkeypatch, tok_dir, escaped):
+    """The cache skips the per-string searches for surrogates, NUL and special-token text when one
+    search over the whole chunk's raw bytes rules them out; a single line that holds one, however
+    it is escaped, must still be reported exactly as the validator reports it."""
+    from tunekit.data.validate import validate_file
+
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    lines = [sft_line(i) for i in range(30)]
+    lines[17] = ('{"messages": [{"role": "system", "content": "s"}, ' + escaped
+                 + ', {"role": "assistant", "content": "a"}]}')
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tf = cache.tokenize_file(path, "sft", tok_dir, show_progress=False)
+    want = validate_file(path, "sft")
+    assert [(p.line, p.level, p.message) for p in tf.report.problems] == \
+        [(p.line, p.level, p.message) for p in want.problems]
+    assert [p.line for p in tf.report.problems] == [18]
+
+
+def test_plain_chunks_are_recognised_and_give_the_same_problems():
+    """`texts_are_plain` is True only where skipping the searches cannot change a result."""
+    from tunekit.data import schema
+
+    plain = [sft_line(i).encode() for i in range(5)]
+    assert schema.texts_are_plain(plain)
+    for hostile in (b'"a\\u0041"', b'"<\\/s>"', b'"<pad>"', b'"\\\\u"'):
+        assert not schema.texts_are_plain(plain + [hostile])
+    for raw in plain:
+        obj = json.loads(raw)
+        assert schema.check_record(obj, "sft", scan_texts=False) == schema.check_record(obj, "sft")
+
+
+@pytest.mark.parametrize("damage", ['{"garbage', '{"tokenizer_sha256": "%s", "info": {}, "twin": null}',
+                                    '{"tokenizer_sha256": "%s", "info": %s, "twin": {"specials": {}}}'])
+def test_a_damaged_tokenizer_memo_is_checked_again(data, llmjp_dir, tmp_path, damage):
+    """A torn or foreign memo file is never trusted: the facts are established again."""
+    first = cache.tokenize_file(data, "sft", llmjp_dir, workers=1, show_progress=False)
+    [memo] = (tmp_path / "cache" / "tokenizers").glob("*.json")
+    rec = json.loads(memo.read_text(encoding="utf-8"))
+    memo.write_text(damage.replace("%s", rec["tokenizer_sha256"], 1).replace("%s", json.dumps(rec["info"])),
+                    encoding="utf-8")
+    shutil.rmtree(tmp_path / "cache" / "data")
+    again = cache.tokenize_file(data, "sft", llmjp_dir, workers=1, show_progress=False)
+    assert again.built and again.manifest["build"]["encoder"] == "sentencepiece"
+    assert same(arrays(first), arrays(again))
+    assert json.loads(memo.read_text(encoding="utf-8")) == rec   # rewritten whole

@@ -27,6 +27,7 @@ from ..paths import resolve
 from ..runtime import progress
 from . import configs, hf_files, sources, verify
 from .common_state import non_model_entries
+from .durable import BackgroundSync
 from .layout import RULES, LlamaSpec, Rule, extra_state_keys, read_groups
 from .megatron_cpu import megatron_on_cpu
 from .safetensors_io import ShardWriter
@@ -138,20 +139,23 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
         trip.hf_to_nemo(rule, layer, parts, nemo_t)  # before it is written: a wrong map stops here
         return nemo_t
 
-    tokenizer = hf_files.load_tokenizer(hf_dir) if has_tok else None
-    with megatron_on_cpu(), atomic.atomic_dir(path, overwrite=overwrite) as tmp:
+    tokenizer = None
+    # Megatron-core (imported and set up by megatron_on_cpu, ~3 CPU-s) is needed only by the logits
+    # check: writing and the checksum re-read use torch.distributed.checkpoint alone.
+    with atomic.atomic_dir(path, overwrite=overwrite) as tmp:
         cfg = configs.nemo_config_dict(spec, dname, path / "tokenizer" if has_tok else None)
         _write_yaml(tmp / "model_config.yaml", cfg)
         reference = None
         if has_tok:  # what tokenizer.type names: a whole HF model, as the official exporter needs
-            reference = hf_files.write_reference_model(hf_dir, weights, tmp / "tokenizer")
+            # Its tokenizer (loaded once, for the reference folder) also gives the logits prompts.
+            reference, tokenizer = hf_files.write_reference_model(hf_dir, weights, tmp / "tokenizer")
             log(f"hf-to-nemo: tokenizer/ holds the source HF model (weights as {reference}) for "
                 "tokenizer.type, as the official scripts expect")
         bar = _bar(_weights_bytes(spec, dt), "hf-to-nemo")
         t_write = time.time()
         try:
             sums = write_weights(tmp / "model_weights", spec, plan_chunks(spec, fetch), dt,
-                                 on_chunk=bar.update)
+                                 on_chunk=bar.update, sync=False)
         except BaseException:  # torch's CheckpointException is a BaseException
             if trip.error is not None:  # the writer wraps it: raise the real one
                 raise trip.error from None
@@ -162,17 +166,24 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
         written = _dir_bytes(tmp / "model_weights")
         log(f"hf-to-nemo: wrote {written / 1e6:.1f} MB in {write_s:.1f} s; verifying ...")
         t_ver = time.time()
-        nemo = NemoWeights(tmp / "model_weights")
-        nemo.check(spec)
-        chunks = verify_written(tmp / "model_weights", sums)
-        checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
-                                  "chunks_read_back": chunks, "checksum": "xxh3_128"}
-        sample = None
-        if verify_logits:
-            logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt,
-                                         memory_gb=logits_memory_gb)
-            sample = logits.pop("_sample", None)
-            checks.update(logits)
+        disk = BackgroundSync([tmp / "model_weights"])   # the disk works while verification runs
+        try:
+            nemo = NemoWeights(tmp / "model_weights")
+            nemo.check(spec)
+            chunks = verify_written(tmp / "model_weights", sums)
+            checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
+                                      "chunks_read_back": chunks, "checksum": "xxh3_128"}
+            sample = None
+            if verify_logits:
+                with megatron_on_cpu():
+                    logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt,
+                                                 memory_gb=logits_memory_gb)
+                sample = logits.pop("_sample", None)
+                checks.update(logits)
+        finally:
+            t_sync = time.time()
+            synced = disk.wait()   # on disk before the folder gets its name (also joined on failure)
+        checks.update(files_synced=synced, sync_wait_seconds=round(time.time() - t_sync, 3))
         summary = _summary("hf_to_nemo", str(hf_dir), f"HF model {hf_dir}", path, dname, spec,
                            written, write_s, time.time() - t_ver, time.time() - t0, checks)
         summary.update({"tokenizer_dir": str(path / "tokenizer") if has_tok else None,
@@ -224,7 +235,7 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             tok = hf_files.write_tokenizer_with_template(tok_dir, tmp)
             ids = hf_files.token_ids(tok)
             plan = hf_write_order(spec)
-            writer = ShardWriter(tmp, plan, dt, int(max_shard_gb * 1e9))
+            writer = ShardWriter(tmp, plan, dt, int(max_shard_gb * 1e9), sync=False)
             bar = _bar(writer.total_bytes, "nemo-to-hf")
             t_write = time.time()
             trip = verify.RoundTrip(spec, dt)
@@ -237,17 +248,23 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             hf_files.write_generation_config(tmp, ids)
             log(f"nemo-to-hf: wrote {writer.total_bytes / 1e6:.1f} MB in {write_s:.1f} s; verifying ...")
             t_ver = time.time()
-            out = hf_files.HFWeights(tmp)
-            out.check(spec)
-            writer.verify()
-            checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
-                                      "files_read_back": len(writer.checksums), "checksum": "xxh3_128"}
-            sample = None
-            if verify_logits:
-                logits = verify.check_logits(tmp, spec, source.weights_dir, tok, dt, nemo.prefix,
-                                             memory_gb=logits_memory_gb)
-                sample = logits.pop("_sample", None)
-                checks.update(logits)
+            disk = BackgroundSync([tmp / f for f in writer.files])  # while verification runs
+            try:
+                out = hf_files.HFWeights(tmp)
+                out.check(spec)
+                writer.verify()
+                checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
+                                          "files_read_back": len(writer.checksums), "checksum": "xxh3_128"}
+                sample = None
+                if verify_logits:
+                    logits = verify.check_logits(tmp, spec, source.weights_dir, tok, dt, nemo.prefix,
+                                                 memory_gb=logits_memory_gb)
+                    sample = logits.pop("_sample", None)
+                    checks.update(logits)
+            finally:
+                t_sync = time.time()
+                synced = disk.wait()   # on disk before the folder gets its name (also joined on failure)
+            checks.update(files_synced=synced, sync_wait_seconds=round(time.time() - t_sync, 3))
             summary = _summary("nemo_to_hf", str(source.weights_dir), source.note, path, dname, spec,
                                writer.total_bytes, write_s, time.time() - t_ver, time.time() - t0, checks)
             summary.update({"checkpoint": source.checkpoint, "skipped_entries": skipped,

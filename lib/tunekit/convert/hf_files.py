@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -89,6 +89,10 @@ class HFWeights:
         """Read one tensor."""
         return st.read_tensor(self.entries[name])
 
+    def get_row_set(self, name: str, rows: list[int]) -> torch.Tensor:
+        """Rows `rows` (sorted, distinct) of one tensor, reading only their bytes."""
+        return st.read_row_set(self.entries[name], rows)
+
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Read rows [start, stop) of one tensor."""
         return st.read_rows(self.entries[name], start, stop)
@@ -148,15 +152,15 @@ def same_filesystem(src: Path, dst: Path) -> bool:
     return os.stat(src).st_dev == os.stat(probe).st_dev
 
 
-def write_reference_model(hf_dir: Path, weights: "HFWeights", dst: Path) -> str:
+def write_reference_model(hf_dir: Path, weights: "HFWeights", dst: Path) -> tuple[str, Any]:
     """Write `dst` as a complete HF model equal to `hf_dir`: the folder NeMo's `tokenizer.type` names.
 
     The official exporter (`convert_llama_nemo_to_hf.py`) calls AutoModelForCausalLM and
     AutoTokenizer.from_pretrained on `tokenizer.type` and replaces the weights, so that folder must
     be a whole model, loadable by transformers 4.47: portable tokenizer with the kit's chat template,
     config.json with the legacy keys 4.x reads, generation config, and the weights as hard links to
-    the source's files (no extra disk), or copies where the filesystems differ. Returns "hard links"
-    or "copies".
+    the source's files (no extra disk), or copies where the filesystems differ. Returns ("hard
+    links" or "copies", the published tokenizer: the conversion's one tokenizer load).
     """
     import os
 
@@ -164,7 +168,7 @@ def write_reference_model(hf_dir: Path, weights: "HFWeights", dst: Path) -> str:
     from ..model.portable import portable_model_config
 
     dst.mkdir(parents=True, exist_ok=True)
-    publish_tokenizer(hf_dir, dst, template="kit")
+    tok = publish_tokenizer(hf_dir, dst, template="kit")
     atomic.write_json(dst / "config.json", portable_model_config(read_json(hf_dir / "config.json")))
     if (hf_dir / "generation_config.json").is_file():
         shutil.copy2(hf_dir / "generation_config.json", dst / "generation_config.json")
@@ -175,7 +179,7 @@ def write_reference_model(hf_dir: Path, weights: "HFWeights", dst: Path) -> str:
         except OSError:  # another filesystem, or links not allowed: copy
             shutil.copy2(f, dst / f.name)
             how = "copies"
-    return how
+    return how, tok
 
 
 def write_generation_config(dst: Path, ids: dict[str, int | None]) -> None:

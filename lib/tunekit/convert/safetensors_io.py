@@ -70,15 +70,19 @@ def read_header(path: Path) -> dict[str, Entry]:
 def read_tensor(entry: Entry) -> torch.Tensor:
     """Read one tensor from its file into fresh memory (no mmap)."""
     nbytes = entry.end - entry.start
-    buf = bytearray(nbytes)
-    with open(entry.path, "rb") as f:
+    # torch.empty, not bytearray: no zero-filling of memory that the read overwrites at once.
+    out = torch.empty(nbytes, dtype=torch.uint8)
+    with open(entry.path, "rb", buffering=0) as f:
         f.seek(entry.start)
-        got = f.readinto(buf)
+        view, got = raw_view(out), 0
+        while got < nbytes:   # one read(2) returns at most ~2 GiB
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
     if got != nbytes:
         raise UserError(f"{entry.path}: truncated while reading (copy it again)")
-    if nbytes == 0:
-        return torch.empty(entry.shape, dtype=entry.dtype)
-    return torch.frombuffer(buf, dtype=entry.dtype).reshape(entry.shape)
+    return out.view(entry.dtype).reshape(entry.shape)
 
 
 def read_rows(entry: Entry, start: int, stop: int) -> torch.Tensor:
@@ -98,6 +102,43 @@ def read_rows(entry: Entry, start: int, stop: int) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=entry.dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=entry.dtype)
 
 
+def read_row_set(entry: Entry, rows: list[int]) -> torch.Tensor:
+    """Rows `rows` (sorted, distinct) of a tensor's first axis, reading only their bytes: one
+    pread per run of consecutive rows (a vocabulary sample of a large embedding is a few percent
+    of it)."""
+    row = torch.empty((), dtype=entry.dtype).element_size()
+    for s in entry.shape[1:]:
+        row *= s
+    out = torch.empty((len(rows), *entry.shape[1:]), dtype=entry.dtype)
+    view = raw_view(out)
+    fd = os.open(entry.path, os.O_RDONLY)
+    try:
+        k = 0
+        while k < len(rows):
+            j = k
+            while j + 1 < len(rows) and rows[j + 1] == rows[j] + 1:
+                j += 1
+            want = (j - k + 1) * row
+            got = os.preadv(fd, [view[k * row:k * row + want]], entry.start + rows[k] * row)
+            if got != want:
+                raise UserError(f"{entry.path}: truncated while reading (copy it again)")
+            k = j + 1
+    finally:
+        os.close(fd)
+    return out
+
+
+def raw_view(t: torch.Tensor) -> memoryview:
+    """A writable byte view of a contiguous CPU tensor's memory, valid while the tensor lives.
+    Unlike `.numpy()`, it leaves the storage resizable, so a writer can free it (torch_dist)."""
+    import ctypes
+
+    if not t.is_contiguous():
+        raise ValueError("internal: raw_view needs a contiguous tensor")
+    n = t.numel() * t.element_size()
+    return memoryview((ctypes.c_char * n).from_address(t.data_ptr())).cast("B") if n else memoryview(b"")
+
+
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a contiguous CPU tensor, without a copy."""
     t = t.detach().contiguous()
@@ -112,8 +153,9 @@ class ShardWriter:
     """
 
     def __init__(self, out_dir: Path, plan: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype,
-                 max_shard_bytes: int):
+                 max_shard_bytes: int, sync: bool = True):
         self.out_dir = out_dir
+        self.sync = sync   # False: the caller fsyncs the files (durable.BackgroundSync)
         self.dtype = dtype
         itemsize = torch.empty((), dtype=dtype).element_size()
         shards: list[list[tuple[str, tuple[int, ...], int]]] = [[]]
@@ -162,7 +204,8 @@ class ShardWriter:
             view = view[self._file.write(view):]
 
     def _close_file(self) -> None:
-        os.fsync(self._file.fileno())
+        if self.sync:
+            os.fsync(self._file.fileno())
         self._file.close()
         self.checksums[self.files[self._shard]] = self._hash.hexdigest()
         self._file = None

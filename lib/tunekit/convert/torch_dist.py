@@ -41,7 +41,8 @@ KNOWN_PREFIXES = ("model.", "module.", "model.module.", "")
 # ---------------------------------------------------------------- writing
 @dataclass(frozen=True)
 class Chunk:
-    """One piece of one tensor in the checkpoint, produced lazily by `make`."""
+    """One piece of one tensor in the checkpoint, produced lazily by `make`, which must return a
+    tensor nothing else uses: the writer frees its bytes once they are written."""
 
     fqn: str
     global_shape: tuple[int, ...]
@@ -136,10 +137,25 @@ class LazyPlanner(SavePlanner):
         if write_item.tensor_data is None:
             return io.BytesIO(self.objects[write_item.index.fqn])
         c = self.chunks[(write_item.index.fqn, tuple(write_item.index.offset))]
+        self.release()
         t = c.make().to(self.dtype).reshape(c.sizes).contiguous()
+        if t.untyped_storage().nbytes() != t.nbytes:
+            t = t.clone()  # own its bytes exactly (torch's loader would clone it out of our reach)
         self.checksums[(c.fqn, tuple(c.offsets))] = _tensor_checksum(t)
         self.on_chunk(t.numel() * t.element_size())
+        self._last = t
         return t
+
+    _last: torch.Tensor | None = None
+
+    def release(self) -> None:
+        """Free the bytes of the chunk handed out last. torch's FileSystemWriter asks for the next
+        chunk only after writing the previous one, but keeps every tensor it wrote referenced until
+        the file is closed (for its safetensors format, unused here): without this, memory grows to
+        the whole model during the write instead of one tensor."""
+        if self._last is not None:
+            self._last.untyped_storage().resize_(0)
+            self._last = None
 
     def transform_object(self, write_item, object):  # noqa: A002 - torch's signature
         return object  # already serialised bytes, like Megatron's MCoreSavePlanner
@@ -148,26 +164,33 @@ class LazyPlanner(SavePlanner):
 def _tensor_checksum(t: torch.Tensor) -> str:
     import xxhash
 
-    return xxhash.xxh3_128(t.reshape(-1).view(torch.uint8).numpy()).hexdigest()
+    from .safetensors_io import raw_view
+
+    return xxhash.xxh3_128(raw_view(t.contiguous())).hexdigest()
 
 
 def write_weights(weights_dir: Path, spec: LlamaSpec, chunks: list[Chunk], dtype: torch.dtype,
-                  on_chunk: Callable[[int], None] = lambda n: None) -> dict[tuple[str, tuple[int, ...]], str]:
+                  on_chunk: Callable[[int], None] = lambda n: None,
+                  sync: bool = True) -> dict[tuple[str, tuple[int, ...]], str]:
     """Write a torch_dist checkpoint (the NeMo `model_weights/` folder) from lazily made chunks;
-    returns the checksum of every chunk's bytes, taken as it was handed to the writer."""
+    returns the checksum of every chunk's bytes, taken as it was handed to the writer.
+    sync=False: the files are not fsynced here (the caller does it: `durable.BackgroundSync`)."""
     from torch.distributed import checkpoint as dcp
 
     weights_dir.mkdir(parents=True, exist_ok=True)
     blob = _extra_state_bytes()
     objects = {key: blob for key in extra_state_keys(spec)}
     planner = LazyPlanner(chunks, objects, dtype, on_chunk)
-    # One writer thread: chunks are then made and written strictly one after another.
+    # One writer thread and no copy-ahead (with CUDA present torch would otherwise resolve chunks
+    # ahead of writing them): chunks are made and written strictly one after another, which is
+    # what lets LazyPlanner.release free each chunk once the next one is asked for.
     writer = dcp.FileSystemWriter(str(weights_dir), single_file_per_rank=True, thread_count=1,
-                                  sync_files=True)
+                                  sync_files=sync, per_thread_copy_ahead=0)
     with warnings.catch_warnings():
         # "torch.distributed is disabled ... assuming ... a single process": exactly the intent.
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save({}, storage_writer=writer, planner=planner, no_dist=True)
+    planner.release()
     torch.save({}, weights_dir / "common.pt")
     (weights_dir / "metadata.json").write_text(json.dumps(METADATA_JSON), encoding="utf-8")
     return planner.checksums
@@ -315,9 +338,6 @@ class NemoWeights:
 
 def read_metadata(weights_dir: Path):
     """The `.metadata` of a torch_dist checkpoint, or a UserError saying what is wrong."""
-    from .megatron_cpu import import_megatron
-
-    import_megatron()  # old checkpoints pickle Megatron classes into .metadata
     if not weights_dir.is_dir():
         raise UserError(f"{weights_dir}: not a directory (expected a NeMo model_weights folder)")
     meta_json = weights_dir / "metadata.json"
@@ -334,8 +354,12 @@ def read_metadata(weights_dir: Path):
         raise UserError(f"{weights_dir}: no .metadata file (not a torch_dist checkpoint, or the "
                         "save did not finish)")
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        blob = path.read_bytes()
+        if b"megatron" in blob:  # old checkpoints pickle Megatron classes into .metadata: import
+            from .megatron_cpu import import_megatron   # it quietly first (the kit's own need not)
+
+            import_megatron()
+        return pickle.loads(blob)
     except Exception as exc:  # EOFError, UnpicklingError, ...: all mean a damaged file
         raise UserError(f"{path}: cannot read ({type(exc).__name__}) (truncated or damaged; "
                         "copy the checkpoint again)") from None

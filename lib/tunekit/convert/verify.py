@@ -15,7 +15,9 @@
    the window's layers, final norm, output layer; only the rows of the prompts' tokens and of an
    evenly spread sample of the vocabulary, VOCAB_SAMPLE ids) sized to a stated memory budget
    (`LOGITS_MEMORY_GB`, `logits_windows`): the whole model in one window when its fp32 copy fits,
-   else a few layers at a time, every layer checked. Each model is built, run and freed in turn
+   else a few layers at a time, every layer checked. Each model is built, run and freed in turn,
+   on all prompts at once (one right-padded batch: on CPU at these lengths a forward costs what
+   streaming the weights costs, so one batched forward instead of one per prompt)
    (`verify_logits=False` skips this check).
 """
 from __future__ import annotations
@@ -251,20 +253,12 @@ def vocab_sample(ids: list[list[int]], vocab_size: int, limit: int = VOCAB_SAMPL
     return sorted(set(used) | set(list(spread)[:room]))
 
 
-def _take_rows(read_rows, n_rows: int, rows: list[int], row_bytes: int) -> torch.Tensor:
-    """Rows `rows` (sorted) of a tensor, read in blocks of at most _BLOCK bytes."""
-    step = max(1, _BLOCK // max(1, row_bytes))
-    out, k = [], 0
-    for start in range(0, n_rows, step):
-        stop = min(n_rows, start + step)
-        j = k
-        while j < len(rows) and rows[j] < stop:
-            j += 1
-        if j > k:
-            block = read_rows(start, stop)
-            out.append(block[torch.tensor(rows[k:j]) - start].clone())
-            k = j
-    return torch.cat(out)
+def _right_padded(seqs: list[list[int]]) -> torch.Tensor:
+    """The prompts as one batch, padded at the end: under a causal mask no real position sees the
+    padding, so each prompt's logits are those of running it alone, while the weights (the cost
+    of a CPU forward at these lengths) are streamed once per window instead of once per prompt."""
+    width = max(map(len, seqs))
+    return torch.tensor([x + [0] * (width - len(x)) for x in seqs])
 
 
 def _remap(ids: list[list[int]], vocab: list[int]) -> list[list[int]]:
@@ -276,9 +270,7 @@ def hf_globals(hf: HFWeights, spec: LlamaSpec, dtype: torch.dtype, vocab: list[i
     """The `vocab` rows of embedding and output layer and the final norm, from HF weights (fp32)."""
     out = {"model.norm.weight": _rounded(hf.get("model.norm.weight"), dtype)}
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
-        row_bytes = spec.hidden_size * hf.entries[name].dtype.itemsize
-        rows = _take_rows(lambda x, y, n=name: hf.get_rows(n, x, y), spec.vocab_size, vocab, row_bytes)
-        out[name] = _rounded(rows, dtype)
+        out[name] = _rounded(hf.get_row_set(name, vocab), dtype)   # only the sampled rows' bytes
     return out
 
 
@@ -304,9 +296,11 @@ def hf_window_logits(hf: HFWeights, config: dict, window: tuple[int, int], ids: 
     model.load_state_dict(state, strict=True, assign=True)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)   # its buffer was on meta
     model.eval()
+    seqs = _remap(ids, vocab)
     with torch.no_grad():
-        out = [model(torch.tensor([x])).logits[0].clone() for x in _remap(ids, vocab)]
-    del model, state
+        logits = model(_right_padded(seqs)).logits
+    out = [logits[i, :len(x)].clone() for i, x in enumerate(seqs)]
+    del model, state, logits
     gc.collect()
     return out
 
@@ -350,12 +344,13 @@ def megatron_window_logits(nemo: NemoWeights, spec: LlamaSpec, window: tuple[int
         raise VerificationError(f"verification: Megatron-core GPTModel keys do not match "
                                 f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
     model.eval()
-    out = []
+    seqs = _remap(ids, vocab)
+    tokens = _right_padded(seqs)
+    pos = torch.arange(tokens.shape[1])[None].expand_as(tokens)
     with torch.no_grad():
-        for x in _remap(ids, vocab):
-            pos = torch.arange(len(x))[None]
-            out.append(model(torch.tensor([x]), pos, causal_mask(len(x)))[0].clone())
-    del model, state
+        logits = model(tokens, pos, causal_mask(tokens.shape[1]))
+    out = [logits[i, :len(x)].clone() for i, x in enumerate(seqs)]
+    del model, state, logits
     gc.collect()
     return out
 

@@ -129,13 +129,14 @@ def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options
     info = info if info is not None else _WORKER["info"]
     report = FileReport(path, kind)
     kept: list[tuple[int, dict]] = []
+    plain = schema.texts_are_plain([raw for _, raw in lines])   # one search for the whole chunk
     for n, raw in lines:
         if not raw.strip():
             report.blank += 1
             continue
         report.records += 1
         obj, error = schema.parse_line(raw)
-        problems = [error] if error else schema.check_record(obj, kind)
+        problems = [error] if error else schema.check_record(obj, kind, scan_texts=not plain)
         for level, reason, message in problems:
             report.add(Problem(path, n, level, message), reason)
         if any(p[0] == "error" for p in problems):
@@ -240,6 +241,48 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _facts_memo(tok_sha: str) -> Path:
+    import importlib.metadata as md
+
+    # The twin check compares two libraries: their versions are part of what it found.
+    versions = "/".join(md.version(d) for d in ("sentencepiece", "tokenizers"))
+    key = hashlib.sha256(f"{tok_sha}\0{code_digest()}\0{versions}".encode()).hexdigest()
+    return cache_root() / "tokenizers" / f"{key[:32]}.json"
+
+
+def tokenizer_facts(tok_dir: Path, tok_sha: str) -> tuple[encode.TokenizerInfo, dict[str, Any] | None, Any]:
+    """(probe result, sentencepiece twin spec or None, the loaded tokenizer or None) for a tokenizer
+    directory whose files hash to `tok_sha` (`tokenizer_digest`).
+
+    Loading the HF tokenizer, probing it and checking its sentencepiece twin cost ~1.5 CPU-s, the
+    same for every file tokenised with the same tokenizer files: the result is memoised in
+    `<cache_root>/tokenizers/`, keyed by the files' digest, the builder's code and the versions of
+    sentencepiece and tokenizers, so only the first build with a tokenizer pays for it (the
+    workers then load just the encoder). The tokenizer is None when the facts came from the memo."""
+    memo = _facts_memo(tok_sha)
+    rec = fingerprint._read_json(memo)
+    if rec and rec.get("tokenizer_sha256") == tok_sha:
+        try:
+            info = encode.TokenizerInfo(**{**rec["info"], "prefix_ids": tuple(rec["info"]["prefix_ids"]),
+                                           "newline_ids": tuple(rec["info"]["newline_ids"])})
+            twin = rec["twin"]
+            if twin is not None:
+                if set(twin) != {"specials", "roles", "demote"}:
+                    raise KeyError("twin")
+                twin = {**twin, "model_file": str(tok_dir / "tokenizer.model")}
+            return info, twin, None
+        except (KeyError, TypeError):
+            pass  # a memo of another layout: check again below
+    tok = load_tokenizer(tok_dir)
+    info = encode.probe(tok)
+    twin = tokenizer.sentencepiece_twin(tok_dir, tok)
+    spec = twin.spec() if twin else None
+    fingerprint.write_side_file(memo, {"tokenizer_sha256": tok_sha, "info": asdict(info),
+                                       "twin": {k: v for k, v in spec.items() if k != "model_file"}
+                                       if spec else None})
+    return info, spec, twin or tok
+
+
 BIG = {"sft": ("tokens", "mask"), "dpo": ("prompt", "chosen", "rejected")}
 _DTYPES = {"mask": np.uint8}
 # Arrays of one value per record: small (n x 8 bytes), returned by the workers and concatenated.
@@ -247,7 +290,7 @@ _PER_RECORD = {"sft": ("lines", "hashes", "ids", "loss_tokens"), "dpo": ("lines"
 _SMALL_DTYPES = {"lines": np.int32, "hashes": np.uint64, "ids": np.uint64, "loss_tokens": np.int32}
 
 
-def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: Path,
+def _build(path: Path, kind: Kind, tok_dir: Path, tok_sha: str, options: dict[str, Any], out: Path,
            workers: int, show_progress: bool) -> tuple[FileReport, dict[str, Any], dict[str, Any], dict]:
     from ..runtime import progress
 
@@ -256,9 +299,7 @@ def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: 
     ranges = schema.line_ranges(path, CHUNK_RECORDS)
     n_lines = sum(r[3] for r in ranges)
     workers = workers or default_workers()
-    tok = load_tokenizer(tok_dir)
-    info = encode.probe(tok)
-    twin = tokenizer.sentencepiece_twin(tok_dir, tok)
+    info, twin_spec, tok = tokenizer_facts(tok_dir, tok_sha)
     bar = progress(total=n_lines, desc=f"tokenise {path.name}", unit="line",
                    disable=not show_progress)
     parts = out / ".parts"
@@ -268,11 +309,13 @@ def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: 
     processes = 1
     if workers > 1 and n_lines >= PARALLEL_MIN_RECORDS and _can_spawn():
         processes = min(workers, len(jobs))
-        results = _run_pool(jobs, processes, tok_dir, info, twin.spec() if twin else None, bar)
+        results = _run_pool(jobs, processes, tok_dir, info, twin_spec, bar)
     if not results:
         processes = 1
+        if tok is None:   # the facts came from the memo: load the encoder they name
+            tok = tokenizer.SentencePieceTokenizer(**twin_spec) if twin_spec else load_tokenizer(tok_dir)
         for job in jobs:
-            res = _range_job(job, twin or tok, info)
+            res = _range_job(job, tok, info)
             results.append(res)
             bar.update(res["report"].records + res["report"].blank)
     bar.close()
@@ -300,7 +343,7 @@ def _build(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any], out: 
     parts.rmdir()
     peaks = [r["peak_rss_mb"] for r in results if r.get("peak_rss_mb") is not None]
     build = {"seconds": round(time.perf_counter() - t0, 3), "lines": n_lines, "chunks": len(jobs),
-             "processes": processes, "encoder": "sentencepiece" if twin else "tokenizers",
+             "processes": processes, "encoder": "sentencepiece" if twin_spec else "tokenizers",
              "peak_rss_mb": round(max(peaks), 1) if peaks else None}
     return report, asdict(info), build, specs
 
@@ -506,7 +549,8 @@ def _build_entry(path: Path, kind: Kind, tok_dir: Path, options: dict[str, Any],
     """Tokenise `path` into a new cache entry at `final` (atomically; a full disk is one sentence)."""
     try:
         with atomic.atomic_dir(final, overwrite=True) as tmp:
-            report, info, build, arrays = _build(path, kind, tok_dir, options, tmp, workers, show_progress)
+            report, info, build, arrays = _build(path, kind, tok_dir, inputs["tokenizer_sha256"], options, tmp,
+                                                   workers, show_progress)
             manifest = {"key": key, "inputs": inputs, "source": str(path.resolve()),
                         "tokenizer_info": info, "build": build, "arrays": arrays,
                         "records": report.kept, "report": report.summary(),

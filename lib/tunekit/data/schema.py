@@ -42,6 +42,7 @@ MAX_REPORTED = 200  # per file; the rest are counted, not printed
 # file, so cached data is re-validated).
 MAX_RECORD_BYTES = 1 << 20
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_SPECIAL_BYTES_RE = re.compile(b"|".join(re.escape(t.encode()) for t in SPECIAL_TEXTS))
 # Characters that show nothing: whitespace (str.isspace, NBSP included), zero-width and other
 # format characters. Content made only of these is empty to a reader, not to the tokenizer.
 _INVISIBLE_RE = re.compile("[\\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]*")
@@ -143,8 +144,21 @@ def _warn(reason: str, message: str) -> tuple[str, str, str]:
     return ("warning", reason, message)
 
 
-def check_record(obj: Any, kind: Kind) -> list[tuple[str, str, str]]:
-    """Problems of one parsed line as (level, reason, message); no errors = usable."""
+def texts_are_plain(raws: list[bytes]) -> bool:
+    """True when these raw JSON lines cannot hold a surrogate, a NUL or special-token text, so
+    `check_record(..., scan_texts=False)` may skip searching their strings one by one: no `\\u`
+    escape anywhere (JSON writes NUL and surrogates only as escapes), no `\\/` (`<\\/s>` reads as
+    `</s>`) and no special-token text literally. One search over a whole chunk instead of several
+    per message; any doubt (data written with escapes, a backslash before a `u`) returns False and
+    every string is searched."""
+    blob = b"\n".join(raws)
+    return b"\\u" not in blob and b"\\/" not in blob and not _SPECIAL_BYTES_RE.search(blob)
+
+
+def check_record(obj: Any, kind: Kind, scan_texts: bool = True) -> list[tuple[str, str, str]]:
+    """Problems of one parsed line as (level, reason, message); no errors = usable.
+    `scan_texts=False`: the caller found with `texts_are_plain` that no string holds a surrogate,
+    a NUL or special-token text."""
     if not isinstance(obj, dict):
         return [_err("not an object", f"a line must be a JSON object, got {type(obj).__name__}")]
     msgs = obj.get("messages")
@@ -196,18 +210,18 @@ def check_record(obj: Any, kind: Kind) -> list[tuple[str, str, str]]:
     texts = [(f"messages[{i}]", m["content"]) for i, m in enumerate(msgs)]
     if kind == "dpo":
         texts += [(key, obj[key]) for key in ("chosen_response", "rejected_response")]
-    for where, text in texts:
+    for where, text in texts if scan_texts else ():
         bad = _SURROGATE_RE.search(text)
         if bad:  # a JSON escape of half a UTF-16 pair ("\ud800"): not text, no tokenizer takes it
             return [_err("unpaired surrogate", f"{where} holds \\u{ord(bad.group()):04x} at character "
                                                f"{bad.start() + 1}, half of a UTF-16 surrogate pair that "
                                                "is not text (fix the escape, or remove it)")]
     for i, (where, text) in enumerate(texts):
-        hit = _SPECIAL_RE.search(text)
+        hit = _SPECIAL_RE.search(text) if scan_texts else None
         if hit:
             out.append(_warn("special token text", f"{where} contains {hit.group()!r}, which the "
                                                    "tokenizer reads as a control token"))
-        if "\x00" in text:
+        if scan_texts and "\x00" in text:
             out.append(_warn("NUL character", f"{where} contains a NUL character (\\u0000), "
                                               "almost always a conversion error"))
         if i == 0 or not _INVISIBLE_RE.fullmatch(text):

@@ -39,6 +39,7 @@ RULES = [
     (r"^make lab\b", "covered", "tests/browser/test_jupyterlab.py starts `make lab` and drives it"),
     (r"^(PYTHON=\S+ )?make setup\b", "covered", "tests/test_git_filter.py runs `make setup`"),
     (r"^make help\b", "run", ""),
+    (r"^make gpu-smoke$", "covered", "tests/test_gpu_smoke.py runs it simulated on CPU (the real run needs a GPU)"),
     (r"^\.venv/bin/python datasets/generate_sample\.py", "run", ""),
     (TK + r"notebooks run \S+ --help$", "run", ""),
     (TK + r"notebooks run 10_inspect_data ", "run", ""),
@@ -50,7 +51,7 @@ RULES = [
     (r"^(torchrun|python) .*-m tunekit\.cli ", "parse", "needs 8 GPUs"),
     (r"^\.venv/bin/papermill ", "parse", "trains for minutes (the 10_inspect_data recipe runs)"),
     (r"^(conda|mamba|pip|python3? -m (venv|ipykernel)|source|module|qsub|ssh|mpirun|export|ln -s|mkdir -p|"
-     r"tail|bash scripts/|git clone|cd )", "abci", "ABCI shell"),
+     r"tail|bash scripts/|git clone|cd |cat > \S+ <<|set -euo pipefail$|exec > |SH$)", "abci", "ABCI shell"),
 ]
 
 

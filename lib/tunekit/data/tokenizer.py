@@ -130,6 +130,13 @@ TWIN_BATTERY = (
     "<|eos|>", "a<|eos|>b", " <|bos|> ", "<|bos|><|eos|>", "<|eos|>\n", "x<|pad|><|unk|>y",
     "<s></s><pad><unk><mask>", "<0x41> <RESERVED_000>", "👍🏽 👨‍👩‍👧 🇯🇵", "\x01\x7f\u00a0\u200b",
     "𠮷野家の𩸽", "Ｆｕｌｌｗｉｄｔｈ　ＡＢＣ１２３", "##### # ## ###", "    indented\n\tcode",
+    # Whole records of the competition's shape: sentencepiece and HF `tokenizers` break exact score
+    # ties in the unigram lattice differently ("###" as "#"+"##" or "##"+"#"), which short texts
+    # may not show; a model where they disagree here keeps the HF tokenizer.
+    "\n\n### 指示:\n複素数の問題です。47x + 90 = 967 を満たす x を求めなさい。\n\n### 応答:\n"
+    "両辺から 90 を引くと 47x = 877 となる。\n",
+    "あなたは数学の先生です。途中の式も書いて、最後に答えを \\boxed{} で示してください。\n\n### 指示:\n"
+    "図形の問題です。55x + 48 = 387 を満たす x を求めなさい。\n\n### 応答:\n",
 )
 
 

@@ -75,11 +75,12 @@ def test_demo_chains_every_stage_and_training_pays_off(chain):
     assert sft["best_val_loss"] < sft["initial_val_loss"] - 1.0
     acc = {row["model"].split("/")[0]: row["accuracy"] for row in read_summary(done["evaluate"])["comparison"]}
     assert acc["sft"] >= acc["tiny"] + 0.05 and acc["dpo"] >= acc["tiny"] + 0.05, acc
-    # The demo states DPO's effect as measured, never as hoped: its closing line must agree with the
-    # evaluation's numbers (on the tiny model the difference is within noise: docs/dpo.md).
-    verdict = "improves on" if acc["dpo"] > acc["sft"] else "does not improve on"
+    # The demo's promise with the notebooks' defaults: DPO from the SFT run answers more eval problems
+    # (at the default seed; over seeds the gain varies, docs/dpo.md), and its closing line says so
+    # from the evaluation's own numbers.
+    assert acc["dpo"] > acc["sft"], acc
     assert "[demo] finished" in out and "accuracy on 90 problems: tiny" in out, out
-    assert f"DPO {verdict} SFT" in out, (acc, out)
+    assert "DPO improves on SFT" in out, (acc, out)
 
 
 @pytest.mark.parametrize("env", ["submission", "official-training"])

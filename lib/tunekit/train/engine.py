@@ -569,18 +569,7 @@ def result_written_since(run_dir: str | Path, t0: float) -> bool:
 
 def on_main_first(env: DistEnv, fn: Callable[[], Any]):
     """Run `fn` on rank 0, then on the others (so caches are built once); a failure stops every rank."""
-    result, error, exc_main = None, None, None
-    if env.is_main:
-        try:
-            result = fn()
-        except Exception as exc:  # noqa: BLE001 - re-raised below; the others must not hang
-            exc_main = exc
-            error = str(exc) if isinstance(exc, UserError) else f"rank 0 failed: {exc!r}"
-    error = broadcast_object(error, env)
-    if exc_main is not None:
-        raise exc_main
-    if error:
-        raise UserError(error)
+    result = on_main(env, fn)
     barrier(env)
     if not env.is_main:
         result = fn()
@@ -612,12 +601,13 @@ def setup(cfg, env: DistEnv | None = None, model_dir: Path | None = None) -> Set
     return Setup(env, model_dir, attn, pad_token_id(model_dir))
 
 
-def on_main(env: DistEnv, fn: Callable[[], Any]) -> None:
-    """Run a check on rank 0 only; its failure (one sentence) stops every rank, none hangs."""
-    error, exc_main = None, None
+def on_main(env: DistEnv, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 only (its result there, None elsewhere); its failure (one sentence) stops
+    every rank, none hangs."""
+    result, error, exc_main = None, None, None
     if env.is_main:
         try:
-            fn()
+            result = fn()
         except Exception as exc:  # noqa: BLE001 - re-raised below; the others must not hang
             exc_main = exc
             error = str(exc) if isinstance(exc, UserError) else f"rank 0 failed: {exc!r}"
@@ -626,6 +616,7 @@ def on_main(env: DistEnv, fn: Callable[[], Any]) -> None:
         raise exc_main
     if error:
         raise UserError(error)
+    return result
 
 
 def train(task: Task, cfg, run, s: Setup, train_ds, dev_ds,

@@ -27,8 +27,8 @@ __all__ = ["DEMO", "headline", "machine", "run_demo"]
 
 # Seconds per stage of the README's demo (2 shared CPU cores, 2026-12), the first estimate when
 # this machine has no earlier demo run.
-REFERENCE_SECONDS = {"inspect_data": 40, "convert_hf_to_nemo": 35, "convert_nemo_to_hf": 35, "sft": 445,
-                     "dpo": 150, "evaluate": 30, "compare_runs": 15}
+REFERENCE_SECONDS = {"inspect_data": 24, "convert_hf_to_nemo": 25, "convert_nemo_to_hf": 24, "sft": 176,
+                     "dpo": 56, "evaluate": 34, "compare_runs": 25}
 PROGRESS_SECONDS = 10  # how often a running stage reports (the notebooks' bars log every 30 s headless)
 
 

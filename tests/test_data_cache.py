@@ -500,3 +500,44 @@ def test_a_damaged_tokenizer_memo_is_checked_again(data, llmjp_dir, tmp_path, da
     assert again.built and again.manifest["build"]["encoder"] == "sentencepiece"
     assert same(arrays(first), arrays(again))
     assert json.loads(memo.read_text(encoding="utf-8")) == rec   # rewritten whole
+
+
+@pytest.mark.parametrize("per_range", [1, 3, 7, 1000])
+def test_line_ranges_cover_the_file_in_whole_lines(tmp_path, monkeypatch, per_range):
+    """Byte ranges of `per_range` whole lines each, in order, covering every byte: checked against
+    Python's own line split on files with blank lines, CRLF, no final newline, a line longer than
+    the read block, and empty files."""
+    from tunekit.data import schema
+
+    rng = np.random.default_rng(per_range)
+    cases = [b"", b"\n", b"x", b"a\nb", b"a\nb\n", b"\n\n\n", b"a\r\nb\r\n\r\nc"]
+    cases += [b"".join(b"y" * int(rng.integers(0, 40)) + b"\n" for _ in range(int(rng.integers(1, 60))))
+              + (b"tail" if k % 2 else b"") for k in range(6)]
+    monkeypatch.setattr(schema, "open", lambda p, mode: _SmallReads(p), raising=False)  # 5-byte blocks
+    for k, raw in enumerate(cases):
+        path = tmp_path / f"{k}.jsonl"
+        path.write_bytes(raw)
+        lines = raw.split(b"\n")
+        lines = [ln + b"\n" for ln in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+        want, start = [], 0
+        for i in range(0, len(lines), per_range):
+            chunk = lines[i:i + per_range]
+            want.append((start, start + sum(map(len, chunk)), i + 1, len(chunk)))
+            start += sum(map(len, chunk))
+        assert schema.line_ranges(path, per_range) == want, raw
+
+
+class _SmallReads:
+    """A file whose read(n) returns at most 5 bytes: lines and newlines straddle block ends."""
+
+    def __init__(self, path):
+        self.f = open(path, "rb")
+
+    def read(self, n=-1):
+        return self.f.read(min(n, 5) if n and n > 0 else 5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()

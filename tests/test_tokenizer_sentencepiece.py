@@ -218,3 +218,65 @@ def test_sft_arrays_equal_the_record_by_record_assembly(pair):
         assert (got["tokens"].dtype, got["mask"].dtype) == (np.int32, np.uint8)
         empty = encode.encode_sft_arrays([], tok, info)
         assert all(len(v) == 0 for v in empty.values())
+
+
+def _range_job_noting_handlers(job, tok=None, info=None):
+    import os
+    import signal
+
+    from tunekit.data import cache
+
+    out = cache._range_job_unpatched(job, tok, info)
+    out["handlers"] = (os.getpid(), signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                       signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    return out
+
+
+def test_forked_workers_give_the_serial_arrays_with_fresh_signal_handlers(pair, tmp_path, monkeypatch):
+    """With the sentencepiece encoder the workers are forked from the building process (they
+    inherit the loaded model): same arrays and report as a one-process build, and the parent's
+    signal handlers (a training run's "finish the step" handler) are not the workers'."""
+    import os
+    import signal
+    import sys
+
+    from tunekit.data import cache
+    from tunekit.model import llmjp_tokenizer_dir
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_data import generate
+
+    data = tmp_path / "gen.jsonl"
+    generate(data, 300)
+    with data.open("a", encoding="utf-8") as f:   # a bad line and a duplicate, reported by the workers
+        f.write('{"messages": [{"role": "system", "content": "x"}], "a": 1, "a": 2}\n')
+        f.write(data.read_text(encoding="utf-8").splitlines()[0] + "\n")
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "c1"))
+    serial = cache.tokenize_file(data, "sft", llmjp_tokenizer_dir(), workers=1, show_progress=False)
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "c2"))
+    monkeypatch.setattr(cache, "PARALLEL_MIN_RECORDS", 1)
+    monkeypatch.setattr(cache, "CHUNK_RECORDS", 40)
+    monkeypatch.setattr(cache, "_range_job_unpatched", cache._range_job, raising=False)
+    monkeypatch.setattr(cache, "_range_job", _range_job_noting_handlers)
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: seen.append("parent handler"))
+    try:
+        real_pool = cache._run_pool
+
+        def pool(*args, **kw):
+            results = real_pool(*args, **kw)
+            seen.extend(r["handlers"] for r in results)
+            return results
+
+        monkeypatch.setattr(cache, "_run_pool", pool)
+        forked = cache.tokenize_file(data, "sft", llmjp_tokenizer_dir(), workers=2, show_progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    build = forked.manifest["build"]
+    assert (build["processes"], build["encoder"]) == (2, "sentencepiece")
+    assert len({pid for pid, *_ in seen}) == 2 and os.getpid() not in {pid for pid, *_ in seen}
+    assert all(term and intr for _, term, intr in seen)
+    for name in ("tokens", "mask", "offsets", "lines", "hashes", "loss_tokens"):
+        assert forked.array(name).tolist() == serial.array(name).tolist(), name
+    assert forked.report.summary() == {**serial.report.summary(), "path": forked.report.path}
+    assert forked.report.skipped == 1 and forked.report.warnings >= 1

@@ -32,10 +32,12 @@ Layout of `<cache_root>/data/<key24>/`:
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -307,9 +309,9 @@ def _build(path: Path, kind: Kind, tok_dir: Path, tok_sha: str, options: dict[st
     jobs = [(str(path), r[0], r[1], r[2], kind, options, str(parts / f"{k:06d}")) for k, r in enumerate(ranges)]
     results: list[dict[str, Any]] = []
     processes = 1
-    if workers > 1 and n_lines >= PARALLEL_MIN_RECORDS and _can_spawn():
+    if workers > 1 and n_lines >= PARALLEL_MIN_RECORDS and (_forks(twin_spec) or _can_spawn()):
         processes = min(workers, len(jobs))
-        results = _run_pool(jobs, processes, tok_dir, info, twin_spec, bar)
+        results = _run_pool(jobs, processes, tok_dir, info, twin_spec, bar, tok)
     if not results:
         processes = 1
         if tok is None:   # the facts came from the memo: load the encoder they name
@@ -324,7 +326,8 @@ def _build(path: Path, kind: Kind, tok_dir: Path, tok_sha: str, options: dict[st
              for name in _PER_RECORD[kind]}
     # Duplicates within the file: the validator's rule and messages (across files: the mixture).
     index = validate.DuplicateIndex()
-    for n, h, i in zip(small["lines"].tolist(), small["hashes"].tolist(), small["ids"].tolist()):
+    twice = _seen_twice(small["hashes"]) | _seen_twice(small["ids"], ignore=0)   # the rest has nothing to say
+    for n, h, i in zip(*(small[k][twice].tolist() for k in ("lines", "hashes", "ids"))):
         for reason, message, _ in index.check(str(path), n, h, i):
             report.add(Problem(str(path), n, "warning", message), reason)
     schema.finish_file(report)
@@ -348,6 +351,15 @@ def _build(path: Path, kind: Kind, tok_dir: Path, tok_sha: str, options: dict[st
     return report, asdict(info), build, specs
 
 
+def _seen_twice(values: np.ndarray, ignore: int | None = None) -> np.ndarray:
+    """Mask of the values that occur more than once (`ignore`: a value that never counts)."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    twice = counts[inverse] > 1
+    if ignore is not None:
+        twice &= values != ignore
+    return twice
+
+
 def _join_parts(dst: Path, name: str, parts: list[tuple[str, int]]) -> dict[str, Any]:
     """Stream the workers' part files (raw array bytes, in file order) into one .npy, deleting
     each part once copied: memory stays at one block, disk at the data plus one part."""
@@ -364,7 +376,16 @@ def _join_parts(dst: Path, name: str, parts: list[tuple[str, int]]) -> dict[str,
 
 def _range_job(job, tok=None, info=None):
     path, start, end, first, kind, options, part = job
-    out = process_chunk(schema.lines_in_range(path, start, end, first), path, kind, options, tok, info)
+    # A chunk allocates some 10^5 dicts, lists and strings that hold no cycles (parsed JSON, token
+    # lists): refcounting frees them all, and the cyclic collector's passes over them (and, in a
+    # forked worker, over every object inherited from the parent) cost 13-17% of the chunk.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        out = process_chunk(schema.lines_in_range(path, start, end, first), path, kind, options, tok, info)
+    finally:
+        if collecting:
+            gc.enable()
     out["parts"] = {}
     for name in BIG[kind]:  # the token arrays go to disk here, not back to the parent
         arr = np.ascontiguousarray(out.pop(name))
@@ -388,28 +409,52 @@ def _peak_rss_mb() -> float | None:
     return None
 
 
+def _forks(twin: dict[str, Any] | None) -> bool:
+    """Whether the workers are forked (the sentencepiece encoder, on Linux) rather than spawned."""
+    return bool(twin) and sys.platform.startswith("linux")
+
+
 def _can_spawn() -> bool:
     """Spawned workers re-import the main script; impossible when it is not a file (stdin)."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     return main_file is None or os.path.exists(main_file)
 
 
+def _worker_forked(tok: tokenizer.SentencePieceTokenizer, info: encode.TokenizerInfo) -> None:
+    # The parent's signal handlers (a training run's "finish the step" flags) mean nothing here:
+    # behave like a fresh interpreter (Ctrl-C raises, SIGTERM ends the worker).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    _WORKER.update(tok=tok, info=info)
+
+
 def _run_pool(jobs: list[tuple], workers: int, tok_dir: Path, info: encode.TokenizerInfo,
-              twin: dict[str, Any] | None, bar) -> list[dict[str, Any]]:
-    """Run the range jobs in spawned worker processes, results in file order; [] if the workers
-    could not run (the caller then tokenises in this process)."""
+              twin: dict[str, Any] | None, bar, tok=None) -> list[dict[str, Any]]:
+    """Run the range jobs in worker processes, results in file order; [] if the workers could
+    not run (the caller then tokenises in this process)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: a fresh interpreter per worker, safe after torch/threads were started (fork is not),
-    # and each worker's tokenizer runs single-threaded so cores are not oversubscribed. Unlike
+    # Each worker's tokenizer runs single-threaded so cores are not oversubscribed. Unlike
     # multiprocessing.Pool, the executor fails instead of respawning workers that die at start
     # (e.g. a script without an `if __name__ == "__main__":` guard).
+    if _forks(twin):
+        # fork: the workers inherit the imported kit and the SentencePiece model loaded once here
+        # (a spawned worker spends ~0.5 CPU-s importing and loading it: 10-25% of tokenising 100k
+        # records). Safe after torch started its threads, as for torch's own DataLoader workers:
+        # a worker runs only sentencepiece, jiter and numpy, never torch or the kernel's threads.
+        # HF `tokenizers` is not fork-safe once it has used its thread pool: it keeps spawn.
+        if not isinstance(tok, tokenizer.SentencePieceTokenizer):
+            tok = tokenizer.SentencePieceTokenizer(**twin)
+        ctx, init, args = mp.get_context("fork"), _worker_forked, (tok, info)
+    else:
+        # spawn: a fresh interpreter per worker, which loads the tokenizer itself.
+        ctx, init, args = mp.get_context("spawn"), _worker_init, (str(tok_dir), info, twin)
     results = []
     try:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(str(tok_dir), info, twin)) as ex:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=args) as ex:
             for res in ex.map(_range_job, jobs):
                 results.append(res)
                 bar.update(res["report"].records + res["report"].blank)

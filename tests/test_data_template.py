@@ -311,3 +311,19 @@ def test_light_tokenizer_gives_the_same_ids_as_transformers(which):
     for msgs in CONVERSATIONS.values():
         for style in ("kit", "official"):
             assert encode.sft_ids(msgs, light, style=style) == encode.sft_ids(msgs, full, style=style)
+
+
+def test_first_style_tokenizer_cache_arrays_equal_the_record_path(first_style):
+    """The cache's inline segment loop (`encode.encode_sft_arrays`) adds the space a "first"-style
+    tokenizer needs before a segment that starts with a space, as `conversation_segments` does."""
+    tok, _ = first_style
+    info = encode.probe(tok)
+    assert info.space_for_prefix
+    recs = [{"messages": [{"role": "system", "content": system}, {"role": "user", "content": " 問1"},
+                          {"role": "assistant", "content": " x = 2"}, {"role": "user", "content": "次"},
+                          {"role": "assistant", "content": "\n答"}] + tail}
+            for system in (" 先頭に空白", "", "ふつう") for tail in ([], [{"role": "user", "content": "?"}])]
+    want = encode.encode_sft_records(recs, tok, info, "kit")
+    got = encode.encode_sft_arrays(recs, tok, info)
+    assert got["tokens"].tolist() == [t for ids, _ in want for t in ids]
+    assert got["mask"].tolist() == [m for _, runs in want for m in encode.runs_to_mask(runs)]

@@ -280,3 +280,37 @@ def test_forked_workers_give_the_serial_arrays_with_fresh_signal_handlers(pair, 
         assert forked.array(name).tolist() == serial.array(name).tolist(), name
     assert forked.report.summary() == {**serial.report.summary(), "path": forked.report.path}
     assert forked.report.skipped == 1 and forked.report.warnings >= 1
+
+
+def test_the_encoder_loads_once_per_process_and_only_for_a_new_file(pair, tmp_path, monkeypatch):
+    """A process that tokenises several files with one tokenizer loads its SentencePiece model
+    once (in a thread, while the first new file is hashed); opening a cached file loads nothing."""
+    import sys
+
+    from tunekit.data import cache, fingerprint, tokenizer
+    from tunekit.model import llmjp_tokenizer_dir
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_data import generate
+
+    monkeypatch.setenv("TUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(fingerprint, "RACY_S", 0)   # digests of files written just now are trusted
+    tok_dir = llmjp_tokenizer_dir()
+    files = [tmp_path / f"{k}.jsonl" for k in range(3)]
+    for k, f in enumerate(files):
+        generate(f, 30, seed=k)
+    cache.tokenize_file(files[0], "sft", tok_dir, show_progress=False)   # the tokenizer facts, memoised
+    monkeypatch.setattr(cache, "_ENCODERS", {})
+    loads = []
+    real = tokenizer.SentencePieceTokenizer.__init__
+
+    def counting(self, *a, **kw):
+        loads.append(1)
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(tokenizer.SentencePieceTokenizer, "__init__", counting)
+    built = [cache.tokenize_file(f, "sft", tok_dir, workers=1, show_progress=False) for f in files[1:]]
+    assert [tf.built for tf in built] == [True, True] and loads == [1]
+    monkeypatch.setattr(cache, "_ENCODERS", {})
+    again = [cache.tokenize_file(f, "sft", tok_dir, show_progress=False) for f in files]
+    assert not any(tf.built for tf in again) and loads == [1] and cache._ENCODERS == {}

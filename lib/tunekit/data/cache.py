@@ -39,7 +39,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,12 +135,15 @@ def process_chunk(lines: list[tuple[int, bytes]], path: str, kind: Kind, options
     kept: list[tuple[int, dict]] = []
     plain = schema.texts_are_plain([raw for _, raw in lines])   # one search for the whole chunk
     for n, raw in lines:
-        if not raw.strip():
+        if not raw or raw.isspace():   # (bytes.isspace: the whitespace bytes.strip removes, no copy)
             report.blank += 1
             continue
         report.records += 1
         obj, error = schema.parse_line(raw)
         problems = [error] if error else schema.check_record(obj, kind, scan_texts=not plain)
+        if not problems:
+            kept.append((n, obj))
+            continue
         for level, reason, message in problems:
             report.add(Problem(path, n, level, message), reason)
         if any(p[0] == "error" for p in problems):
@@ -261,20 +266,10 @@ def tokenizer_facts(tok_dir: Path, tok_sha: str) -> tuple[encode.TokenizerInfo, 
     `<cache_root>/tokenizers/`, keyed by the files' digest, the builder's code and the versions of
     sentencepiece and tokenizers, so only the first build with a tokenizer pays for it (the
     workers then load just the encoder). The tokenizer is None when the facts came from the memo."""
+    known = _memoised_facts(tok_dir, tok_sha)
+    if known is not None:
+        return (*known, None)
     memo = _facts_memo(tok_sha)
-    rec = fingerprint._read_json(memo)
-    if rec and rec.get("tokenizer_sha256") == tok_sha:
-        try:
-            info = encode.TokenizerInfo(**{**rec["info"], "prefix_ids": tuple(rec["info"]["prefix_ids"]),
-                                           "newline_ids": tuple(rec["info"]["newline_ids"])})
-            twin = rec["twin"]
-            if twin is not None:
-                if set(twin) != {"specials", "roles", "demote"}:
-                    raise KeyError("twin")
-                twin = {**twin, "model_file": str(tok_dir / "tokenizer.model")}
-            return info, twin, None
-        except (KeyError, TypeError):
-            pass  # a memo of another layout: check again below
     tok = load_tokenizer(tok_dir)
     info = encode.probe(tok)
     twin = tokenizer.sentencepiece_twin(tok_dir, tok)
@@ -283,6 +278,63 @@ def tokenizer_facts(tok_dir: Path, tok_sha: str) -> tuple[encode.TokenizerInfo, 
                                        "twin": {k: v for k, v in spec.items() if k != "model_file"}
                                        if spec else None})
     return info, spec, twin or tok
+
+
+def _memoised_facts(tok_dir: Path, tok_sha: str) -> tuple[encode.TokenizerInfo, dict[str, Any] | None] | None:
+    """`tokenizer_facts` from its memo, or None when there is none (or one of another layout)."""
+    rec = fingerprint._read_json(_facts_memo(tok_sha))
+    if not rec or rec.get("tokenizer_sha256") != tok_sha:
+        return None
+    try:
+        info = encode.TokenizerInfo(**{**rec["info"], "prefix_ids": tuple(rec["info"]["prefix_ids"]),
+                                       "newline_ids": tuple(rec["info"]["newline_ids"])})
+        twin = rec["twin"]
+        if twin is not None:
+            if set(twin) != {"specials", "roles", "demote"}:
+                return None
+            twin = {**twin, "model_file": str(tok_dir / "tokenizer.model")}
+        return info, twin
+    except (KeyError, TypeError):
+        return None
+
+
+# SentencePiece encoders loaded in this process, by tokenizer digest and twin spec: loading one
+# costs ~0.2 s, paid once per process however many files it tokenises, and started in a thread
+# while a new data file is hashed and scanned (`_preload_encoder`).
+_ENCODERS: dict[str, Future] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def sentencepiece_encoder(tok_sha: str, twin: dict[str, Any]) -> Future:
+    """A future of the `tokenizer.SentencePieceTokenizer` for a twin spec, loaded once per process."""
+    key = json.dumps([tok_sha, twin], sort_keys=True)
+    with _ENCODERS_LOCK:
+        fut = _ENCODERS.get(key)
+        if fut is None:
+            fut = _ENCODERS[key] = Future()
+
+            def load():
+                try:
+                    fut.set_result(tokenizer.SentencePieceTokenizer(**twin))
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for it
+                    fut.set_exception(exc)
+
+            threading.Thread(target=load, name="tunekit-sentencepiece-load", daemon=True).start()
+    return fut
+
+
+def _preload_encoder(path: Path, tok_dir: Path) -> None:
+    """Start loading the encoder when `path` is new to the cache (its digest is not memoised, so a
+    build is likely): the load then overlaps hashing the file. A known file costs one stat."""
+    try:
+        if fingerprint.memoised(path) is not None:
+            return
+        tok_sha = tokenizer_digest(tok_dir)
+        facts = _memoised_facts(tok_dir, tok_sha)
+    except (OSError, UserError):
+        return   # the caller reports it
+    if facts is not None and _forks(facts[1]):
+        sentencepiece_encoder(tok_sha, facts[1])
 
 
 BIG = {"sft": ("tokens", "mask"), "dpo": ("prompt", "chosen", "rejected")}
@@ -298,10 +350,12 @@ def _build(path: Path, kind: Kind, tok_dir: Path, tok_sha: str, options: dict[st
 
     t0 = time.perf_counter()
     # Workers read their own byte ranges: only offsets travel between processes.
+    info, twin_spec, tok = tokenizer_facts(tok_dir, tok_sha)
+    if twin_spec and tok is None:
+        sentencepiece_encoder(tok_sha, twin_spec)   # loads (in a thread) while the file is scanned
     ranges = schema.line_ranges(path, CHUNK_RECORDS)
     n_lines = sum(r[3] for r in ranges)
     workers = workers or default_workers()
-    info, twin_spec, tok = tokenizer_facts(tok_dir, tok_sha)
     bar = progress(total=n_lines, desc=f"tokenise {path.name}", unit="line",
                    disable=not show_progress)
     parts = out / ".parts"
@@ -311,11 +365,11 @@ def _build(path: Path, kind: Kind, tok_dir: Path, tok_sha: str, options: dict[st
     processes = 1
     if workers > 1 and n_lines >= PARALLEL_MIN_RECORDS and (_forks(twin_spec) or _can_spawn()):
         processes = min(workers, len(jobs))
-        results = _run_pool(jobs, processes, tok_dir, info, twin_spec, bar, tok)
+        results = _run_pool(jobs, processes, tok_dir, info, twin_spec, bar, tok, tok_sha)
     if not results:
         processes = 1
         if tok is None:   # the facts came from the memo: load the encoder they name
-            tok = tokenizer.SentencePieceTokenizer(**twin_spec) if twin_spec else load_tokenizer(tok_dir)
+            tok = sentencepiece_encoder(tok_sha, twin_spec).result() if twin_spec else load_tokenizer(tok_dir)
         for job in jobs:
             res = _range_job(job, tok, info)
             results.append(res)
@@ -398,11 +452,17 @@ def _range_job(job, tok=None, info=None):
 
 
 def _peak_rss_mb() -> float | None:
-    """This process's own peak resident memory (VmHWM: unlike ru_maxrss, not inherited at spawn)."""
+    """This worker's peak resident memory (VmHWM: unlike ru_maxrss, not inherited at spawn); for a
+    forked worker, the part above what it shared with the parent when it started."""
+    peak = _proc_status_mb("VmHWM")
+    return None if peak is None else peak - _WORKER.get("rss_at_start", 0.0)
+
+
+def _proc_status_mb(field: str) -> float | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -426,11 +486,12 @@ def _worker_forked(tok: tokenizer.SentencePieceTokenizer, info: encode.Tokenizer
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
-    _WORKER.update(tok=tok, info=info)
+    # Memory counted from here: what the worker adds to the pages it shares with the parent.
+    _WORKER.update(tok=tok, info=info, rss_at_start=_proc_status_mb("VmRSS") or 0.0)
 
 
 def _run_pool(jobs: list[tuple], workers: int, tok_dir: Path, info: encode.TokenizerInfo,
-              twin: dict[str, Any] | None, bar, tok=None) -> list[dict[str, Any]]:
+              twin: dict[str, Any] | None, bar, tok=None, tok_sha: str = "") -> list[dict[str, Any]]:
     """Run the range jobs in worker processes, results in file order; [] if the workers could
     not run (the caller then tokenises in this process)."""
     import multiprocessing as mp
@@ -447,7 +508,7 @@ def _run_pool(jobs: list[tuple], workers: int, tok_dir: Path, info: encode.Token
         # a worker runs only sentencepiece, jiter and numpy, never torch or the kernel's threads.
         # HF `tokenizers` is not fork-safe once it has used its thread pool: it keeps spawn.
         if not isinstance(tok, tokenizer.SentencePieceTokenizer):
-            tok = tokenizer.SentencePieceTokenizer(**twin)
+            tok = sentencepiece_encoder(tok_sha, twin).result()
         ctx, init, args = mp.get_context("fork"), _worker_forked, (tok, info)
     else:
         # spawn: a fresh interpreter per worker, which loads the tokenizer itself.
@@ -561,6 +622,7 @@ def tokenize_file(path: str | os.PathLike, kind: Kind, tok_dir: str | os.PathLik
     options = {"style": style}
     if kind == "dpo":
         options["dpo_append_eos"] = bool(dpo_append_eos)
+    _preload_encoder(path, tok_dir)
     key, inputs = cache_key(path, kind, tok_dir, options)
     root = cache_root() / "data"
     final = root / key[:24]  # content only: a renamed copy of the same bytes reuses it

@@ -88,15 +88,26 @@ def write_side_file(path: Path, data: dict) -> None:
         pass
 
 
+def memoised(path: str | os.PathLike, algo: str = "sha256") -> str | None:
+    """The digest of a file from its side file when its fingerprint is unchanged, else None."""
+    path = Path(os.path.abspath(path))
+    rec = _read_json(_memo_path(path))
+    before = stat_key(path)
+    if (rec and rec.get("path") == str(path) and rec.get("stat") == list(before)
+            and settled(before, rec.get("hashed_ns", 0)) and algo in rec.get("digests", {})):
+        return rec["digests"][algo]
+    return None
+
+
 def digest(path: str | os.PathLike, algo: str = "sha256") -> str:
     """The digest of a file, from the side file when its fingerprint is unchanged (see module doc)."""
+    known = memoised(path, algo)
+    if known is not None:
+        return known
     path = Path(os.path.abspath(path))
     before = stat_key(path)
     memo = _memo_path(path)
     rec = _read_json(memo)
-    if (rec and rec.get("path") == str(path) and rec.get("stat") == list(before)
-            and settled(before, rec.get("hashed_ns", 0)) and algo in rec.get("digests", {})):
-        return rec["digests"][algo]
     hashed_ns = time.time_ns()
     value = hash_file(path, algo)
     if stat_key(path) == before:  # not changed while being hashed

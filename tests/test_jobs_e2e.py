@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_pbs"))
-from pbs_helpers import install_fake_pbs  # noqa: E402
+from pbs_helpers import fake_pbs_with_log_cleanup  # noqa: E402
 
 from tunekit.jobs import job_status, submit_job  # noqa: E402
 from tunekit.notebooks import spec  # noqa: E402
@@ -29,14 +29,8 @@ PARAMS = repo_root() / "job_templates" / "params" / "tiny"
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch, runs_dir):
-    for name in ("WANDB_API_KEY", "HF_TOKEN", "TUNEKIT_ABCI_GROUP"):
-        monkeypatch.delenv(name, raising=False)
-    pbs = install_fake_pbs(monkeypatch, tmp_path / "pbs")
-    yield pbs
-    for job in (tmp_path / "pbs" / "jobs").glob("*.json"):
-        name = json.loads(job.read_text())["name"]
-        for log in (repo_root() / "logs").glob(f"{name}-*"):
-            log.unlink()
+    # a job's logs are <name>-<id>.out/.err
+    yield from fake_pbs_with_log_cleanup(monkeypatch, tmp_path / "pbs", "{name}-*")
 
 
 def _log(fake, job_id: str, suffix: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fake_pbs"))
-from pbs_helpers import install_fake_pbs  # noqa: E402
+from pbs_helpers import fake_pbs_with_log_cleanup  # noqa: E402
 
 from tunekit.cli import main as cli_main  # noqa: E402
 from tunekit.jobs import pbs  # noqa: E402
@@ -23,14 +23,8 @@ PARAMS = repo_root() / "job_templates" / "params" / "tiny"
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch, runs_dir):
-    for name in ("WANDB_API_KEY", "HF_TOKEN", "TUNEKIT_ABCI_GROUP"):
-        monkeypatch.delenv(name, raising=False)
-    fake_pbs = install_fake_pbs(monkeypatch, tmp_path / "pbs")
-    yield fake_pbs
-    for job in (tmp_path / "pbs" / "jobs").glob("*.json"):
-        name = json.loads(job.read_text())["name"]
-        for log in (repo_root() / "logs").glob(f"{name}*"):
-            log.unlink()
+    # an array job's logs carry the sub-job index after the name
+    yield from fake_pbs_with_log_cleanup(monkeypatch, tmp_path / "pbs", "{name}*")
 
 
 def _logs(fake, job_id: str) -> str:

@@ -13,7 +13,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import nbformat
 
@@ -197,3 +197,18 @@ def install_fake_pbs(monkeypatch, home: Path) -> FakePBS:
     # The job starts from a nearly empty environment, as on PBS; tests stay offline in it too.
     monkeypatch.setenv("FAKE_PBS_PASS_ENV", "HF_HUB_OFFLINE,TRANSFORMERS_OFFLINE")
     return FakePBS(home)
+
+
+def fake_pbs_with_log_cleanup(monkeypatch, home: Path, log_glob: str) -> Iterator[FakePBS]:
+    """`install_fake_pbs` for a pytest fixture (yield from it): the job environment holds no
+    secrets or ABCI group, and afterwards the logs of this fake's jobs (`log_glob`, formatted
+    with each job's name) are removed from the repository's logs/ folder, and only those: tests
+    running in parallel keep theirs."""
+    from tunekit.paths import repo_root
+
+    for name in ("WANDB_API_KEY", "HF_TOKEN", "TUNEKIT_ABCI_GROUP"):
+        monkeypatch.delenv(name, raising=False)
+    yield install_fake_pbs(monkeypatch, home)
+    for job in (home / "jobs").glob("*.json"):
+        for log in (repo_root() / "logs").glob(log_glob.format(name=json.loads(job.read_text())["name"])):
+            log.unlink()

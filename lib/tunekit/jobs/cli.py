@@ -65,6 +65,29 @@ def _cmd_cancel(args) -> int:
     return 0 if all(v in ("deleted", "already finished") for v in results.values()) else 1
 
 
+def add_pbs_options(parser, unit: str) -> None:
+    """The qsub and job-environment options that `tunekit job submit` and `tunekit sweep submit`
+    share (`unit`: "job" or "point", what one qsub'd script runs)."""
+    parser.add_argument("--group", help="ABCI group for qsub -P (default: $TUNEKIT_ABCI_GROUP)")
+    parser.add_argument("--queue", default="rt_HF",
+                        help="resource type: rt_HF (8 GPUs, default), rt_HG (1 GPU), rt_HC (CPU)")
+    parser.add_argument("--nodes", type=int, default=1, help=f"nodes per {unit} (several only on rt_HF)")
+    parser.add_argument("--walltime", default="01:00:00", help=f"HH:MM:SS per {unit} (at most 168:00:00)")
+    parser.add_argument("--nproc-per-node", type=int,
+                        help="training processes per node (default: one per GPU, 1 on rt_HC)")
+    parser.add_argument("--module", action="append",
+                        help="environment module to load, repeatable (replaces the list in "
+                        "job_templates/site.yaml)")
+    parser.add_argument("--no-modules", action="store_true", help="load no environment modules")
+    parser.add_argument("--activate", help="venv:PATH, conda:NAME_OR_PATH or none "
+                        "(default: the environment running this command)")
+    parser.add_argument("--env", action="append", metavar="NAME=VALUE",
+                        help=f"extra (non-secret) environment variable for the {unit}, repeatable")
+    parser.add_argument("--no-secrets", action="store_true",
+                        help="do not pass WANDB_API_KEY/HF_TOKEN from this shell to the job (qsub -v)")
+    parser.add_argument("--dry-run", action="store_true", help="print the script(s) and qsub command(s) only")
+
+
 def register(subparsers) -> None:
     """Add `tunekit job ...`."""
     from ..cli import add_param_option
@@ -82,27 +105,10 @@ def register(subparsers) -> None:
     add_param_option(s, "one notebook parameter, repeatable, overrides -f; VALUE is read by "
                      "the parameter's type: text exactly as typed, numbers like 2e-5, "
                      "true/false, lists like [a, b]")
-    s.add_argument("--group", help="ABCI group for qsub -P (default: $TUNEKIT_ABCI_GROUP)")
-    s.add_argument("--queue", default="rt_HF",
-                   help="resource type: rt_HF (8 GPUs, default), rt_HG (1 GPU), rt_HC (CPU)")
-    s.add_argument("--nodes", type=int, default=1, help="number of nodes (several only on rt_HF)")
-    s.add_argument("--walltime", default="01:00:00", help="HH:MM:SS per job (at most 168:00:00)")
+    add_pbs_options(s, "job")
     s.add_argument("--chain", type=int, default=1,
                    help="queue N jobs that continue the same training run one after another")
     s.add_argument("--run-name", help="run directory name (default: time stamp + params hash)")
-    s.add_argument("--nproc-per-node", type=int,
-                   help="training processes per node (default: one per GPU, 1 on rt_HC)")
-    s.add_argument("--module", action="append",
-                   help="environment module to load, repeatable (replaces the list in "
-                   "job_templates/site.yaml)")
-    s.add_argument("--no-modules", action="store_true", help="load no environment modules")
-    s.add_argument("--activate", help="venv:PATH, conda:NAME_OR_PATH or none "
-                   "(default: the environment running this command)")
-    s.add_argument("--env", action="append", metavar="NAME=VALUE",
-                   help="extra (non-secret) environment variable for the job, repeatable")
-    s.add_argument("--no-secrets", action="store_true",
-                   help="do not pass WANDB_API_KEY/HF_TOKEN from this shell to the job (qsub -v)")
-    s.add_argument("--dry-run", action="store_true", help="print the script and qsub command(s) only")
     s.set_defaults(func=_cmd_submit)
 
     st = sub.add_parser("status", help="the jobs of a run (or of the most recent runs)")

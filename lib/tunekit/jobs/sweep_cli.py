@@ -46,6 +46,7 @@ def _cmd_status(args) -> int:
 def register(subparsers) -> None:
     """Add `tunekit sweep ...`."""
     from ..cli import add_param_option
+    from .cli import add_pbs_options
 
     p = subparsers.add_parser("sweep", help="a grid of notebook parameters as one PBS array job; its status")
     sub = p.add_subparsers(dest="sweep_command", metavar="ACTION", required=True)
@@ -66,18 +67,8 @@ def register(subparsers) -> None:
                    help="one follow-up parameter, repeatable")
     s.add_argument("--then-walltime", help="HH:MM:SS of each follow-up (default: --walltime)")
     s.add_argument("--then-queue", help="resource type of the follow-up (default: --queue)")
-    s.add_argument("--group", help="ABCI group for qsub -P (default: $TUNEKIT_ABCI_GROUP)")
-    s.add_argument("--queue", default="rt_HF", help="resource type: rt_HF (default), rt_HG, rt_HC")
-    s.add_argument("--nodes", type=int, default=1, help="nodes per point")
-    s.add_argument("--walltime", default="01:00:00", help="HH:MM:SS per point")
     s.add_argument("--max-running", type=int, help="at most N points run at once (qsub -J ...%%N)")
-    s.add_argument("--nproc-per-node", type=int, help="training processes per node")
-    s.add_argument("--module", action="append", help="environment module, repeatable (replaces site.yaml's)")
-    s.add_argument("--no-modules", action="store_true", help="load no environment modules")
-    s.add_argument("--activate", help="venv:PATH, conda:NAME_OR_PATH or none")
-    s.add_argument("--env", action="append", metavar="NAME=VALUE", help="extra environment variable")
-    s.add_argument("--no-secrets", action="store_true", help="do not pass WANDB_API_KEY/HF_TOKEN")
-    s.add_argument("--dry-run", action="store_true", help="print the scripts and qsub commands only")
+    add_pbs_options(s, "point")
     s.set_defaults(func=_cmd_submit)
     st = sub.add_parser("status", help="one row per point: queued/running/done/failed, step, losses, accuracy")
     st.add_argument("name", help="sweep name")

@@ -85,6 +85,18 @@ def test_jupyter_interrupt_during_training_saves_and_stops_and_stays_usable(tmp_
         km.shutdown_kernel(now=True)
 
 
+def _sigterm_after_steps(proc: subprocess.Popen, run_dir: Path, steps: int) -> tuple[str, str]:
+    """SIGTERM to `proc` once its run has logged `steps` steps; its (stdout, stderr) when it ends
+    (killed if it does not end within 300 s)."""
+    try:
+        _wait_for_steps(run_dir, steps, proc)
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _run_sft(repo: Path, runs: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, TUNEKIT_RUNS_DIR=str(runs), OMP_NUM_THREADS="1")
     args = ["notebooks", "run", "30_sft", "-p", "run_name", "nbstop", "-p", "nproc_per_node", "2",
@@ -100,13 +112,7 @@ def test_sigterm_to_the_notebook_runner_reaches_every_training_rank(repo, tmp_pa
     runs = tmp_path / "runs"
     run_dir = runs / "sft" / "nbstop"
     proc = _run_sft(repo, runs)
-    try:
-        _wait_for_steps(run_dir, 2, proc)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = _sigterm_after_steps(proc, run_dir, 2)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "SIGTERM received" in err and "training stopped after step" in err, err[-3000:]
     result = json.loads((run_dir / "train_result.json").read_text())
@@ -160,13 +166,7 @@ def test_a_stop_reaches_mpirun_ranks_as_sigusr1(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", KERNEL_LIKE, str(runs)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     run_dir = runs / "sft" / "mpi"
-    try:
-        _wait_for_steps(run_dir, 2, proc)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, _ = _sigterm_after_steps(proc, run_dir, 2)
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
     assert "INTERRUPTED SIGTERM received: training stopped after step" in out, out[-3000:]
     result = json.loads((run_dir / "train_result.json").read_text())

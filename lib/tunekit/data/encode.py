@@ -350,11 +350,25 @@ def encode_sft_arrays(records: Sequence[dict], tok, info: TokenizerInfo) -> dict
         return {"tokens": np.zeros(0, np.int32), "mask": np.zeros(0, np.uint8),
                 "tokens_len": np.zeros(0, np.int64), "loss_tokens": np.zeros(0, np.int32)}
     enc = encode_batch(tok, segs)
-    seg_len = np.fromiter(map(len, enc), np.int64, count=len(enc))
-    flat = np.fromiter(itertools.chain.from_iterable(enc), np.int32, count=int(seg_len.sum()))
-    starts = np.concatenate(([0], np.cumsum(seg_len)[:-1])).astype(np.int64)
+    n_seg = len(enc)
+    seg_len = np.fromiter(map(len, enc), np.int64, count=n_seg)
+    # The token stream in its final layout: bos, then each turn's segment followed by its eos (every
+    # turn is answered), record after record; numpy reads it straight from the tokenizer's lists.
+    bos, eos, stream = [info.bos_id], [info.eos_id], []
+    it = iter(enc)
+    for n in per_record:
+        stream.append(bos)
+        for _ in range(n):
+            stream.append(next(it))
+            stream.append(eos)
+    total = int(seg_len.sum()) + n_seg + len(per_record)
+    tokens = np.fromiter(itertools.chain.from_iterable(stream), np.int32, count=total)
+    del stream, it
+    first = np.zeros(n_seg, np.int64)   # 1 for a record's first segment (a bos before it)
+    first[np.concatenate(([0], np.cumsum(per_record)[:-1])).astype(np.int64)] = 1
+    starts = np.cumsum(first) + np.concatenate(([0], np.cumsum(seg_len + 1)[:-1]))   # each segment's first token
     # Where each segment's loss starts: just after its k-th newline token (k = newlines in its prompt).
-    nl_at = np.flatnonzero(flat == info.newline_ids[0])
+    nl_at = np.flatnonzero(tokens == info.newline_ids[0])
     k = np.asarray(prompt_nl, np.int64)
     which = np.searchsorted(nl_at, starts) + k - 1
     need = k > 0   # (every kit prompt holds newlines; 0 would mean loss from the first token)
@@ -363,28 +377,15 @@ def encode_sft_arrays(records: Sequence[dict], tok, info: TokenizerInfo) -> dict
     if not ok.all():
         raise UserError("tokenizer: fewer newline tokens than newlines in the text (this "
                         "tokenizer does not behave like llm-jp's SentencePiece)")
-    cut = np.zeros(len(segs), np.int64)
+    cut = np.zeros(n_seg, np.int64)
     cut[need] = nl_at[which[need]] - starts[need] + 1
-    # Loss on [start + cut, end) of each segment: +1 / -1 at the bounds, summed up.
-    edges = np.zeros(len(flat) + 1, np.int8)
-    np.add.at(edges, starts + cut, 1)   # (add.at: a loss start may equal the previous segment's end)
-    np.add.at(edges, starts + seg_len, -1)
-    seg_mask = np.cumsum(edges[:-1], dtype=np.int8).view(np.uint8)
-    # eos after every segment (all turns are answered), bos before each record's first segment; at
-    # the same position the previous record's eos comes first (stable sort, eos listed first).
-    first = np.zeros(len(segs), bool)
-    first[np.concatenate(([0], np.cumsum(per_record)[:-1])).astype(np.int64)] = True
-    pos = np.concatenate((starts + seg_len, starts[first]))
-    order = np.argsort(pos, kind="stable")
-    n_bos = int(first.sum())
-    ins_tok = np.concatenate((np.full(len(segs), info.eos_id, np.int32), np.full(n_bos, info.bos_id, np.int32)))
-    ins_mask = np.concatenate((np.ones(len(segs), np.uint8), np.zeros(n_bos, np.uint8)))
-    pos, ins_tok, ins_mask = pos[order], ins_tok[order], ins_mask[order]
+    # The mask as runs: (bos +) the prompt part of a segment without loss, its answer and eos with.
+    quiet, loud = first + cut, seg_len - cut + 1
+    mask = np.repeat(np.tile(np.array([0, 1], np.uint8), n_seg), np.column_stack((quiet, loud)).ravel())
     rec_of_seg = np.repeat(np.arange(len(per_record)), per_record)
-    seg_loss = seg_len - cut + 1
-    return {"tokens": np.insert(flat, pos, ins_tok), "mask": np.insert(seg_mask, pos, ins_mask),
+    return {"tokens": tokens, "mask": mask,
             "tokens_len": np.bincount(rec_of_seg, seg_len + 1, len(per_record)).astype(np.int64) + 1,
-            "loss_tokens": np.bincount(rec_of_seg, seg_loss, len(per_record)).astype(np.int32)}
+            "loss_tokens": np.bincount(rec_of_seg, loud, len(per_record)).astype(np.int32)}
 
 
 def encode_dpo_records(records: Sequence[dict], tok, info: TokenizerInfo, style: str = "kit",

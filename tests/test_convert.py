@@ -234,15 +234,29 @@ def test_the_vocabulary_sample_holds_the_prompts_and_spreads_over_the_rest():
 
 
 def test_windowed_logits_check_passes_and_records_its_windows(tiny, tmp_path):
-    res = api.hf_to_nemo(str(tiny), tmp_path / "nemo", logits_memory_gb=1e-6, **QUIET)
+    res = api.hf_to_nemo(str(tiny), tmp_path / "nemo", logits_memory_gb=1e-6, logits_layers="full", **QUIET)
     v = res.summary["verification"]
     assert v["layer_windows"] == [[0, 1], [1, 2]] and v["logits_match"] and v["logits_max_abs_diff"] < 1e-5
-    back = api.nemo_to_hf(str(tmp_path / "nemo"), tmp_path / "hf", logits_memory_gb=1e-6, **QUIET)
+    assert v["logits_layers"] == "full"
+    back = api.nemo_to_hf(str(tmp_path / "nemo"), tmp_path / "hf", logits_memory_gb=1e-6, logits_layers="full",
+                          **QUIET)
     assert back.summary["verification"]["layer_windows"] == [[0, 1], [1, 2]]
 
 
-@pytest.mark.parametrize("memory_gb", [16.0, 1e-6], ids=["whole model", "one layer at a time"])
-def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkeypatch, memory_gb):
+def test_the_default_logits_check_is_first_middle_and_last_layer():
+    spec = LlamaSpec(num_layers=32, hidden_size=8, ffn_hidden_size=8, num_heads=2, num_query_groups=1,
+                     head_dim=4, vocab_size=16)
+    assert verify.slice_windows(spec) == [(0, 1), (16, 17), (31, 32)]
+    assert verify.slice_windows(LlamaSpec(1, 8, 8, 2, 1, 4, 16)) == [(0, 1)]
+
+
+LOGITS_MODES = [dict(logits_layers="slice"), dict(logits_layers="full", logits_memory_gb=16.0),
+                dict(logits_layers="full", logits_memory_gb=1e-6)]
+LOGITS_IDS = ["slice (default)", "full, whole model", "full, one layer at a time"]
+
+
+@pytest.mark.parametrize("mode", LOGITS_MODES, ids=LOGITS_IDS)
+def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkeypatch, mode):
     """A wrong QKV layout that round-trips (fuse and split agree) passes the weight check; only the
     Megatron-core logits can catch it, and then no output folder may appear."""
     def plain_fuse(spec, q, k, v):
@@ -256,8 +270,49 @@ def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkey
     monkeypatch.setattr(layout, "split_qkv", plain_split)
     out = tmp_path / "bad"
     with pytest.raises(verify.VerificationError, match="logits differ"):
-        api.hf_to_nemo(str(tiny), out, logits_memory_gb=memory_gb, **QUIET)
+        api.hf_to_nemo(str(tiny), out, **mode, **QUIET)
     assert not out.exists() and not list(tmp_path.glob("bad.tmp-*"))
+
+
+@pytest.mark.parametrize("mode", LOGITS_MODES[:2], ids=LOGITS_IDS[:2])
+def test_logits_check_catches_gate_and_up_swapped(tiny, tmp_path, monkeypatch, mode):
+    """fc1 written as up rows, then gate rows: every byte round-trips (the swap is consistent), so
+    only the logits see that Megatron's SwiGLU would multiply the wrong halves."""
+    real = layout.Rule.hf_names
+
+    def swapped(self, layer):
+        names = real(self, layer)
+        return names[::-1] if self.join == "rows" else names
+
+    monkeypatch.setattr(layout.Rule, "hf_names", swapped)
+    with pytest.raises(verify.VerificationError, match="logits differ"):
+        api.hf_to_nemo(str(tiny), tmp_path / "bad", **mode, **QUIET)
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("mode", LOGITS_MODES[:2], ids=LOGITS_IDS[:2])
+def test_logits_check_catches_a_wrong_rope_theta_in_the_written_config(tiny, nemo_dir, tmp_path, monkeypatch,
+                                                                      mode):
+    """Megatron-core is built from the model_config.yaml as written (hf-to-nemo), transformers from
+    the config.json as written (nemo-to-hf): a wrong rotary base in either is caught."""
+    from tunekit.convert import configs
+
+    real_nemo, real_hf = configs.nemo_config_dict, configs.hf_config_dict
+    monkeypatch.setattr(configs, "nemo_config_dict", lambda *a, **k: {**real_nemo(*a, **k), "rotary_base": 10.0})
+    with pytest.raises(verify.VerificationError, match="logits differ"):
+        api.hf_to_nemo(str(tiny), tmp_path / "bad", **mode, **QUIET)
+    monkeypatch.setattr(configs, "nemo_config_dict", real_nemo)
+
+    def wrong_theta(*a, **k):
+        cfg = real_hf(*a, **k)
+        cfg["rope_theta"] = 10.0
+        cfg["rope_parameters"] = {**cfg["rope_parameters"], "rope_theta": 10.0}
+        return cfg
+
+    monkeypatch.setattr(configs, "hf_config_dict", wrong_theta)
+    with pytest.raises(verify.VerificationError, match="logits differ"):
+        api.nemo_to_hf(str(nemo_dir), tmp_path / "bad_hf", **mode, **QUIET)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad_hf").exists()
 
 
 def _flip_middle(path: Path) -> None:

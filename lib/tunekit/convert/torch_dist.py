@@ -399,6 +399,48 @@ class NemoWeights:
                             "(incomplete checkpoint)")
         return skipped
 
+    def mapped_rows(self, spec: LlamaSpec, layer: int | None, rule: Rule) -> list[tuple[int, torch.Tensor]] | None:
+        """The stored chunks of `rule`'s tensor for `layer` as (first row, tensor) views of the data
+        file (`safetensors_io.map_bytes`: no read, no copy), when they are whole-row blocks of that
+        one tensor, as the kit and Megatron at TP=1 store them (fc1: gate rows, then up rows); None
+        for any other layout (tensor-parallel column splits, other archives): read it with `read`."""
+        key = rule.nemo_key(self.prefix)
+        meta = self.metadata.state_dict_metadata[key]
+        shape, lead = rule.shape(spec), (1,) if layer is not None else ()
+        mine = sorted((tuple(c.offsets), tuple(c.sizes)) for c in meta.chunks
+                      if layer is None or c.offsets[0] == layer)
+        out, row = [], 0
+        for offsets, sizes in mine:
+            body_off, body = offsets[len(lead):], sizes[len(lead):]
+            if (sizes[:len(lead)] != lead or body_off[0] != row or tuple(body[1:]) != tuple(shape[1:])
+                    or any(body_off[1:])):
+                return None
+            info = self.metadata.storage_data.get(MetadataIndex(key, torch.Size(offsets)))
+            if info is None:
+                return None
+            where = self._locate(info, meta.properties.dtype, sizes)
+            if where is None:
+                return None
+            raw = st.map_bytes(self.dir / info.relative_path, where.start, where.start + where.nbytes)
+            out.append((row, raw.view(where.dtype).reshape(body)))
+            row += body[0]
+        return out if row == shape[0] and out else None
+
+    def _locate(self, info, dtype: torch.dtype, sizes) -> "distcp.Located | None":
+        import mmap
+
+        if not hasattr(self, "_maps"):
+            self._maps: dict[str, tuple] = {}
+        if info.relative_path not in self._maps:
+            with open(self.dir / info.relative_path, "rb") as f:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[info.relative_path] = (m, memoryview(m))
+        m, view = self._maps[info.relative_path]
+        found = distcp.locate(view, info.offset, info.length, dtype, tuple(sizes))
+        a = info.offset - info.offset % mmap.PAGESIZE
+        m.madvise(mmap.MADV_DONTNEED, a, min(info.offset + info.length, len(m)) - a)  # headers read: unmap
+        return found
+
     def read(self, spec: LlamaSpec, layer: int | None,
              rules: tuple[Rule, ...] | None = None) -> dict[str, torch.Tensor]:
         """The NeMo tensors of one layer (layer axis removed), or the global ones for layer=None.

@@ -167,7 +167,39 @@ def test_round_trip_is_bit_exact(nemo_dir, tiny, tmp_path):
     assert cfg_out["rope_theta"] == cfg_out["rope_parameters"]["rope_theta"] == 10000.0
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 2
-    assert result.summary["verification"]["logits_max_abs_diff"] < 1e-5
+    v = result.summary["verification"]
+    assert v["logits_max_abs_diff"] < 1e-5
+    # The kit's own NeMo output is stored one whole chunk per tensor: every tensor mapped, none loaded.
+    assert v["tensors_mapped"] == len(layout.GLOBAL_RULES) + len(layout.LAYER_RULES) * 2
+
+
+def test_every_item_of_a_written_checkpoint_is_located_in_place(nemo_dir):
+    """The checksum re-read and NeMo -> HF find each tensor's raw bytes inside its torch.save archive
+    without unpickling; they equal what torch.load gives. A tensor that is not its whole storage,
+    contiguous, of the expected shape and dtype, is not located (the callers then load it)."""
+    import io
+
+    from tunekit.convert import distcp
+
+    wd = nemo_dir / "model_weights"
+    md = torch_dist.read_metadata(wd)
+    raw = memoryview((wd / "__0_0.distcp").read_bytes())
+    n = 0
+    for index, info in md.storage_data.items():
+        meta = md.state_dict_metadata[index.fqn]
+        if not hasattr(meta, "chunks"):
+            continue
+        sizes = next(tuple(c.sizes) for c in meta.chunks if tuple(c.offsets) == tuple(index.offset))
+        where = distcp.locate(raw, info.offset, info.length, meta.properties.dtype, sizes)
+        ref = torch.load(io.BytesIO(raw[info.offset:info.offset + info.length]), weights_only=True)
+        assert where is not None and bytes(raw[where.start:where.start + where.nbytes]) == \
+            ref.contiguous().view(torch.uint8).numpy().tobytes(), index.fqn
+        n += 1
+    assert n == len(md.storage_data) - 10   # all but the 10 _extra_state objects
+    for t, shape in [(torch.ones(4, 3).t(), (3, 4)), (torch.ones(8)[2:6], (4,)), (torch.ones(4), (2, 2))]:
+        buf = io.BytesIO()
+        torch.save(t, buf)
+        assert distcp.locate(buf.getbuffer(), 0, len(buf.getvalue()), torch.float32, shape) is None
 
 
 def test_hf_output_carries_the_kit_chat_template(nemo_dir, tmp_path):
@@ -727,3 +759,11 @@ def test_without_the_logits_check_megatron_is_not_even_imported(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "out" / "model_weights" / ".metadata").is_file()
+    # NeMo -> HF of the kit's layout maps every tensor in place: no Megatron either.
+    code = ("import sys; from tunekit.convert import api; "
+            f"api.nemo_to_hf({str(tmp_path / 'out')!r}, {str(tmp_path / 'hf')!r}, verify_logits=False, "
+            "log=lambda *a: None); print(sorted(m for m in sys.modules if m.startswith('megatron'))[:3])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "hf" / "model.safetensors").is_file()

@@ -12,6 +12,7 @@ Memory stays near one tensor (writing) or one layer (reading) plus the largest s
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 import shutil
 import time
@@ -211,7 +212,16 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
     dir, a run dir, "tiny" or "llm-jp"). Verified before publishing like `hf_to_nemo`.
     """
     t0 = time.time()
-    with megatron_on_cpu():
+    # Megatron-core (seconds of imports and a process group) is set up only when needed: to read
+    # a layout that cannot be mapped (tensor-parallel splits) and for the logits check.
+    with contextlib.ExitStack() as megatron:
+        entered: list[bool] = []
+
+        def need_megatron() -> None:
+            if not entered:
+                megatron.enter_context(megatron_on_cpu())
+                entered.append(True)
+
         source = sources.resolve_nemo_source(src, checkpoint)
         log(f"nemo-to-hf: {source.note}")
         cfg = configs.read_yaml(source.config_path)
@@ -243,7 +253,7 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             bar = _bar(writer.total_bytes, "nemo-to-hf")
             t_write = time.time()
             trip = verify.RoundTrip(spec, dt)
-            mapped = sum(_write_group(nemo, spec, group, layer, writer, bar, trip)
+            mapped = sum(_write_group(nemo, spec, group, layer, writer, bar, trip, need_megatron)
                          for group, layer in read_groups(spec))
             writer.close()
             bar.close()
@@ -262,6 +272,7 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
                                           "tensors_mapped": mapped}
                 sample = None
                 if verify_logits:
+                    need_megatron()
                     logits = verify.check_logits(tmp, spec, source.weights_dir, tok, dt, nemo.prefix,
                                                  memory_gb=logits_memory_gb, layers=logits_layers)
                     sample = logits.pop("_sample", None)
@@ -282,11 +293,13 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
 
 
 def _write_group(nemo: NemoWeights, spec: LlamaSpec, group, layer, writer: ShardWriter, bar,
-                 trip: verify.RoundTrip) -> int:
+                 trip: verify.RoundTrip, need_megatron) -> int:
     """Write one layer's (or the global) HF tensors; returns how many came straight from the mapped
     data file. A function of its own so the group's tensors are freed before the next group is read."""
     stored = {rule.nemo: nemo.mapped_rows(spec, layer, rule) for rule in group}
     loaded = [r for r in group if stored[r.nemo] is None]   # other layouts: Megatron-core's loader
+    if loaded:
+        need_megatron()
     tensors = nemo.read(spec, layer, tuple(loaded)) if loaded else {}
     for rule in group:
         blocks = stored[rule.nemo]

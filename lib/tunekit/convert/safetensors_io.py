@@ -1,11 +1,12 @@
 """Streaming safetensors: read one tensor at a time, write shards tensor by tensor.
 
 The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
-data_offsets}}, then the raw bytes. Reading with plain file reads (no mmap) keeps the process's
-resident memory at one tensor, which is what the conversion promises; `safetensors.safe_open`
-maps whole files and makes RSS grow with every tensor touched. Headers are checked against the
-file size first, so a truncated download or copy is reported by name instead of failing deep
-inside a read.
+data_offsets}}, then the raw bytes. The conversion reads a tensor by mapping exactly its bytes
+(`map_tensor`): no read into fresh memory, and writing it elsewhere is one copy from the page
+cache; the mapping ends with the tensor, so resident memory stays at the tensors in use
+(`safetensors.safe_open` maps whole files and makes RSS grow with every tensor touched). Headers
+are checked against the file size first, so a truncated download or copy is reported by name
+instead of failing deep inside a read.
 """
 from __future__ import annotations
 

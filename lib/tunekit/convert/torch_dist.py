@@ -5,11 +5,15 @@ own output): `.metadata` (torch.distributed.checkpoint metadata), `__0_*.distcp`
 `common.pt` (non-sharded state: empty for weights, the Lightning trainer state in a NeMo training
 checkpoint; read by `common_state`) and `metadata.json` (the backend name).
 
-Writing goes through torch.distributed.checkpoint with a planner that produces each chunk only
-when the writer asks for it, so memory holds one tensor, not the model; Megatron's own writer
-materialises the whole state dict first (and spawns a process). Reading uses Megatron-core's
-`dist_checkpointing.load`, asking for one layer at a time, so any tensor/pipeline-parallel layout
-the official kit trained with is resharded by Megatron itself.
+Writing: torch.distributed.checkpoint plans the checkpoint and writes `.metadata` and each item's
+archive with a hole for its bytes (`LazyPlanner`, `torch.serialization.skip_data`); then each
+chunk is made, written into its hole with one pwrite (from the mapped source file where the chunk
+is a source tensor as it is) and hashed on the way, and freed: memory holds one tensor, not the
+model (Megatron's own writer materialises the whole state dict first and spawns a process).
+Reading: where the kit's (or Megatron's TP=1) layout stores each tensor of a layer as whole-row
+chunks, they are mapped in place (`NemoWeights.mapped_rows`, `distcp.locate`); any other
+tensor/pipeline-parallel layout is read with Megatron-core's `dist_checkpointing.load`, one layer
+at a time, so Megatron itself reshards what the official kit trained.
 """
 from __future__ import annotations
 

@@ -149,7 +149,8 @@ def main() -> int:
             # background fsync after verification.
             rate = gb / wall if name != "imports only" else float("nan")
             wait = rec["verification"].get("sync_wait_seconds", float("nan")) if rec else 0
-            phases = (f"{rec['write_seconds']:>9.1f}{rec['bytes_written'] / 1e9 / max(rec['write_seconds'], 1e-9):>7.2f}"
+            write_rate = rec["bytes_written"] / 1e9 / max(rec["write_seconds"], 1e-9) if rec else 0
+            phases = (f"{rec['write_seconds']:>9.1f}{write_rate:>7.2f}"
                       f"{rec['verify_seconds']:>9.1f}{wait:>10.1f}") if rec else ""
             print(f"{name:<18}{wall:>8.2f}{rate:>7.2f}{cpu:>8.1f}{rss / 1e3:>9.2f}G{phases}")
         print(f"\nper GB: cp -r {copy_s / gb:.2f} s, cp -r + fsync {sync_s / gb:.2f} s, "

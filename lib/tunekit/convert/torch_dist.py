@@ -246,8 +246,10 @@ def _fill(weights_dir: Path, chunks: list[Chunk], dtype: torch.dtype, on_chunk: 
                 data = st.raw_view(t)
                 if data.nbytes != hole.nbytes:
                     raise RuntimeError(f"internal: {c.fqn} has {data.nbytes} bytes, {hole.nbytes} planned")
-                sums[(c.fqn, tuple(c.offsets))] = xxhash.xxh3_128(data).hexdigest()
+                # Write, then hash the same bytes: hashing first makes the kernel's copy several
+                # times slower (measured 6.6-10 s vs 0.9-1.4 s for 1.29 GB on the test VM).
                 _pwrite_all(fd, data, hole.start)
+                sums[(c.fqn, tuple(c.offsets))] = xxhash.xxh3_128(data).hexdigest()
                 on_chunk(data.nbytes)
                 del data
                 _free(t)

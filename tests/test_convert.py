@@ -178,6 +178,7 @@ def test_every_item_of_a_written_checkpoint_is_located_in_place(nemo_dir):
     without unpickling; they equal what torch.load gives. A tensor that is not its whole storage,
     contiguous, of the expected shape and dtype, is not located (the callers then load it)."""
     import io
+    import zipfile
 
     from tunekit.convert import distcp
 
@@ -194,6 +195,8 @@ def test_every_item_of_a_written_checkpoint_is_located_in_place(nemo_dir):
         ref = torch.load(io.BytesIO(raw[info.offset:info.offset + info.length]), weights_only=True)
         assert where is not None and bytes(raw[where.start:where.start + where.nbytes]) == \
             ref.contiguous().view(torch.uint8).numpy().tobytes(), index.fqn
+        # A valid zip archive too: the CRC-32 of the bytes filled in after torch wrote the archive.
+        assert zipfile.ZipFile(io.BytesIO(raw[info.offset:info.offset + info.length])).testzip() is None
         n += 1
     assert n == len(md.storage_data) - 10   # all but the 10 _extra_state objects
     for t, shape in [(torch.ones(4, 3).t(), (3, 4)), (torch.ones(8)[2:6], (4,)), (torch.ones(4), (2, 2))]:

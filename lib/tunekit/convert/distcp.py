@@ -34,6 +34,7 @@ class Located:
     nbytes: int
     dtype: torch.dtype
     shape: tuple[int, ...]
+    crc_at: tuple[int, int] = (0, 0)   # absolute offsets of the record's CRC-32 (local header, directory)
 
 
 class _Window(io.RawIOBase):
@@ -108,7 +109,13 @@ def locate(buf: memoryview, offset: int, length: int, dtype: torch.dtype,
         head = buf[offset + info.header_offset:offset + info.header_offset + 30]
         name_len, extra_len = struct.unpack("<HH", bytes(head[26:30]))
         start = offset + info.header_offset + 30 + name_len + extra_len
-        return Located(start, n, dtype, tuple(shape)) if start + n <= offset + length else None
+        entry = zf.start_dir   # the central directory lists the records in order, 46 bytes + names each
+        for other in zf.infolist():
+            if other is info:
+                break
+            entry += 46 + len(other.orig_filename.encode()) + len(other.extra) + len(other.comment)
+        crc_at = (offset + info.header_offset + 14, offset + entry + 16)
+        return Located(start, n, dtype, tuple(shape), crc_at) if start + n <= offset + length else None
     except (zipfile.BadZipFile, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError,
             struct.error, IndexError):
         return None

@@ -11,7 +11,7 @@ Measured in one run, interleaved (copy, HF->NeMo, copy, NeMo->HF), each as a who
 own process, imports included: `cp -r` of the model folder (the baseline), `tunekit convert
 hf-to-nemo` and `tunekit convert nemo-to-hf` (both with their default verification: weights
 bit-exact via round trip + checksums read back, and the Megatron-core vs transformers logits check
-within its memory budget). Printed: wall seconds, the ratio of copy time to conversion time (target
+on the first, middle and last layer). Printed: wall seconds, the ratio of copy time to conversion time (target
 >= 0.3, as issue 19 states it), the same against a durable copy (`cp -r` + fsync, since the
 converters fsync what they write), the conversions' own phase times (write, verify) from their
 records, the import-only cost, and each process's peak RSS (wait4) next to the largest shard.
@@ -41,6 +41,10 @@ def run(cmd: list[str]) -> tuple[float, float, float]:
     process between fork and exec: this process therefore stays small (the model is generated in
     a child of its own)."""
     env = {**os.environ, "TUNEKIT_HEADLESS": "1", "HF_HUB_OFFLINE": "1"}
+    # Every command starts with no dirty pages of an earlier one: otherwise a command that follows
+    # a copy is throttled to the disk's speed by the kernel's dirty-page limits while the copy
+    # before it ran in free page cache (measured: writes drop from ~2 GB/s to ~0.15 GB/s here).
+    os.sync()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -83,6 +87,7 @@ def make_model(out: Path, hidden: int, layers: int, heads: int, kv_heads: int, f
 
 def durable_copy(src: Path, dst: Path) -> float:
     """`cp -r` then fsync of every copied file (what a conversion's fsync corresponds to)."""
+    os.sync()
     t0 = time.perf_counter()
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
     for f in dst.rglob("*"):
@@ -129,18 +134,28 @@ def main() -> int:
         n2h = run([*tk, "nemo-to-hf", str(root / "nemo"), str(root / "hf2")])
         sync_s = durable_copy(root / "hf", root / "copy3")
         copy_s = min(cp1[0], cp2[0])
+        print(f"cp -r: {cp1[0]:.2f} s before hf-to-nemo, {cp2[0]:.2f} s after it (the faster one is the baseline)")
         rows = [("cp -r (baseline)", (copy_s, min(cp1[1], cp2[1]), max(cp1[2], cp2[2])), None),
                 ("cp -r + fsync", (sync_s, float("nan"), float("nan")), None),
                 ("imports only", imp, None),
                 ("hf-to-nemo", h2n, json.loads((root / "nemo" / "tunekit_conversion.json").read_text())),
                 ("nemo-to-hf", n2h, json.loads((root / "hf2" / "tunekit_conversion.json").read_text()))]
-        print(f"\n{'command':<18}{'wall s':>8}{'cpu s':>8}{'peak RSS':>10}{'write s':>9}{'verify s':>9}"
-              f"{'sync wait':>10}")
+        gb = size / 1e9
+        print(f"\n{'command':<18}{'wall s':>8}{'GB/s':>7}{'cpu s':>8}{'peak RSS':>10}{'write s':>9}{'GB/s':>7}"
+              f"{'verify s':>9}{'sync wait':>10}")
         for name, (wall, cpu, rss), rec in rows:
-            # sync wait: how long publishing waited for the background fsync after verification
+            # GB/s: the model's bytes over the whole command's wall time (imports included); the
+            # second GB/s is the write phase alone. sync wait: how long publishing waited for the
+            # background fsync after verification.
+            rate = gb / wall if name != "imports only" else float("nan")
             wait = rec["verification"].get("sync_wait_seconds", float("nan")) if rec else 0
-            phases = f"{rec['write_seconds']:>9.1f}{rec['verify_seconds']:>9.1f}{wait:>10.1f}" if rec else ""
-            print(f"{name:<18}{wall:>8.2f}{cpu:>8.1f}{rss / 1e3:>9.2f}G{phases}")
+            write_rate = rec["bytes_written"] / 1e9 / max(rec["write_seconds"], 1e-9) if rec else 0
+            phases = (f"{rec['write_seconds']:>9.1f}{write_rate:>7.2f}"
+                      f"{rec['verify_seconds']:>9.1f}{wait:>10.1f}") if rec else ""
+            print(f"{name:<18}{wall:>8.2f}{rate:>7.2f}{cpu:>8.1f}{rss / 1e3:>9.2f}G{phases}")
+        print(f"\nper GB: cp -r {copy_s / gb:.2f} s, cp -r + fsync {sync_s / gb:.2f} s, "
+              + ", ".join(f"{name} {(wall - imp[0]) / gb:.2f} s beyond the {imp[0]:.1f} s of imports"
+                          for name, (wall, _, _), _ in rows[3:]))
         print()
         summary = []
         for name, (wall, _, rss), rec in rows[3:]:
@@ -153,6 +168,7 @@ def main() -> int:
             print(line)
         print(f"\nimports alone take {imp[0]:.1f} s, {imp[0] / copy_s:.1f}x the whole copy: the ratio of a "
               f"{size / 1e9:.1f} GB model is bounded by them (an 8B model is 12x larger, its imports are not)")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
         print("summary:\n  " + "\n  ".join(summary))
     finally:
         if not args.workdir:

@@ -41,7 +41,7 @@ dtype: str = "auto"  # auto (keep the checkpoint dtype) | bf16 | fp32
 tokenizer: str = ""  # when the checkpoint has none: llm-jp, tiny, an HF dir or a run dir (empty: the one stored with it)
 max_shard_gb: float = 5.0  # safetensors shard size in GB
 # --- conversion
-verify_logits: bool = True  # also compare Megatron-core and HF logits (one fp32 model at a time, layer windows within 4 GB)
+verify_logits: bool = True  # also compare Megatron-core and HF logits (first, middle and last layer; the weights are bit-exact anyway)
 overwrite: bool = False  # replace an existing dst (the run-dir default is always this run's own)
 # --- run record
 run_name: str = ""  # run folder name (empty: automatic); the same name reopens (resumes) that run

@@ -33,7 +33,7 @@ src: str = "tiny"  # tiny, an HF model dir, or a run dir (its hf_model/); relati
 dst: str = ""  # NeMo dir to write (empty: <run dir>/nemo/)
 dtype: str = "auto"  # auto (keep the source dtype) | bf16 | fp32
 # --- conversion
-verify_logits: bool = True  # also compare Megatron-core and HF logits (one fp32 model at a time, layer windows within 4 GB)
+verify_logits: bool = True  # also compare Megatron-core and HF logits (first, middle and last layer; the weights are bit-exact anyway)
 overwrite: bool = False  # replace an existing dst (the run-dir default is always this run's own)
 # --- run record
 run_name: str = ""  # run folder name (empty: automatic); the same name reopens (resumes) that run

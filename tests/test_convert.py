@@ -167,7 +167,42 @@ def test_round_trip_is_bit_exact(nemo_dir, tiny, tmp_path):
     assert cfg_out["rope_theta"] == cfg_out["rope_parameters"]["rope_theta"] == 10000.0
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 2
-    assert result.summary["verification"]["logits_max_abs_diff"] < 1e-5
+    v = result.summary["verification"]
+    assert v["logits_max_abs_diff"] < 1e-5
+    # The kit's own NeMo output is stored one whole chunk per tensor: every tensor mapped, none loaded.
+    assert v["tensors_mapped"] == len(layout.GLOBAL_RULES) + len(layout.LAYER_RULES) * 2
+
+
+def test_every_item_of_a_written_checkpoint_is_located_in_place(nemo_dir):
+    """The checksum re-read and NeMo -> HF find each tensor's raw bytes inside its torch.save archive
+    without unpickling; they equal what torch.load gives. A tensor that is not its whole storage,
+    contiguous, of the expected shape and dtype, is not located (the callers then load it)."""
+    import io
+    import zipfile
+
+    from tunekit.convert import distcp
+
+    wd = nemo_dir / "model_weights"
+    md = torch_dist.read_metadata(wd)
+    raw = memoryview((wd / "__0_0.distcp").read_bytes())
+    n = 0
+    for index, info in md.storage_data.items():
+        meta = md.state_dict_metadata[index.fqn]
+        if not hasattr(meta, "chunks"):
+            continue
+        sizes = next(tuple(c.sizes) for c in meta.chunks if tuple(c.offsets) == tuple(index.offset))
+        where = distcp.locate(raw, info.offset, info.length, meta.properties.dtype, sizes)
+        ref = torch.load(io.BytesIO(raw[info.offset:info.offset + info.length]), weights_only=True)
+        assert where is not None and bytes(raw[where.start:where.start + where.nbytes]) == \
+            ref.contiguous().view(torch.uint8).numpy().tobytes(), index.fqn
+        # A valid zip archive too: the CRC-32 of the bytes filled in after torch wrote the archive.
+        assert zipfile.ZipFile(io.BytesIO(raw[info.offset:info.offset + info.length])).testzip() is None
+        n += 1
+    assert n == len(md.storage_data) - 10   # all but the 10 _extra_state objects
+    for t, shape in [(torch.ones(4, 3).t(), (3, 4)), (torch.ones(8)[2:6], (4,)), (torch.ones(4), (2, 2))]:
+        buf = io.BytesIO()
+        torch.save(t, buf)
+        assert distcp.locate(buf.getbuffer(), 0, len(buf.getvalue()), torch.float32, shape) is None
 
 
 def test_hf_output_carries_the_kit_chat_template(nemo_dir, tmp_path):
@@ -234,15 +269,29 @@ def test_the_vocabulary_sample_holds_the_prompts_and_spreads_over_the_rest():
 
 
 def test_windowed_logits_check_passes_and_records_its_windows(tiny, tmp_path):
-    res = api.hf_to_nemo(str(tiny), tmp_path / "nemo", logits_memory_gb=1e-6, **QUIET)
+    res = api.hf_to_nemo(str(tiny), tmp_path / "nemo", logits_memory_gb=1e-6, logits_layers="full", **QUIET)
     v = res.summary["verification"]
     assert v["layer_windows"] == [[0, 1], [1, 2]] and v["logits_match"] and v["logits_max_abs_diff"] < 1e-5
-    back = api.nemo_to_hf(str(tmp_path / "nemo"), tmp_path / "hf", logits_memory_gb=1e-6, **QUIET)
+    assert v["logits_layers"] == "full"
+    back = api.nemo_to_hf(str(tmp_path / "nemo"), tmp_path / "hf", logits_memory_gb=1e-6, logits_layers="full",
+                          **QUIET)
     assert back.summary["verification"]["layer_windows"] == [[0, 1], [1, 2]]
 
 
-@pytest.mark.parametrize("memory_gb", [16.0, 1e-6], ids=["whole model", "one layer at a time"])
-def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkeypatch, memory_gb):
+def test_the_default_logits_check_is_first_middle_and_last_layer():
+    spec = LlamaSpec(num_layers=32, hidden_size=8, ffn_hidden_size=8, num_heads=2, num_query_groups=1,
+                     head_dim=4, vocab_size=16)
+    assert verify.slice_windows(spec) == [(0, 1), (16, 17), (31, 32)]
+    assert verify.slice_windows(LlamaSpec(1, 8, 8, 2, 1, 4, 16)) == [(0, 1)]
+
+
+LOGITS_MODES = [dict(logits_layers="slice"), dict(logits_layers="full", logits_memory_gb=16.0),
+                dict(logits_layers="full", logits_memory_gb=1e-6)]
+LOGITS_IDS = ["slice (default)", "full, whole model", "full, one layer at a time"]
+
+
+@pytest.mark.parametrize("mode", LOGITS_MODES, ids=LOGITS_IDS)
+def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkeypatch, mode):
     """A wrong QKV layout that round-trips (fuse and split agree) passes the weight check; only the
     Megatron-core logits can catch it, and then no output folder may appear."""
     def plain_fuse(spec, q, k, v):
@@ -256,8 +305,49 @@ def test_logits_check_catches_a_consistently_wrong_layout(tiny, tmp_path, monkey
     monkeypatch.setattr(layout, "split_qkv", plain_split)
     out = tmp_path / "bad"
     with pytest.raises(verify.VerificationError, match="logits differ"):
-        api.hf_to_nemo(str(tiny), out, logits_memory_gb=memory_gb, **QUIET)
+        api.hf_to_nemo(str(tiny), out, **mode, **QUIET)
     assert not out.exists() and not list(tmp_path.glob("bad.tmp-*"))
+
+
+@pytest.mark.parametrize("mode", LOGITS_MODES[:2], ids=LOGITS_IDS[:2])
+def test_logits_check_catches_gate_and_up_swapped(tiny, tmp_path, monkeypatch, mode):
+    """fc1 written as up rows, then gate rows: every byte round-trips (the swap is consistent), so
+    only the logits see that Megatron's SwiGLU would multiply the wrong halves."""
+    real = layout.Rule.hf_names
+
+    def swapped(self, layer):
+        names = real(self, layer)
+        return names[::-1] if self.join == "rows" else names
+
+    monkeypatch.setattr(layout.Rule, "hf_names", swapped)
+    with pytest.raises(verify.VerificationError, match="logits differ"):
+        api.hf_to_nemo(str(tiny), tmp_path / "bad", **mode, **QUIET)
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("mode", LOGITS_MODES[:2], ids=LOGITS_IDS[:2])
+def test_logits_check_catches_a_wrong_rope_theta_in_the_written_config(tiny, nemo_dir, tmp_path, monkeypatch,
+                                                                      mode):
+    """Megatron-core is built from the model_config.yaml as written (hf-to-nemo), transformers from
+    the config.json as written (nemo-to-hf): a wrong rotary base in either is caught."""
+    from tunekit.convert import configs
+
+    real_nemo, real_hf = configs.nemo_config_dict, configs.hf_config_dict
+    monkeypatch.setattr(configs, "nemo_config_dict", lambda *a, **k: {**real_nemo(*a, **k), "rotary_base": 10.0})
+    with pytest.raises(verify.VerificationError, match="logits differ"):
+        api.hf_to_nemo(str(tiny), tmp_path / "bad", **mode, **QUIET)
+    monkeypatch.setattr(configs, "nemo_config_dict", real_nemo)
+
+    def wrong_theta(*a, **k):
+        cfg = real_hf(*a, **k)
+        cfg["rope_theta"] = 10.0
+        cfg["rope_parameters"] = {**cfg["rope_parameters"], "rope_theta": 10.0}
+        return cfg
+
+    monkeypatch.setattr(configs, "hf_config_dict", wrong_theta)
+    with pytest.raises(verify.VerificationError, match="logits differ"):
+        api.nemo_to_hf(str(nemo_dir), tmp_path / "bad_hf", **mode, **QUIET)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad_hf").exists()
 
 
 def _flip_middle(path: Path) -> None:
@@ -551,6 +641,19 @@ def test_prompts_batched_right_padded_give_each_prompts_own_logits(tiny, nemo_di
         torch.testing.assert_close(a, ref, rtol=1e-4, atol=1e-4)
 
 
+def _resident_bytes(t: torch.Tensor) -> int:
+    """Resident bytes of the mapping that holds `t` (from /proc/self/smaps)."""
+    ptr, rss, inside = t.data_ptr(), 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            a, b = (int(x, 16) for x in head.split("-"))
+            inside = a <= ptr < b
+        elif inside and line.startswith("Rss:"):
+            rss = int(line.split()[1]) * 1024
+    return rss
+
+
 @pytest.mark.parametrize("cuda", [False, True], ids=["cpu node", "gpu node"])
 def test_the_writer_frees_each_chunk_after_writing_it(tiny, tmp_path, monkeypatch, cuda):
     """torch's FileSystemWriter keeps every tensor it wrote referenced until the file is closed;
@@ -570,7 +673,14 @@ def test_the_writer_frees_each_chunk_after_writing_it(tiny, tmp_path, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     sums = torch_dist.write_weights(tmp_path / "w", spec, torch_dist.plan_chunks(spec, fetch), torch.float32)
     assert len(made) == len(sums) > 10
-    assert all(t.untyped_storage().nbytes() == 0 for t in made)   # every chunk freed
+    # Every chunk freed: its own bytes (a fused qkv) released, or, for a view of the source file
+    # (st.map_tensor: written straight from the page cache), its pages unmapped.
+    assert any(st.is_mapped(t) for t in made) and any(not st.is_mapped(t) for t in made)
+    for t in made:
+        if st.is_mapped(t):
+            assert _resident_bytes(t) <= 2 * 4096, "mapped pages of a written chunk still resident"
+        else:
+            assert t.untyped_storage().nbytes() == 0
     # Each chunk's bytes as handed over (checksummed before it was freed) are what was written.
     assert torch_dist.verify_written(tmp_path / "w", sums) == len(sums)
 
@@ -652,3 +762,11 @@ def test_without_the_logits_check_megatron_is_not_even_imported(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "out" / "model_weights" / ".metadata").is_file()
+    # NeMo -> HF of the kit's layout maps every tensor in place: no Megatron either.
+    code = ("import sys; from tunekit.convert import api; "
+            f"api.nemo_to_hf({str(tmp_path / 'out')!r}, {str(tmp_path / 'hf')!r}, verify_logits=False, "
+            "log=lambda *a: None); print(sorted(m for m in sys.modules if m.startswith('megatron'))[:3])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "hf" / "model.safetensors").is_file()

@@ -12,6 +12,7 @@ Memory stays near one tensor (writing) or one layer (reading) plus the largest s
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 import shutil
 import time
@@ -101,14 +102,15 @@ def _weights_bytes(spec: LlamaSpec, dtype: torch.dtype) -> int:
 # ---------------------------------------------------------------- HF -> NeMo
 def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits: bool = True,
                overwrite: bool = False, logits_memory_gb: float = verify.LOGITS_MEMORY_GB,
-               log=print) -> ConversionResult:
+               logits_layers: str = "slice", log=print) -> ConversionResult:
     """Convert an HF LLaMA model ("tiny", HF dir, run dir) into a NeMo dir in the official kit's layout.
 
     Writes `model_config.yaml`, `model_weights/` (torch_dist) and `tokenizer/`: the HF model that
     `tokenizer.type` names (tokenizer with the kit's chat template, config, weights as hard links
     to the source's), loadable by the official kit's transformers 4.47 and its exporter. Verified
     before publishing: weights bit-exact back to HF, and Megatron-core logits equal HF logits
-    (unless verify_logits=False), checked in layer windows that fit `logits_memory_gb`.
+    (unless verify_logits=False) on the first, middle and last layer (logits_layers="slice"), or on
+    every layer in windows that fit `logits_memory_gb` (logits_layers="full").
     """
     t0 = time.time()
     hf_dir = sources.resolve_hf_source(src)
@@ -176,8 +178,11 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
             sample = None
             if verify_logits:
                 with megatron_on_cpu():
-                    logits = verify.check_logits(hf_dir, spec, tmp / "model_weights", tokenizer, dt,
-                                                 memory_gb=logits_memory_gb)
+                    # Megatron's model from the config as written (a wrong field there shows too).
+                    as_written = configs.spec_from_nemo_config(configs.read_yaml(tmp / "model_config.yaml"),
+                                                               spec.vocab_size, str(tmp / "model_config.yaml"))
+                    logits = verify.check_logits(hf_dir, as_written, tmp / "model_weights", tokenizer, dt,
+                                                 memory_gb=logits_memory_gb, layers=logits_layers)
                 sample = logits.pop("_sample", None)
                 checks.update(logits)
         finally:
@@ -199,7 +204,7 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
 def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: str = "last",
                tokenizer: str = "", verify_logits: bool = True, overwrite: bool = False,
                max_shard_gb: float = 5.0, logits_memory_gb: float = verify.LOGITS_MEMORY_GB,
-               log=print) -> ConversionResult:
+               logits_layers: str = "slice", log=print) -> ConversionResult:
     """Convert a NeMo dir / official-kit training output / run dir of 21 into an HF model dir.
 
     Writes safetensors (sharded above `max_shard_gb`), config.json, generation_config.json and a
@@ -207,7 +212,16 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
     dir, a run dir, "tiny" or "llm-jp"). Verified before publishing like `hf_to_nemo`.
     """
     t0 = time.time()
-    with megatron_on_cpu():
+    # Megatron-core (seconds of imports and a process group) is set up only when needed: to read
+    # a layout that cannot be mapped (tensor-parallel splits) and for the logits check.
+    with contextlib.ExitStack() as megatron:
+        entered: list[bool] = []
+
+        def need_megatron() -> None:
+            if not entered:
+                megatron.enter_context(megatron_on_cpu())
+                entered.append(True)
+
         source = sources.resolve_nemo_source(src, checkpoint)
         log(f"nemo-to-hf: {source.note}")
         cfg = configs.read_yaml(source.config_path)
@@ -239,8 +253,8 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             bar = _bar(writer.total_bytes, "nemo-to-hf")
             t_write = time.time()
             trip = verify.RoundTrip(spec, dt)
-            for group, layer in read_groups(spec):
-                _write_group(nemo, spec, group, layer, writer, bar, trip)
+            mapped = sum(_write_group(nemo, spec, group, layer, writer, bar, trip, need_megatron)
+                         for group, layer in read_groups(spec))
             writer.close()
             bar.close()
             write_s = time.time() - t_write
@@ -254,11 +268,13 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
                 out.check(spec)
                 writer.verify()
                 checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
-                                          "files_read_back": len(writer.checksums), "checksum": "xxh3_128"}
+                                          "files_read_back": len(writer.checksums), "checksum": "xxh3_128",
+                                          "tensors_mapped": mapped}
                 sample = None
                 if verify_logits:
+                    need_megatron()
                     logits = verify.check_logits(tmp, spec, source.weights_dir, tok, dt, nemo.prefix,
-                                                 memory_gb=logits_memory_gb)
+                                                 memory_gb=logits_memory_gb, layers=logits_layers)
                     sample = logits.pop("_sample", None)
                     checks.update(logits)
             finally:
@@ -277,15 +293,29 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
 
 
 def _write_group(nemo: NemoWeights, spec: LlamaSpec, group, layer, writer: ShardWriter, bar,
-                 trip: verify.RoundTrip) -> None:
-    # A function of its own so the group's tensors are freed before the next group is read.
-    tensors = nemo.read(spec, layer, group)
+                 trip: verify.RoundTrip, need_megatron) -> int:
+    """Write one layer's (or the global) HF tensors; returns how many came straight from the mapped
+    data file. A function of its own so the group's tensors are freed before the next group is read."""
+    stored = {rule.nemo: nemo.mapped_rows(spec, layer, rule) for rule in group}
+    loaded = [r for r in group if stored[r.nemo] is None]   # other layouts: Megatron-core's loader
+    if loaded:
+        need_megatron()
+    tensors = nemo.read(spec, layer, tuple(loaded)) if loaded else {}
     for rule in group:
-        nemo_t = tensors.pop(rule.nemo)
-        parts = rule.to_hf(spec, nemo_t)
-        trip.nemo_to_hf(rule, layer, nemo_t, parts)  # before it is written: a wrong map stops here
+        blocks = stored[rule.nemo]
+        if blocks is not None and rule.join == "rows" and len(blocks) == len(rule.hf):
+            # Stored as one chunk per HF tensor (Megatron's SwiGLU sharding): the parts are the
+            # chunks themselves, if their row ranges are the HF tensors' (checked).
+            parts = [t for _, t in blocks]
+            trip.rows_as_stored(rule, layer, [row for row, _ in blocks], parts)
+        else:
+            nemo_t = (tensors.pop(rule.nemo) if blocks is None else
+                      blocks[0][1] if len(blocks) == 1 else torch.cat([t for _, t in blocks]))
+            parts = rule.to_hf(spec, nemo_t)
+            trip.nemo_to_hf(rule, layer, nemo_t, parts)  # before it is written: a wrong map stops here
         for name, t in zip(rule.hf_names(layer), parts):
             bar.update(writer.write(name, t))
+    return len(group) - len(loaded)
 
 
 def hf_write_order(spec: LlamaSpec) -> list[tuple[str, tuple[int, ...]]]:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 DTYPE_HELP = "output dtype: auto (= the source's), bf16 or fp32 (default: auto)"
 NO_LOGITS_HELP = ("skip the logits check (Megatron-core vs transformers on fixed prompts, one fp32 model "
-                  "at a time, in windows of layers that fit --logits-memory-gb); the bit-exact weight "
-                  "check always runs")
-MEMORY_HELP = ("memory the logits check may use, in GB (default: 4): the whole model at once when its "
-               "fp32 copy fits, else a few layers at a time (every layer is still checked)")
+                  "at a time); the bit-exact weight check always runs")
+MEMORY_HELP = ("with --verify-logits full: memory the logits check may use, in GB (default: 4): the whole "
+               "model at once when its fp32 copy fits, else a few layers at a time")
+LAYERS_HELP = ("which layers the logits check runs: slice (default: the first, middle and last layer, each "
+               "with the embedding, final norm and output layer; every layer shares one mapping, whose "
+               "bytes are checked bit for bit for all layers) or full (every layer)")
 
 
 def register(subparsers) -> None:
@@ -34,6 +36,7 @@ def register(subparsers) -> None:
     n2h.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help=DTYPE_HELP)
     n2h.add_argument("--max-shard-gb", type=float, default=5.0, help="safetensors shard size (default: 5)")
     n2h.add_argument("--no-verify-logits", action="store_true", help=NO_LOGITS_HELP)
+    n2h.add_argument("--verify-logits", choices=("slice", "full"), default="slice", help=LAYERS_HELP)
     n2h.add_argument("--logits-memory-gb", type=float, default=4.0, help=MEMORY_HELP)
     n2h.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     n2h.set_defaults(func=_nemo_to_hf)
@@ -45,6 +48,7 @@ def register(subparsers) -> None:
     h2n.add_argument("dst", metavar="DST", help="NeMo directory to create")
     h2n.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"), help=DTYPE_HELP)
     h2n.add_argument("--no-verify-logits", action="store_true", help=NO_LOGITS_HELP)
+    h2n.add_argument("--verify-logits", choices=("slice", "full"), default="slice", help=LAYERS_HELP)
     h2n.add_argument("--logits-memory-gb", type=float, default=4.0, help=MEMORY_HELP)
     h2n.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     h2n.set_defaults(func=_hf_to_nemo)
@@ -56,7 +60,7 @@ def _nemo_to_hf(args) -> int:
     nemo_to_hf(args.src, args.dst, dtype=args.dtype, checkpoint=args.checkpoint,
                tokenizer=args.tokenizer, verify_logits=not args.no_verify_logits,
                overwrite=args.overwrite, max_shard_gb=args.max_shard_gb,
-               logits_memory_gb=args.logits_memory_gb)
+               logits_memory_gb=args.logits_memory_gb, logits_layers=args.verify_logits)
     return 0
 
 
@@ -64,5 +68,6 @@ def _hf_to_nemo(args) -> int:
     from .api import hf_to_nemo
 
     hf_to_nemo(args.src, args.dst, dtype=args.dtype, verify_logits=not args.no_verify_logits,
-               overwrite=args.overwrite, logits_memory_gb=args.logits_memory_gb)
+               overwrite=args.overwrite, logits_memory_gb=args.logits_memory_gb,
+               logits_layers=args.verify_logits)
     return 0

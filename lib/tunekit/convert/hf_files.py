@@ -86,8 +86,8 @@ class HFWeights:
             raise UserError(f"{self.dir}: weights must be floating point (found {sorted(map(str, floats))})")
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor."""
-        return st.read_tensor(self.entries[name])
+        """One tensor, as a view of its file's bytes (`safetensors_io.map_tensor`: no copy)."""
+        return st.map_tensor(self.entries[name])
 
     def get_row_set(self, name: str, rows: list[int]) -> torch.Tensor:
         """Rows `rows` (sorted, distinct) of one tensor, reading only their bytes."""

@@ -9,7 +9,7 @@ from pydantic import Field
 from ..params import NotebookParams, RunParams
 
 Dtype = Literal["auto", "bf16", "fp32"]
-_VERIFY = "also compare Megatron-core and HF logits (one fp32 model at a time, layer windows within 4 GB)"
+_VERIFY = "also compare Megatron-core and HF logits (first, middle and last layer; the weights are bit-exact anyway)"
 _OVERWRITE = "replace an existing dst (the run-dir default is always this run's own)"
 
 

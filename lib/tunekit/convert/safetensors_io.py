@@ -1,17 +1,19 @@
 """Streaming safetensors: read one tensor at a time, write shards tensor by tensor.
 
 The format is an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
-data_offsets}}, then the raw bytes. Reading with plain file reads (no mmap) keeps the process's
-resident memory at one tensor, which is what the conversion promises; `safetensors.safe_open`
-maps whole files and makes RSS grow with every tensor touched. Headers are checked against the
-file size first, so a truncated download or copy is reported by name instead of failing deep
-inside a read.
+data_offsets}}, then the raw bytes. The conversion reads a tensor by mapping exactly its bytes
+(`map_tensor`): no read into fresh memory, and writing it elsewhere is one copy from the page
+cache; the mapping ends with the tensor, so resident memory stays at the tensors in use
+(`safetensors.safe_open` maps whole files and makes RSS grow with every tensor touched). Headers
+are checked against the file size first, so a truncated download or copy is reported by name
+instead of failing deep inside a read.
 """
 from __future__ import annotations
 
 import json
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +85,54 @@ def read_tensor(entry: Entry) -> torch.Tensor:
     if got != nbytes:
         raise UserError(f"{entry.path}: truncated while reading (copy it again)")
     return out.view(entry.dtype).reshape(entry.shape)
+
+
+def map_bytes(path: Path, start: int, end: int) -> torch.Tensor:
+    """Bytes [start, end) of a file as a uint8 tensor backed by a private read-only-in-practice
+    mapping of the file (no copy: its pages are the page cache's). Nothing else is mapped, so the
+    mapping ends with the tensor. Writing such a tensor to another file copies page cache to page
+    cache in the kernel; going through a fresh anonymous buffer first costs a second copy (and, on
+    virtual machines like the test VM, runs ~15x slower: see docs/nemo.md)."""
+    import mmap
+
+    if end <= start:
+        return torch.empty(0, dtype=torch.uint8)
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size < end:
+            raise UserError(f"{path}: truncated while reading (copy it again)")
+        # ACCESS_COPY: a writable (copy-on-write) view, as torch.frombuffer wants; nothing writes it.
+        m = mmap.mmap(f.fileno(), end - base, access=mmap.ACCESS_COPY, offset=base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "non-writable buffer": it is writable (copy-on-write)
+        return torch.frombuffer(memoryview(m)[start - base:end - base], dtype=torch.uint8)
+
+
+def map_tensor(entry: Entry) -> torch.Tensor:
+    """One tensor as a view of its file's bytes (`map_bytes`): no read, no copy, RSS = pages touched."""
+    raw = map_bytes(entry.path, entry.start, entry.end)
+    return raw.view(entry.dtype).reshape(entry.shape)
+
+
+def is_mapped(t: torch.Tensor) -> bool:
+    """True for a tensor made by `map_bytes` (its storage cannot be resized, unlike torch's own)."""
+    return not t.untyped_storage().resizable()
+
+
+def drop_pages(t: torch.Tensor) -> None:
+    """Let the kernel unmap the pages of a `map_bytes` tensor that was fully used (they stay in the
+    page cache; touching the tensor again would fault them back in). Keeps RSS at one tensor while
+    a writer still holds references to everything it wrote."""
+    import ctypes
+    import mmap
+
+    if not is_mapped(t) or t.numel() == 0:
+        return
+    page = mmap.PAGESIZE
+    a = -(-t.data_ptr() // page) * page
+    b = (t.data_ptr() + t.numel() * t.element_size()) // page * page
+    if b > a:
+        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), mmap.MADV_DONTNEED)
 
 
 def read_rows(entry: Entry, start: int, stop: int) -> torch.Tensor:
@@ -198,10 +248,12 @@ class ShardWriter:
         self._shard = i
 
     def _put(self, data) -> None:
-        self._hash.update(data)
         view = memoryview(data).cast("B")
         while view:  # an unbuffered write may be short
             view = view[self._file.write(view):]
+        # Hashed after writing: hashing first makes the kernel's copy of the same (mapped) bytes
+        # several times slower on the test VM (torch_dist._fill).
+        self._hash.update(data)
 
     def _close_file(self) -> None:
         if self.sync:
@@ -239,13 +291,27 @@ class ShardWriter:
         returns the bytes read. Raises VerificationError naming a file that differs."""
         from .failures import VerificationError
 
+        import mmap
+
         total = 0
         for name, want in self.checksums.items():
             h = _hasher()
             with open(self.out_dir / name, "rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    h.update(block)
-                    total += len(block)
+                size = os.fstat(f.fileno()).st_size
+                if size:
+                    # Hashed where the bytes lie (no copy into fresh buffers), 64 MB at a time,
+                    # each block's pages unmapped after use: RSS stays at one block.
+                    m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    view = memoryview(m)
+                    try:
+                        for a in range(0, size, 1 << 26):
+                            b = min(size, a + (1 << 26))
+                            h.update(view[a:b])
+                            m.madvise(mmap.MADV_DONTNEED, a, b - a)
+                    finally:
+                        view.release()
+                        m.close()
+                    total += size
             if h.hexdigest() != want:
                 raise VerificationError(f"verification: {self.out_dir / name} reads back different bytes "
                                         "than were written (a disk or filesystem fault; the output was not "

@@ -13,9 +13,10 @@
    Japanese prompts. Both run in fp32 with the weights rounded to the output dtype, so the only
    differences left are fp32 summation order. The check runs on windows of layers (embedding,
    the window's layers, final norm, output layer; only the rows of the prompts' tokens and of an
-   evenly spread sample of the vocabulary, VOCAB_SAMPLE ids) sized to a stated memory budget
-   (`LOGITS_MEMORY_GB`, `logits_windows`): the whole model in one window when its fp32 copy fits,
-   else a few layers at a time, every layer checked. Each model is built, run and freed in turn,
+   evenly spread sample of the vocabulary, VOCAB_SAMPLE ids). By default ("slice") the windows
+   are the first, middle and last layer, one each (`slice_windows`: why that checks the mapping
+   of every layer); "full" checks every layer in windows sized to a stated memory budget
+   (`LOGITS_MEMORY_GB`, `logits_windows`). Each model is built, run and freed in turn,
    on all prompts at once (one right-padded batch: on CPU at these lengths a forward costs what
    streaming the weights costs, so one batched forward instead of one per prompt)
    (`verify_logits=False` skips this check).
@@ -23,6 +24,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from pathlib import Path
 
 import torch
@@ -74,6 +76,17 @@ class RoundTrip:
             self._fail(f"verification: {rule.nemo_key()} layer {layer} does not fuse back from its "
                        "HF tensors (the conversion is wrong; please report it)")
         self.compared += len(parts)
+
+    def rows_as_stored(self, rule, layer: int | None, starts: list[int], parts: list[torch.Tensor]) -> None:
+        """HF tensors taken as the stored row blocks of a "rows" NeMo tensor (fc1: gate, then up):
+        each block must start where the split puts that HF tensor and have its shape."""
+        row = 0
+        for i, (start, t) in enumerate(zip(starts, parts)):
+            if start != row or tuple(t.shape) != rule.hf_shape(self.spec, i):
+                self._fail(f"verification: {rule.hf_names(layer)[i]} is not rows {row}.. of "
+                           f"{rule.nemo_key()} layer {layer} (the conversion is wrong; please report it)")
+            row += t.shape[0]
+            self.compared += 1
 
     def same_part(self, rule, layer: int | None, part: int, hf: torch.Tensor, written: torch.Tensor) -> None:
         """A row block written as it came (SwiGLU gate/up) holds exactly the HF tensor."""
@@ -238,6 +251,28 @@ def logits_windows(spec: LlamaSpec, memory_gb: float) -> list[tuple[int, int]]:
     return [(a, min(a + per, spec.num_layers)) for a in range(0, spec.num_layers, per)]
 
 
+LOGITS_LAYERS = ("slice", "full")
+
+
+def slice_windows(spec: LlamaSpec) -> list[tuple[int, int]]:
+    """The default logits check: the first, middle and last decoder layer, each in a window of its own
+    (embedding sample -> that layer -> final norm -> output sample). Every layer goes through the
+    same mapping code (one `Rule` per tensor kind, applied with the layer index), so a layout error
+    (q/k/v grouping, gate/up order, norms, RoPE settings of the written config) shows on any layer;
+    the three positions also catch layer indexing that is off at either end. What a slice cannot
+    see, a wrong tensor for one middle layer, is what the bit-exact weight checks cover, and
+    `layers="full"` runs every layer."""
+    picks = sorted({0, spec.num_layers // 2, spec.num_layers - 1})
+    return [(i, i + 1) for i in picks]
+
+
+def _collect_if_alive(model_ref) -> None:
+    """A window's model must be gone before the next is built: a full garbage collection (~0.4 s
+    with Megatron loaded) only when reference cycles still keep it alive."""
+    if model_ref() is not None:
+        gc.collect()
+
+
 def _rounded(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """fp32 values representable in `dtype` (the output's rounding)."""
     return t.to(dtype).float()
@@ -300,8 +335,9 @@ def hf_window_logits(hf: HFWeights, config: dict, window: tuple[int, int], ids: 
     with torch.no_grad():
         logits = model(_right_padded(seqs)).logits
     out = [logits[i, :len(x)].clone() for i, x in enumerate(seqs)]
+    alive = weakref.ref(model)
     del model, state, logits
-    gc.collect()
+    _collect_if_alive(alive)
     return out
 
 
@@ -350,21 +386,27 @@ def megatron_window_logits(nemo: NemoWeights, spec: LlamaSpec, window: tuple[int
     with torch.no_grad():
         logits = model(tokens, pos, causal_mask(tokens.shape[1]))
     out = [logits[i, :len(x)].clone() for i, x in enumerate(seqs)]
+    alive = weakref.ref(model)
     del model, state, logits
-    gc.collect()
+    _collect_if_alive(alive)
     return out
 
 
 def check_logits(hf_dir: Path, spec: LlamaSpec, weights_dir: Path, tokenizer, dtype: torch.dtype,
-                 prefix: str = "model.", memory_gb: float = LOGITS_MEMORY_GB) -> dict:
+                 prefix: str = "model.", memory_gb: float = LOGITS_MEMORY_GB, layers: str = "slice") -> dict:
     """Run both models on the prompts, window by window of layers, and compare; VerificationError
-    if any window disagrees. Peak memory: one fp32 model of one window (`logits_windows`)."""
+    if any window disagrees. layers="slice": first, middle and last layer (`slice_windows`);
+    "full": every layer, in windows whose fp32 model fits `memory_gb` (`logits_windows`).
+    `spec` is what Megatron-core builds its GPTModel from: hf-to-nemo passes the one read back
+    from the written model_config.yaml, so the check covers the written config too."""
     from .configs import read_json
 
+    if layers not in LOGITS_LAYERS:
+        raise UserError(f"logits check layers {layers!r} is not one of {', '.join(LOGITS_LAYERS)}")
     ids = prompt_ids(tokenizer, spec.vocab_size)
     hf, nemo = HFWeights(hf_dir), NemoWeights(weights_dir)
     config = read_json(hf_dir / "config.json")
-    windows = logits_windows(spec, memory_gb)
+    windows = slice_windows(spec) if layers == "slice" else logits_windows(spec, memory_gb)
     vocab = vocab_sample(ids, spec.vocab_size)
     hf_g, nemo_g = hf_globals(hf, spec, dtype, vocab), megatron_globals(nemo, spec, dtype, vocab)
     results, sample = [], None
@@ -381,7 +423,8 @@ def check_logits(hf_dir: Path, spec: LlamaSpec, weights_dir: Path, tokenizer, dt
         sample = sample or (ref[0], got[0])
     worst = max(results, key=lambda r: r["logits_max_abs_diff"] / r["logits_tolerance"])
     result = {**worst, "argmax_agreement": min(r["argmax_agreement"] for r in results),
-              "layer_windows": [list(w) for w in windows], "logits_memory_gb": memory_gb,
+              "layer_windows": [list(w) for w in windows], "logits_layers": layers,
+              "logits_memory_gb": memory_gb if layers == "full" else None,
               "vocab_ids_compared": len(vocab)}
     result["_sample"] = sample  # for plots; popped before the summary is written
     return result

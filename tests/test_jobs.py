@@ -545,3 +545,29 @@ def test_a_link_stopped_by_a_signal_before_any_checkpoint_counts_as_killed_not_f
     assert chain.record_end(run_dir, job_dir, "evaluate", 1, 2, 143) == chain.KILLED
     assert chain.gate(run_dir, job_dir, "evaluate", 2, 2, environ={}) == chain.GATE_RUN
     assert "stopped by SIGTERM" in chain.read_link(job_dir, 2)["note"]
+
+
+def test_the_notebooks_exit_status_survives_a_signal_racing_its_end(tmp_path):
+    """qdel signals the job script and the notebook together. Where the notebook ends as the
+    script's trap runs, bash's last `wait` may answer -1 for a status an earlier `wait` already
+    took (this made a cancelled link read "failed", rc -1): the script must keep 128 + 15. The
+    template's own lines run here, with a sleeper in place of the notebook, against the race 40
+    times (before the fix about one run in five gave -1)."""
+    import signal
+    import time
+
+    from tunekit.paths import repo_root
+
+    text = (repo_root() / "job_templates" / "notebook.pbs.jinja").read_text(encoding="utf-8")
+    start = text.index('python -m tunekit.cli notebooks execute')
+    end = text.index("trap - TERM INT", start)
+    body = text[start:end].split("\n", 1)[1]   # from `child=$!` to the status kept
+    script = tmp_path / "race.sh"
+    script.write_text('set +e\npython3 -c "import time; time.sleep(5)" &\n' + body + 'echo "rc=$rc"\n')
+    seen = []
+    for k in range(40):
+        proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        time.sleep(0.03 + 0.002 * (k % 10))   # the sleeper is running; hit both at (nearly) once
+        os.killpg(proc.pid, signal.SIGTERM)
+        seen.append(proc.communicate(timeout=30)[0].strip().splitlines()[-1])   # (after the trap's line)
+    assert set(seen) == {"rc=143"}, seen

@@ -67,7 +67,7 @@ bench: setup  ## run the benchmarks; ends with every ratio next to its target (n
 		$(PY) $$b 2>&1 | tee -a "$$log"; status=$${PIPESTATUS[0]}; [ "$$status" -eq 0 ] || exit "$$status"; \
 	done; \
 	echo; echo "== ratios vs targets (load average now $$(cut -d' ' -f1-3 /proc/loadavg) on $$(nproc) cores)"; \
-	grep -h "(target" "$$log" | sort -u
+	grep -h "(target" "$$log" | sed "s/^ *//" | sort -u
 
 # `clean` never touches results: runs/ (or the /groups folder it links to) goes only with clean-runs.
 clean:  ## remove the venv and the caches (rebuilt on demand); keeps runs/, your results

@@ -749,24 +749,25 @@ def test_reading_a_row_set_reads_exactly_those_rows(tmp_path):
         st.read_row_set(entry, [39])
 
 
-def test_without_the_logits_check_megatron_is_not_even_imported(tmp_path):
-    """Writing and the checksum re-read use torch.distributed.checkpoint alone: Megatron-core
-    (seconds of imports and a process-group set-up) is loaded only for the logits check."""
+def _megatron_modules_after(call: str) -> str:
+    """The first Megatron modules imported by a fresh interpreter that runs `api.<call>` ("[]": none)."""
     import subprocess
     import sys
 
-    code = ("import sys; from tunekit.convert import api; "
-            f"api.hf_to_nemo('tiny', {str(tmp_path / 'out')!r}, verify_logits=False, log=lambda *a: None); "
+    code = (f"import sys; from tunekit.convert import api; {call}; "
             "print(sorted(m for m in sys.modules if m.startswith('megatron'))[:3])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_without_the_logits_check_megatron_is_not_even_imported(tmp_path):
+    """Writing and the checksum re-read use torch.distributed.checkpoint alone: Megatron-core
+    (seconds of imports and a process-group set-up) is loaded only for the logits check."""
+    assert _megatron_modules_after(f"api.hf_to_nemo('tiny', {str(tmp_path / 'out')!r}, verify_logits=False, "
+                                   "log=lambda *a: None)") == "[]"
     assert (tmp_path / "out" / "model_weights" / ".metadata").is_file()
     # NeMo -> HF of the kit's layout maps every tensor in place: no Megatron either.
-    code = ("import sys; from tunekit.convert import api; "
-            f"api.nemo_to_hf({str(tmp_path / 'out')!r}, {str(tmp_path / 'hf')!r}, verify_logits=False, "
-            "log=lambda *a: None); print(sorted(m for m in sys.modules if m.startswith('megatron'))[:3])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert _megatron_modules_after(f"api.nemo_to_hf({str(tmp_path / 'out')!r}, {str(tmp_path / 'hf')!r}, "
+                                   "verify_logits=False, log=lambda *a: None)") == "[]"
     assert (tmp_path / "hf" / "model.safetensors").is_file()

@@ -28,7 +28,7 @@ from ..paths import resolve
 from ..runtime import progress
 from . import configs, hf_files, sources, verify
 from .common_state import non_model_entries
-from .durable import BackgroundSync
+from .durable import synced_meanwhile
 from .layout import RULES, LlamaSpec, Rule, extra_state_keys, read_groups
 from .megatron_cpu import megatron_on_cpu
 from .safetensors_io import ShardWriter
@@ -168,13 +168,13 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
         written = _dir_bytes(tmp / "model_weights")
         log(f"hf-to-nemo: wrote {written / 1e6:.1f} MB in {write_s:.1f} s; verifying ...")
         t_ver = time.time()
-        disk = BackgroundSync([tmp / "model_weights"])   # the disk works while verification runs
-        try:
+        checks: dict[str, Any] = {}
+        with synced_meanwhile([tmp / "model_weights"], checks):   # the disk works while verification runs
             nemo = NemoWeights(tmp / "model_weights")
             nemo.check(spec)
             chunks = verify_written(tmp / "model_weights", sums)
-            checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
-                                      "chunks_read_back": chunks, "checksum": "xxh3_128"}
+            checks.update({"weights_bit_exact": True, "tensors_compared": trip.compared,
+                           "chunks_read_back": chunks, "checksum": "xxh3_128"})
             sample = None
             if verify_logits:
                 with megatron_on_cpu():
@@ -185,10 +185,6 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
                                                  memory_gb=logits_memory_gb, layers=logits_layers)
                 sample = logits.pop("_sample", None)
                 checks.update(logits)
-        finally:
-            t_sync = time.time()
-            synced = disk.wait()   # on disk before the folder gets its name (also joined on failure)
-        checks.update(files_synced=synced, sync_wait_seconds=round(time.time() - t_sync, 3))
         summary = _summary("hf_to_nemo", str(hf_dir), f"HF model {hf_dir}", path, dname, spec,
                            written, write_s, time.time() - t_ver, time.time() - t0, checks)
         summary.update({"tokenizer_dir": str(path / "tokenizer") if has_tok else None,
@@ -262,14 +258,14 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
             hf_files.write_generation_config(tmp, ids)
             log(f"nemo-to-hf: wrote {writer.total_bytes / 1e6:.1f} MB in {write_s:.1f} s; verifying ...")
             t_ver = time.time()
-            disk = BackgroundSync([tmp / f for f in writer.files])  # while verification runs
-            try:
+            checks: dict[str, Any] = {}
+            with synced_meanwhile([tmp / f for f in writer.files], checks):  # while verification runs
                 out = hf_files.HFWeights(tmp)
                 out.check(spec)
                 writer.verify()
-                checks: dict[str, Any] = {"weights_bit_exact": True, "tensors_compared": trip.compared,
-                                          "files_read_back": len(writer.checksums), "checksum": "xxh3_128",
-                                          "tensors_mapped": mapped}
+                checks.update({"weights_bit_exact": True, "tensors_compared": trip.compared,
+                               "files_read_back": len(writer.checksums), "checksum": "xxh3_128",
+                               "tensors_mapped": mapped})
                 sample = None
                 if verify_logits:
                     need_megatron()
@@ -277,10 +273,6 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
                                                  memory_gb=logits_memory_gb, layers=logits_layers)
                     sample = logits.pop("_sample", None)
                     checks.update(logits)
-            finally:
-                t_sync = time.time()
-                synced = disk.wait()   # on disk before the folder gets its name (also joined on failure)
-            checks.update(files_synced=synced, sync_wait_seconds=round(time.time() - t_sync, 3))
             summary = _summary("nemo_to_hf", str(source.weights_dir), source.note, path, dname, spec,
                                writer.total_bytes, write_s, time.time() - t_ver, time.time() - t0, checks)
             summary.update({"checkpoint": source.checkpoint, "skipped_entries": skipped,

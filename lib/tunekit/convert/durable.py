@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 
 class BackgroundSync:
@@ -43,3 +45,17 @@ class BackgroundSync:
         if self.error is not None:
             raise self.error
         return len(self.files)
+
+
+@contextmanager
+def synced_meanwhile(paths: Iterable[Path], checks: dict[str, Any]) -> Iterator[None]:
+    """fsync `paths` in the background while the body runs (the verification): every file is on
+    disk when it ends, also when the body fails; records `files_synced` and `sync_wait_seconds`
+    (how long the end still waited for the disk) in `checks`."""
+    disk = BackgroundSync(paths)
+    try:
+        yield
+    finally:
+        t_sync = time.time()
+        synced = disk.wait()
+    checks.update(files_synced=synced, sync_wait_seconds=round(time.time() - t_sync, 3))

@@ -98,7 +98,8 @@ const w = app.shell.currentWidget;
 if (!w || !w.sessionContext || !w.content) return {ready: false};
 const sc = w.sessionContext;
 const cells = w.content.widgets.filter(c => c.model.type === 'code');
-return {ready: true, kernel: sc.session && sc.session.kernel ? sc.session.kernel.name : null,
+return {ready: true, path: w.context ? w.context.path : null,
+        kernel: sc.session && sc.session.kernel ? sc.session.kernel.name : null,
         status: sc.kernelDisplayStatus,
         counts: cells.map(c => c.model.executionCount),
         pending: Array.from(w.node.querySelectorAll('.jp-InputPrompt')).filter(e => e.textContent.includes('*')).length};
@@ -121,6 +122,8 @@ def _run_all(driver, before: dict, attempts: int = 3) -> None:
         deadline = time.time() + 20
         while time.time() < deadline:
             state = driver.execute_script(_STATE_JS)
+            if state.get("path") != before.get("path"):
+                raise AssertionError(f"the open notebook changed under Run All: {before.get('path')} -> {state}")
             if state["status"] != "idle" or state["pending"] or state["counts"] != before["counts"]:
                 return
             time.sleep(0.5)
@@ -146,34 +149,55 @@ return w.content.widgets.filter(c => c.model.type === 'code').map(c => {
 """
 
 
-def open_notebook(driver, base: str, token: str, rel_path: str) -> dict:
-    """Open `rel_path` in JupyterLab and wait (up to 120 s) until its kernel is idle."""
+def open_notebook(driver, base: str, token: str, rel_path: str, settle_s: float = 3.0) -> dict:
+    """Open `rel_path` in JupyterLab and wait (up to 120 s) until it is the current tab, with its
+    kernel idle, and has stayed so for `settle_s`.
+
+    Why the path and the wait: the page reload restores the workspace's earlier tabs (the Tour
+    notebook from an earlier test) and one of them can be the current, idle tab for a moment
+    before `rel_path` opens. An edit or Run All issued then lands on the wrong notebook, and the
+    notebook under test is left unrun (seen in CI: "assert 0 == 1" errors, parameters unchanged).
+    """
     driver.get(f"{base}/lab/tree/{rel_path}?token={token}")
     deadline = time.time() + 120
-    state = {}
+    state, ready_since = {}, None
     while time.time() < deadline:
         state = driver.execute_script(_STATE_JS) or {}
-        if state.get("ready") and state.get("kernel") and state.get("status") == "idle":
-            return state
-        time.sleep(1)
-    raise AssertionError(f"notebook/kernel never became ready: {state}")
+        if (state.get("ready") and state.get("path") == rel_path and state.get("kernel")
+                and state.get("status") == "idle"):
+            ready_since = ready_since or time.time()
+            if time.time() - ready_since >= settle_s:
+                return state
+        else:
+            ready_since = None
+        time.sleep(0.5)
+    raise AssertionError(f"{rel_path}: notebook/kernel never became the ready current tab: {state}")
 
 
 def set_parameter(driver, name: str, literal: str) -> str:
     """Change one value in the open notebook's parameters cell, as a person types it; returns the
-    cell's previous source (to put back with `set_parameters_source`)."""
-    return driver.execute_script(_PAGE + """
+    cell's previous source (to put back with `set_parameters_source`). Fails when no line of the
+    current notebook's parameters cell names `name` (an edit that changed nothing hides a bug)."""
+    answer = driver.execute_script(_PAGE + """
         const [name, literal] = [arguments[0], arguments[1]];
         const w = window.jupyterapp.shell.currentWidget;
         const cell = w.content.widgets.find(c => (c.model.getMetadata('tags') || []).includes('parameters'));
         const old = cell.model.sharedModel.getSource();
+        let found = 0;
         const lines = old.split('\\n').map(l => {
           if (!l.startsWith(name + ':')) return l;
+          found += 1;
           const [head, rest] = [l.split(' = ')[0], l.split(' = ').slice(1).join(' = ')];
           return head + ' = ' + literal + '  #' + rest.split('#').slice(1).join('#');
         });
-        cell.model.sharedModel.setSource(lines.join('\\n'));
-        return old;""", name, literal)
+        const source = lines.join('\\n');
+        if (found !== 1) return {error: found + ' lines of ' + w.context.path + "'s parameters cell start with " + name + ':'};
+        cell.model.sharedModel.setSource(source);
+        if (cell.model.sharedModel.getSource() !== source) return {error: 'the edit did not hold'};
+        return {old: old};""", name, literal)
+    if "error" in answer:
+        raise AssertionError(f"set_parameter({name}={literal}): {answer['error']}")
+    return answer["old"]
 
 
 def set_parameters_source(driver, source: str) -> None:

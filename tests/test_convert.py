@@ -771,3 +771,48 @@ def test_without_the_logits_check_megatron_is_not_even_imported(tmp_path):
     assert _megatron_modules_after(f"api.nemo_to_hf({str(tmp_path / 'out')!r}, {str(tmp_path / 'hf')!r}, "
                                    "verify_logits=False, log=lambda *a: None)") == "[]"
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_with_the_logits_check_megatron_is_imported_in_the_background_while_the_weights_are_written(tmp_path):
+    """Both directions start Megatron-core's import (seconds) on another thread before writing and
+    the logits check waits for it; the import stays quiet (no Megatron or torch.jit warnings on
+    stderr, even with every warning shown) and the record says how long the check waited."""
+    import subprocess
+    import sys
+
+    nemo, hf = str(tmp_path / "nemo"), str(tmp_path / "hf")
+    code = f"""
+import sys, threading
+from tunekit.convert import api
+who = {{}}
+def audit(event, args):   # which thread imports Megatron's transformer package first
+    if event == "import" and args[0] == "megatron.core.transformer" and "t" not in who:
+        who["t"] = threading.current_thread().name
+sys.addaudithook(audit)
+r = api.hf_to_nemo("tiny", {nemo!r}, log=lambda *a: None)
+print(who.get("t"), r.summary["verification"]["megatron_import_wait_s"] >= 0)
+r = api.nemo_to_hf({nemo!r}, {hf!r}, log=lambda *a: None)
+print(r.summary["verification"]["logits_match"], "megatron_import_wait_s" in r.summary["verification"])
+"""
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    said = [ln.split() for ln in out.stdout.splitlines() if ln and "%|" not in ln]   # not the byte bars
+    assert said == [["tunekit-megatron-import", "True"], ["True", "True"]], out.stdout
+    assert "megatron" not in out.stderr and "script_method" not in out.stderr, out.stderr[-2000:]
+
+
+def test_a_failed_background_import_of_megatron_is_raised_where_megatron_is_needed(monkeypatch):
+    """An import error on the prefetch thread is not lost: the next `import_megatron` raises it."""
+    from tunekit.convert import megatron_cpu
+
+    def broken() -> None:
+        raise ImportError("planted: megatron.core is broken")
+
+    monkeypatch.setattr(megatron_cpu, "_import_pieces", broken)
+    monkeypatch.setattr(megatron_cpu, "_imported", lambda: False)   # as in a fresh process
+    assert megatron_cpu.prefetch_megatron() is True
+    with pytest.raises(ImportError, match="planted"):
+        megatron_cpu.import_megatron()
+    with pytest.raises(ImportError, match="planted"):   # and again, now on the calling thread
+        megatron_cpu.import_megatron()

@@ -30,7 +30,7 @@ from . import configs, hf_files, sources, verify
 from .common_state import non_model_entries
 from .durable import synced_meanwhile
 from .layout import RULES, LlamaSpec, Rule, extra_state_keys, read_groups
-from .megatron_cpu import megatron_on_cpu
+from .megatron_cpu import megatron_on_cpu, prefetch_megatron, prefetch_wait_s
 from .safetensors_io import ShardWriter
 from .torch_dist import NemoWeights, plan_chunks, verify_written, write_weights
 
@@ -143,7 +143,8 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
 
     tokenizer = None
     # Megatron-core (imported and set up by megatron_on_cpu, ~3 CPU-s) is needed only by the logits
-    # check: writing and the checksum re-read use torch.distributed.checkpoint alone.
+    # check: writing and the checksum re-read use torch.distributed.checkpoint alone. Its import is
+    # started in the background before the write, and the check waits for it.
     with atomic.atomic_dir(path, overwrite=overwrite) as tmp:
         cfg = configs.nemo_config_dict(spec, dname, path / "tokenizer" if has_tok else None)
         _write_yaml(tmp / "model_config.yaml", cfg)
@@ -153,6 +154,8 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
             reference, tokenizer = hf_files.write_reference_model(hf_dir, weights, tmp / "tokenizer")
             log(f"hf-to-nemo: tokenizer/ holds the source HF model (weights as {reference}) for "
                 "tokenizer.type, as the official scripts expect")
+        if verify_logits:   # its import runs on another core while the weights are written
+            prefetch_megatron()
         bar = _bar(_weights_bytes(spec, dt), "hf-to-nemo")
         t_write = time.time()
         try:
@@ -185,6 +188,7 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
                                                  memory_gb=logits_memory_gb, layers=logits_layers)
                 sample = logits.pop("_sample", None)
                 checks.update(logits)
+                checks["megatron_import_wait_s"] = prefetch_wait_s()
         summary = _summary("hf_to_nemo", str(hf_dir), f"HF model {hf_dir}", path, dname, spec,
                            written, write_s, time.time() - t_ver, time.time() - t0, checks)
         summary.update({"tokenizer_dir": str(path / "tokenizer") if has_tok else None,
@@ -243,6 +247,8 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
         log(f"nemo-to-hf: {spec.num_params():,} parameters ({str(nemo.dtype)[6:]}) -> {path} ({dname})")
         with atomic.atomic_dir(path, overwrite=overwrite) as tmp:
             tok = hf_files.write_tokenizer_with_template(tok_dir, tmp)
+            if verify_logits:   # its import runs on another core while the weights are written
+                prefetch_megatron()
             ids = hf_files.token_ids(tok)
             plan = hf_write_order(spec)
             writer = ShardWriter(tmp, plan, dt, int(max_shard_gb * 1e9), sync=False)
@@ -273,6 +279,7 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
                                                  memory_gb=logits_memory_gb, layers=logits_layers)
                     sample = logits.pop("_sample", None)
                     checks.update(logits)
+                    checks["megatron_import_wait_s"] = prefetch_wait_s()
             summary = _summary("nemo_to_hf", str(source.weights_dir), source.note, path, dname, spec,
                                writer.total_bytes, write_s, time.time() - t_ver, time.time() - t0, checks)
             summary.update({"checkpoint": source.checkpoint, "skipped_entries": skipped,

@@ -29,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import threading
+import time
 import warnings
 from typing import Iterator
 
@@ -56,18 +58,94 @@ def quiet() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+def _import_pieces() -> None:
+    from megatron.core import dist_checkpointing, parallel_state  # noqa: F401
+    from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor  # noqa: F401
+    from megatron.core.models.gpt import GPTModel  # noqa: F401
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  # noqa: F401
+    from megatron.core.tensor_parallel import random as _random  # noqa: F401
+    from megatron.core.transformer import TransformerConfig  # noqa: F401
+
+
 def import_megatron():
-    """Import the Megatron-core pieces conversion uses, without their import-time warnings."""
+    """Import the Megatron-core pieces conversion uses, without their import-time warnings (waits
+    for a `prefetch_megatron` import under way, and raises what it raised)."""
+    _PREFETCH.join()
     with quiet():
-        from megatron.core import dist_checkpointing, parallel_state  # noqa: F401
-        from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor  # noqa: F401
-        from megatron.core.models.gpt import GPTModel  # noqa: F401
-        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  # noqa: F401
-        from megatron.core.tensor_parallel import random as _random  # noqa: F401
-        from megatron.core.transformer import TransformerConfig  # noqa: F401
+        _import_pieces()
     import megatron.core as mcore
 
     return mcore
+
+
+def _imported() -> bool:
+    return "megatron.core.transformer" in sys.modules
+
+
+class _Prefetch:
+    """At most one background import of Megatron-core per process; see `prefetch_megatron`."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.waited_s = 0.0   # how long the last join waited for it
+
+    def start(self) -> bool:
+        if _imported() or (self.thread and self.thread.is_alive()):
+            return False
+        # Not `quiet()` in the thread: catch_warnings saves and restores the process-wide filter
+        # list, so a background block would race the main thread's own (a restore in the wrong
+        # order leaves every warning ignored for good). These two filters are added here, on the
+        # calling thread, and kept: Megatron's own warnings, and torch's deprecation of the
+        # torch.jit API Megatron still calls at import.
+        warnings.filterwarnings("ignore", module=r"megatron(\.|$)")
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated",
+                                category=DeprecationWarning)
+        self.error, self.waited_s = None, 0.0
+        self.thread = threading.Thread(target=self._run, name="tunekit-megatron-import", daemon=True)
+        self.thread.start()
+        return True
+
+    def _run(self) -> None:
+        # Logger levels are per logger, and only Megatron logs to these: safe to set from here.
+        loggers = [logging.getLogger(n) for n in ("megatron", "megatron.core")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            _import_pieces()
+        except BaseException as exc:   # re-raised by join(), in the thread that needs Megatron
+            self.error = exc
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+    def join(self) -> None:
+        thread = self.thread
+        if thread is None or thread is threading.current_thread():
+            return
+        t0 = time.perf_counter()
+        thread.join()
+        self.waited_s += time.perf_counter() - t0
+        self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+_PREFETCH = _Prefetch()
+
+
+def prefetch_megatron() -> bool:
+    """Start importing Megatron-core in a background thread (~2-3 CPU-s here, more from a network
+    file system), so that a conversion's write phase hides it; `import_megatron` (and so
+    `megatron_on_cpu`) waits for it. Returns False when there is nothing to start."""
+    return _PREFETCH.start()
+
+
+def prefetch_wait_s() -> float:
+    """Seconds the last wait for a background import took (0 when it was done in time)."""
+    return round(_PREFETCH.waited_s, 3)
 
 
 def causal_mask(seq_len: int) -> torch.Tensor:

@@ -816,3 +816,7 @@ def test_a_failed_background_import_of_megatron_is_raised_where_megatron_is_need
         megatron_cpu.import_megatron()
     with pytest.raises(ImportError, match="planted"):   # and again, now on the calling thread
         megatron_cpu.import_megatron()
+    # Once imported, nothing starts, and the wait recorded by an earlier conversion is not reused.
+    monkeypatch.setattr(megatron_cpu._PREFETCH, "waited_s", 5.0)
+    monkeypatch.setattr(megatron_cpu, "_imported", lambda: True)
+    assert megatron_cpu.prefetch_megatron() is False and megatron_cpu.prefetch_wait_s() == 0.0

@@ -19,6 +19,11 @@ and Megatron's parallel state if none exists, and undoes all of it on exit, so t
 process (and other tests in it) never sees a patched torch.cuda. It also keeps Megatron's import
 time warnings (TransformerEngine/Apex missing, deprecations) out of the user's output.
 
+With the logits check on, conversion starts the import on a background thread before it writes
+(`prefetch_megatron`), so that its seconds overlap the write; `import_megatron` waits for it and
+raises whatever it raised. That thread stays quiet through two kept warning filters instead of
+`quiet()`, whose `catch_warnings` is not thread-safe.
+
 Megatron's own checkpoint *writer* spawns a helper process (multiprocessing "spawn", which re-imports
 `__main__`): scripts that save with it must guard their entry point (`if __name__ == "__main__":`).
 The kit writes NeMo weights with torch.distributed.checkpoint directly (see `torch_dist.py`), so
@@ -91,6 +96,7 @@ class _Prefetch:
         self.waited_s = 0.0   # how long the last join waited for it
 
     def start(self) -> bool:
+        self.waited_s = 0.0   # per conversion: a kernel that converts twice imports once
         if _imported() or (self.thread and self.thread.is_alive()):
             return False
         # Not `quiet()` in the thread: catch_warnings saves and restores the process-wide filter
@@ -101,7 +107,7 @@ class _Prefetch:
         warnings.filterwarnings("ignore", module=r"megatron(\.|$)")
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated",
                                 category=DeprecationWarning)
-        self.error, self.waited_s = None, 0.0
+        self.error = None
         self.thread = threading.Thread(target=self._run, name="tunekit-megatron-import", daemon=True)
         self.thread.start()
         return True

@@ -154,13 +154,13 @@ def hf_to_nemo(src: str, dst: str | Path, *, dtype: str = "auto", verify_logits:
             reference, tokenizer = hf_files.write_reference_model(hf_dir, weights, tmp / "tokenizer")
             log(f"hf-to-nemo: tokenizer/ holds the source HF model (weights as {reference}) for "
                 "tokenizer.type, as the official scripts expect")
-        if verify_logits:   # its import runs on another core while the weights are written
-            prefetch_megatron()
         bar = _bar(_weights_bytes(spec, dt), "hf-to-nemo")
         t_write = time.time()
         try:
+            # Megatron's import runs on another core while the bytes are written.
             sums = write_weights(tmp / "model_weights", spec, plan_chunks(spec, fetch), dt,
-                                 on_chunk=bar.update, sync=False)
+                                 on_chunk=bar.update, sync=False,
+                                 before_fill=prefetch_megatron if verify_logits else lambda: None)
         except BaseException:  # torch's CheckpointException is a BaseException
             if trip.error is not None:  # the writer wraps it: raise the real one
                 raise trip.error from None
@@ -247,11 +247,11 @@ def nemo_to_hf(src: str, dst: str | Path, *, dtype: str = "auto", checkpoint: st
         log(f"nemo-to-hf: {spec.num_params():,} parameters ({str(nemo.dtype)[6:]}) -> {path} ({dname})")
         with atomic.atomic_dir(path, overwrite=overwrite) as tmp:
             tok = hf_files.write_tokenizer_with_template(tok_dir, tmp)
-            if verify_logits:   # its import runs on another core while the weights are written
-                prefetch_megatron()
             ids = hf_files.token_ids(tok)
             plan = hf_write_order(spec)
             writer = ShardWriter(tmp, plan, dt, int(max_shard_gb * 1e9), sync=False)
+            if verify_logits:   # its import runs on another core while the weights are written
+                prefetch_megatron()
             bar = _bar(writer.total_bytes, "nemo-to-hf")
             t_write = time.time()
             trip = verify.RoundTrip(spec, dt)

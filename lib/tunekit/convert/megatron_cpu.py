@@ -20,9 +20,10 @@ process (and other tests in it) never sees a patched torch.cuda. It also keeps M
 time warnings (TransformerEngine/Apex missing, deprecations) out of the user's output.
 
 With the logits check on, conversion starts the import on a background thread before it writes
-(`prefetch_megatron`), so that its seconds overlap the write; `import_megatron` waits for it and
-raises whatever it raised. That thread stays quiet through two kept warning filters instead of
-`quiet()`, whose `catch_warnings` is not thread-safe.
+(`prefetch_megatron`), so that its seconds overlap the write; `import_megatron` waits for it and,
+if it failed, imports again on its own thread (where a real error is then raised). The
+background thread stays quiet through two kept warning filters instead of `quiet()`, whose
+`catch_warnings` is not thread-safe.
 
 Megatron's own checkpoint *writer* spawns a helper process (multiprocessing "spawn", which re-imports
 `__main__`): scripts that save with it must guard their entry point (`if __name__ == "__main__":`).
@@ -73,8 +74,8 @@ def _import_pieces() -> None:
 
 
 def import_megatron():
-    """Import the Megatron-core pieces conversion uses, without their import-time warnings (waits
-    for a `prefetch_megatron` import under way, and raises what it raised)."""
+    """Import the Megatron-core pieces conversion uses, without their import-time warnings (after
+    waiting for a `prefetch_megatron` import under way; if that one failed, this one retries)."""
     _PREFETCH.join()
     with quiet():
         _import_pieces()
@@ -120,13 +121,16 @@ class _Prefetch:
             lg.setLevel(logging.ERROR)
         try:
             _import_pieces()
-        except BaseException as exc:   # re-raised by join(), in the thread that needs Megatron
+        except BaseException as exc:   # kept for a look in a debugger; the next import retries
             self.error = exc
         finally:
             for lg, level in zip(loggers, levels):
                 lg.setLevel(level)
 
     def join(self) -> None:
+        """Wait for the background import. A failure there is not raised: the caller imports
+        again on its own thread, which either succeeds (say the failure was an import race with
+        this thread, which Python reports as a deadlock) or raises the real error where it is needed."""
         thread = self.thread
         if thread is None or thread is threading.current_thread():
             return
@@ -134,9 +138,6 @@ class _Prefetch:
         thread.join()
         self.waited_s += time.perf_counter() - t0
         self.thread = None
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
 
 
 _PREFETCH = _Prefetch()

@@ -165,10 +165,13 @@ def _tensor_checksum(t: torch.Tensor) -> str:
 
 def write_weights(weights_dir: Path, spec: LlamaSpec, chunks: list[Chunk], dtype: torch.dtype,
                   on_chunk: Callable[[int], None] = lambda n: None,
-                  sync: bool = True) -> dict[tuple[str, tuple[int, ...]], str]:
+                  sync: bool = True,
+                  before_fill: Callable[[], object] = lambda: None) -> dict[tuple[str, tuple[int, ...]], str]:
     """Write a torch_dist checkpoint (the NeMo `model_weights/` folder) from lazily made chunks;
     returns the checksum of every chunk's bytes, taken as they were written.
-    sync=False: the files are not fsynced here (the caller does it: `durable.BackgroundSync`)."""
+    sync=False: the files are not fsynced here (the caller does it: `durable.BackgroundSync`).
+    before_fill: called once torch has laid the files out, before the bytes are written (the
+    write itself imports nothing, so a background import can run beside it)."""
     from torch.distributed import checkpoint as dcp
 
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +183,9 @@ def write_weights(weights_dir: Path, spec: LlamaSpec, chunks: list[Chunk], dtype
         # "torch.distributed is disabled ... assuming ... a single process": exactly the intent.
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save({}, storage_writer=writer, planner=planner, no_dist=True)
+    import xxhash  # noqa: F401  (before before_fill: _fill's own imports are then done)
+
+    before_fill()
     sums = _fill(weights_dir, chunks, dtype, on_chunk, sync)
     torch.save({}, weights_dir / "common.pt")
     (weights_dir / "metadata.json").write_text(json.dumps(METADATA_JSON), encoding="utf-8")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,23 @@ os.environ.setdefault("TUNEKIT_RUNS_DIR", str(_SESSION_TMP / "runs"))
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
+
+
+_KEEP = (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's run records go with it when every test passed; a failed session keeps them to
+    look at (each pytest process, xdist workers included, has a folder of its own)."""
+    if exitstatus not in _KEEP:
+        shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say where the run records of a failed session are (they stay until removed by hand)."""
+    if exitstatus in _KEEP:
+        terminalreporter.write_line(f"run records of the notebooks run by this session: "
+                                    f"{tempfile.gettempdir()}/tunekit-tests-*/runs (kept because the session failed)")
 
 
 @pytest.fixture(scope="session")

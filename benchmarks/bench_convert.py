@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+LLMJP_8B_GB = 16.1   # llm-jp-4-8b's bf16 weights, for the size comparison printed at the end
 IMPORTS = ("import torch, transformers; from tunekit.convert import api; "
            "from tunekit.convert.megatron_cpu import import_megatron; import_megatron()")
 
@@ -147,18 +148,18 @@ def main() -> int:
               f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; {args.rounds} round(s)", flush=True)
         imp = run([sys.executable, "-c", IMPORTS])
         floor = run([sys.executable, "-c", "import torch"])
-        walls: dict[str, list[float]] = {"cp": [], "hf-to-nemo": [], "nemo-to-hf": []}
+        # Every run of each command: (wall s, CPU s, peak RSS MB), and the record of a conversion's fastest.
+        runs: dict[str, list[tuple[float, float, float]]] = {"cp": [], "hf-to-nemo": [], "nemo-to-hf": []}
         best: dict[str, tuple[tuple[float, float, float], dict]] = {}
-        cp_cpu, cp_rss = [], []
+
+        def walls(name: str) -> list[float]:
+            return [r[0] for r in runs[name]]
 
         def timed(name: str, cmd: list[str], out: Path) -> None:
             shutil.rmtree(out, ignore_errors=True)
             r = run(cmd)
-            walls[name].append(r[0])
-            if name == "cp":
-                cp_cpu.append(r[1])
-                cp_rss.append(r[2])
-            elif name not in best or r[0] < best[name][0][0]:
+            runs[name].append(r)
+            if name != "cp" and (name not in best or r[0] < best[name][0][0]):
                 best[name] = (r, json.loads((out / "tunekit_conversion.json").read_text()))
             if name != "hf-to-nemo":   # its output is nemo-to-hf's input
                 # Removed at once: on a 24 GB machine, four 4.31 GB folders in the page cache made
@@ -173,16 +174,17 @@ def main() -> int:
             timed("hf-to-nemo", [*tk, "hf-to-nemo", str(root / "hf"), str(root / "nemo")], root / "nemo")
             timed("cp", ["cp", "-r", str(root / "hf"), str(root / "copy")], root / "copy")
             timed("nemo-to-hf", [*tk, "nemo-to-hf", str(root / "nemo"), str(root / "hf2")], root / "hf2")
-            print(f"round {i + 1}: cp -r {walls['cp'][-2]:.2f} s, hf-to-nemo {walls['hf-to-nemo'][-1]:.2f} s, "
-                  f"cp -r {walls['cp'][-1]:.2f} s, nemo-to-hf {walls['nemo-to-hf'][-1]:.2f} s", flush=True)
+            print(f"round {i + 1}: cp -r {walls('cp')[-2]:.2f} s, hf-to-nemo {walls('hf-to-nemo')[-1]:.2f} s, "
+                  f"cp -r {walls('cp')[-1]:.2f} s, nemo-to-hf {walls('nemo-to-hf')[-1]:.2f} s", flush=True)
         sync_s = durable_copy(root / "hf", root / "copy")
         # The baseline is the fastest copy seen: a copy that also fsynced bounds a plain one's time.
-        copy_s = min(walls["cp"] + [sync_s])
-        rows = [("cp -r (baseline)", (copy_s, min(cp_cpu), max(cp_rss)), None, walls["cp"] + [sync_s]),
+        copy_s = min(walls("cp") + [sync_s])
+        rows = [("cp -r (baseline)", (copy_s, min(r[1] for r in runs["cp"]), max(r[2] for r in runs["cp"])), None,
+                 walls("cp") + [sync_s]),
                 ("cp -r + fsync", (sync_s, float("nan"), float("nan")), None, [sync_s]),
                 ("imports only", imp, None, [imp[0]]),
-                ("hf-to-nemo", *best["hf-to-nemo"], walls["hf-to-nemo"]),
-                ("nemo-to-hf", *best["nemo-to-hf"], walls["nemo-to-hf"])]
+                ("hf-to-nemo", *best["hf-to-nemo"], walls("hf-to-nemo")),
+                ("nemo-to-hf", *best["nemo-to-hf"], walls("nemo-to-hf"))]
         gb = size / 1e9
         print(f"\n{'command':<18}{'wall s (range)':>17}{'GB/s':>7}{'cpu s':>8}{'peak RSS':>10}{'write s':>9}"
               f"{'GB/s':>7}{'verify s':>9}{'sync wait':>10}")
@@ -213,7 +215,8 @@ def main() -> int:
         # What no converter in Python can beat at this size: starting Python and importing torch.
         print(f"\nimports alone take {imp[0]:.1f} s ({floor[0]:.1f} s of it `python -c 'import torch'`), "
               f"{imp[0] / copy_s:.1f}x the whole copy; the 0.3x target at {gb:.1f} GB means a whole "
-              f"conversion in {copy_s / 0.3:.1f} s (an 8B model is {16.1 / gb:.0f}x larger, its imports are not)")
+              f"conversion in {copy_s / 0.3:.1f} s "
+              f"(llm-jp-4-8b is {LLMJP_8B_GB / gb:.0f}x larger, its imports are not)")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         print("summary:\n  " + "\n  ".join(summary))
     finally:
